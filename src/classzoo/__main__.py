@@ -1,0 +1,3 @@
+from classzoo.cli import main
+
+raise SystemExit(main())
