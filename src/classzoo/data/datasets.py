@@ -1,0 +1,65 @@
+"""Build the train / eval datasets of a run from the data section of its config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from classzoo.config import DataConfig
+from classzoo.data.imagefolder import ImageFolderDataset, SyntheticDataset
+from classzoo.errors import UserError
+
+
+def _split_dir(root: Path, split: str) -> Path:
+    path = root / split
+    if not path.is_dir():
+        raise UserError(
+            f"data folder {root} has no '{split}' split (expected {path}/<class>/<image>)"
+        )
+    return path
+
+
+def build_dataset(
+    cfg: DataConfig,
+    split: str,
+    transform: Callable,
+    num_classes: int,
+    label_offset: int,
+    image_size: int = 224,
+    classes: list[str] | None = None,
+) -> torch.utils.data.Dataset:
+    """One split of the configured source; ``split`` is a folder / shard-name prefix."""
+    if cfg.source == "synthetic":
+        return SyntheticDataset(cfg.synthetic_size, num_classes, image_size, transform)
+    if cfg.dir is None:
+        raise UserError("no data directory: pass --data-dir or set data.dir")
+    root = Path(cfg.dir).expanduser()
+    if not root.exists():
+        raise UserError(f"data directory {root} does not exist")
+    if cfg.source == "imagefolder":
+        return ImageFolderDataset(
+            _split_dir(root, split), transform, skip_corrupt=cfg.skip_corrupt, classes=classes
+        )
+    from classzoo.data.tfrecord_dataset import TFRecordImageDataset, find_shards
+
+    shards = find_shards(str(root), split)
+    return TFRecordImageDataset(
+        shards, transform=transform, label_offset=label_offset, skip_corrupt=cfg.skip_corrupt
+    )
+
+
+def dataset_classes(ds: torch.utils.data.Dataset) -> list[str] | None:
+    return getattr(ds, "classes", None)
+
+
+def count_classes(ds: torch.utils.data.Dataset, label_offset: int) -> int | None:
+    """Number of classes a dataset implies, when it knows without decoding images."""
+    classes = getattr(ds, "classes", None)
+    if classes is not None:
+        return len(classes)
+    targets = getattr(ds, "targets", None)
+    if targets is not None and len(targets):
+        return int(max(targets)) + 1
+    return None

@@ -1,0 +1,119 @@
+"""ImageFolder datasets (``split/<class>/<image>``) that fail with the file's name, not a traceback."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from classzoo.errors import UserError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def scan_imagefolder(root: Path) -> tuple[list[str], list[str], np.ndarray]:
+    """Classes (sorted folder names), file paths and integer labels, in a deterministic order."""
+    if not root.is_dir():
+        raise UserError(f"data folder {root} does not exist")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise UserError(
+            f"data folder {root} has no class folders (expected {root}/<class>/<image>)"
+        )
+    files: list[str] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        folder = root / name
+        names = sorted(
+            e.name
+            for e in os.scandir(folder)
+            if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)
+        )
+        if not names:
+            raise UserError(f"class folder {folder} holds no images ({', '.join(IMG_EXTENSIONS)})")
+        files.extend(str(folder / n) for n in names)
+        labels.extend([label] * len(names))
+    return classes, files, np.asarray(labels, dtype=np.int64)
+
+
+def load_rgb(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"unreadable image {path}: {exc}") from None
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """``root/<class>/<image>``; labels follow the sorted class-folder names (torchvision's rule).
+
+    ``skip_corrupt``: an unreadable image is counted and replaced by the next readable one
+    (so a batch keeps its size); otherwise it is a UserError naming the file.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        transform: Callable | None = None,
+        skip_corrupt: bool = False,
+        classes: list[str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        found, self.files, self.targets = scan_imagefolder(self.root)
+        if classes is not None and found != classes:
+            extra = sorted(set(found) - set(classes))
+            lacking = sorted(set(classes) - set(found))
+            raise UserError(
+                f"class folders of {self.root} differ from the training classes"
+                f" (extra: {extra[:5]}, missing: {lacking[:5]})"
+            )
+        self.classes = found
+        self.transform = transform
+        self.skip_corrupt = skip_corrupt
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        for attempt in range(len(self.files)):
+            i = (index + attempt) % len(self.files)
+            try:
+                img = load_rgb(self.files[i])
+            except UserError:
+                if not self.skip_corrupt:
+                    raise
+                self.skipped += 1
+                continue
+            if self.transform is not None:
+                img = self.transform(img)
+            return img, int(self.targets[i])
+        raise UserError(f"no readable image in {self.root}")
+
+
+class SyntheticDataset(torch.utils.data.Dataset):
+    """Deterministic random images for smoke runs and throughput benchmarks (no files)."""
+
+    def __init__(
+        self, size: int, num_classes: int, image_size: int, transform: Callable | None = None
+    ):
+        self.size, self.num_classes, self.image_size = size, num_classes, image_size
+        self.classes = [str(i) for i in range(num_classes)]
+        self.targets = np.arange(size, dtype=np.int64) % num_classes
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int):
+        g = torch.Generator().manual_seed(index)
+        side = self.image_size + self.image_size // 7  # room for a centre crop
+        pixels = torch.randint(0, 256, (side, side, 3), generator=g, dtype=torch.uint8)
+        img = Image.fromarray(pixels.numpy())
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.targets[index])

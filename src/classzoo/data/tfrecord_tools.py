@@ -1,0 +1,231 @@
+"""``classzoo data to-tfrecord`` and ``classzoo data inspect``: write and check slim-style shards.
+
+The writer follows slim's datasets/build_imagenet_data.py: same Example keys, 1-based labels in
+sorted class-folder order (0 stays the background class), ``{split}-%05d-of-%05d`` shard names,
+records split across shards with ``np.linspace``, file order shuffled with seed 12345 (Python 3's
+``random.shuffle``, so not the same permutation as slim's Python 2 run), original JPEG bytes
+kept and anything else (PNG, CMYK JPEG, ...) re-encoded as RGB JPEG quality 100.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from classzoo.data.example import build_example, parse_example
+from classzoo.data.tfrecord import TFRecordReader, TFRecordWriter
+from classzoo.data.tfrecord_dataset import IMAGE_KEY, LABEL_KEY, find_shards
+from classzoo.errors import UserError
+from classzoo.formats.wire import WireError
+
+# torchvision.datasets.folder.IMG_EXTENSIONS, lower case
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _scan(src: Path) -> tuple[list[str], list[tuple[str, int, str]]]:
+    """Sorted class folders and ``(file, label, synset)`` with slim's 1-based labels."""
+    if not src.is_dir():
+        raise UserError(f"image folder {src} does not exist")
+    classes = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise UserError(f"image folder {src} has no class folders (expected {src}/<class>/<image>)")
+    items = []
+    for label, synset in enumerate(classes, start=1):  # slim: label 0 is the background class
+        for f in sorted((src / synset).iterdir()):
+            if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."):
+                items.append((str(f), label, synset))
+    if not items:
+        raise UserError(f"no images in {src}/<class>/ (extensions {', '.join(IMAGE_EXTENSIONS)})")
+    return classes, items
+
+
+def _encode(path: str) -> tuple[bytes, int, int, bool]:
+    """(JPEG bytes, height, width, re-encoded?) of one image file, fully decoded once to catch
+    damaged files now rather than mid-training (slim's _process_image decodes each image too)."""
+    data = Path(path).read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            width, height = im.size
+            if im.format == "JPEG" and im.mode in ("RGB", "L"):
+                return data, height, width, False
+            out = io.BytesIO()
+            im.convert("RGB").save(out, "JPEG", quality=100)  # slim: encode_jpeg(quality=100)
+            return out.getvalue(), height, width, True
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBomb...
+        raise UserError(f"cannot decode image {path}: {e}") from None
+
+
+def _write_shard(out: str, items: list[tuple[str, int, str, str]]) -> tuple[int, int]:
+    """Write one shard atomically (a half-written shard never has the final name)."""
+    tmp = Path(out).with_name(f".{Path(out).name}.tmp")
+    reencoded = 0
+    with TFRecordWriter(tmp) as writer:
+        for path, label, synset, text in items:
+            data, height, width, converted = _encode(path)
+            reencoded += converted
+            writer.write(
+                build_example(
+                    {
+                        "image/height": height,
+                        "image/width": width,
+                        "image/colorspace": b"RGB",
+                        "image/channels": 3,
+                        "image/class/label": label,
+                        "image/class/synset": synset,
+                        "image/class/text": text,
+                        "image/format": b"JPEG",
+                        "image/filename": os.path.basename(path),
+                        "image/encoded": data,
+                    }
+                )
+            )
+    os.replace(tmp, out)
+    return len(items), reencoded
+
+
+def imagefolder_to_tfrecord(
+    src: Path,
+    out: Path,
+    shards: int,
+    workers: int = 2,
+    split: str = "train",
+    synsets_text: dict | None = None,
+) -> dict:
+    """Convert ``src/<class>/<image>`` into ``out/{split}-%05d-of-%05d`` slim-schema shards.
+
+    ``synsets_text`` maps folder names to ``image/class/text`` (slim: imagenet_metadata.txt);
+    without it the text is empty. Shards are written by a pool of ``workers`` processes.
+    Returns a summary: split, output, shards, records, classes, per_shard, reencoded, files.
+    """
+    src, out = Path(src), Path(out)
+    if shards < 1:
+        raise UserError(f"--shards must be at least 1, got {shards}")
+    classes, items = _scan(src)
+    order = list(range(len(items)))
+    random.Random(12345).shuffle(order)  # build_imagenet_data.py _find_image_files: seed 12345
+    text = synsets_text or {}
+    rows = [(*items[i], str(text.get(items[i][2], ""))) for i in order]
+    bounds = np.linspace(0, len(rows), shards + 1).astype(int)  # slim's record split
+    out.mkdir(parents=True, exist_ok=True)
+    names = [f"{split}-{k:05d}-of-{shards:05d}" for k in range(shards)]
+    jobs = [(str(out / names[k]), rows[bounds[k] : bounds[k + 1]]) for k in range(shards)]
+    if workers <= 1 or shards == 1:
+        results = [_write_shard(*job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(min(workers, shards)) as pool:
+            results = list(pool.map(_write_shard, *zip(*jobs)))
+    return {
+        "split": split,
+        "output": str(out),
+        "shards": shards,
+        "records": len(rows),
+        "classes": len(classes),
+        "per_shard": [n for n, _ in results],
+        "reencoded": sum(r for _, r in results),
+        "files": names,
+    }
+
+
+def _inspect_shard(path: Path) -> dict:
+    reader = TFRecordReader(path, skip_corrupt=True)
+    labels, heights, widths, bad = [], [], [], []
+    records = 0
+    for offset, data in reader.iter_with_offsets():
+        records += 1
+        try:
+            feats = parse_example(data, (LABEL_KEY, IMAGE_KEY))
+            label = feats.get(LABEL_KEY)
+            if isinstance(label, np.ndarray) and len(label):
+                labels.append(int(label[0]))
+            with Image.open(io.BytesIO(feats[IMAGE_KEY][0])) as im:  # header only
+                widths.append(im.size[0])
+                heights.append(im.size[1])
+        except (WireError, KeyError, IndexError, OSError, SyntaxError, ValueError) as e:
+            bad.append({"offset": offset, "reason": f"{type(e).__name__}: {e}"})
+    bad += [{"offset": c.offset, "reason": c.reason} for c in reader.corrupt]
+    return {
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        # framed records, as the dataset index counts them (a data CRC failure is still a record)
+        "records": records + sum(c.reason == "data CRC mismatch" for c in reader.corrupt),
+        "labels": np.array(labels, dtype=np.int64),
+        "heights": np.array(heights, dtype=np.int64),
+        "widths": np.array(widths, dtype=np.int64),
+        "corrupt": bad,
+    }
+
+
+def _stats(values: np.ndarray) -> dict:
+    if not len(values):
+        return {"min": None, "max": None, "mean": None}
+    return {"min": int(values.min()), "max": int(values.max()), "mean": float(values.mean())}
+
+
+def inspect_tfrecords(location: str, workers: int = 4) -> dict:
+    """Read every record of every shard at ``location`` (CRCs checked, image headers decoded).
+
+    Returns ``{location, total_records, shards: [{path, records, bytes, corrupt}], classes,
+    label_min, label_max, height, width ({min, max, mean}), corrupt_count, corrupt: [{shard,
+    offset, reason}]}``. Damaged records are listed, not raised.
+    """
+    paths = find_shards(location)
+    with ThreadPoolExecutor(max(1, min(workers, len(paths)))) as pool:
+        shards = list(pool.map(_inspect_shard, paths))
+    labels = np.concatenate([s["labels"] for s in shards])
+    corrupt = [{"shard": s["path"], **c} for s in shards for c in s["corrupt"]]
+    return {
+        "location": location,
+        "total_records": sum(s["records"] for s in shards),
+        "shards": [
+            {k: s[k] for k in ("path", "records", "bytes")} | {"corrupt": len(s["corrupt"])}
+            for s in shards
+        ],
+        "classes": len(np.unique(labels)),
+        "label_min": int(labels.min()) if len(labels) else None,
+        "label_max": int(labels.max()) if len(labels) else None,
+        "height": _stats(np.concatenate([s["heights"] for s in shards])),
+        "width": _stats(np.concatenate([s["widths"] for s in shards])),
+        "corrupt_count": len(corrupt),
+        "corrupt": corrupt,
+    }
+
+
+def format_inspect(d: dict, max_rows: int = 32) -> str:
+    """A readable summary and a per-shard Markdown table (long tables are elided)."""
+
+    def size(s: dict) -> str:
+        if s["min"] is None:
+            return "-"
+        return f"{s['min']}..{s['max']} (mean {s['mean']:.1f})"
+
+    lines = [
+        f"TFRecords at {d['location']}: {len(d['shards'])} shards, "
+        f"{d['total_records']:,} records, {d['classes']} classes "
+        f"(labels {d['label_min']}..{d['label_max']})",
+        f"image height {size(d['height'])}, width {size(d['width'])}",
+        f"corrupt records: {d['corrupt_count']}",
+        "",
+        "| shard | records | MB | corrupt |",
+        "|---|---:|---:|---:|",
+    ]
+    rows = d["shards"]
+    shown = rows if len(rows) <= max_rows else rows[: max_rows - 4] + [None] + rows[-3:]
+    for s in shown:
+        if s is None:
+            lines.append(f"| ... {len(rows) - max_rows + 1} more | | | |")
+            continue
+        lines.append(
+            f"| {Path(s['path']).name} | {s['records']:,} | {s['bytes'] / 1e6:.1f} | {s['corrupt']} |"
+        )
+    for c in d["corrupt"][:20]:
+        lines.append(f"corrupt: {c['shard']} at byte {c['offset']}: {c['reason']}")
+    if d["corrupt_count"] > 20:
+        lines.append(f"... and {d['corrupt_count'] - 20} more corrupt records")
+    return "\n".join(lines)

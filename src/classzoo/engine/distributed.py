@@ -1,0 +1,97 @@
+"""torch.distributed set-up from torchrun's environment; device and backend choice.
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK (and MASTER_ADDR/PORT); without them this is a
+single process. Backends: gloo on CPU, nccl on CUDA, hccl on Ascend NPU (torch_npu).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from classzoo.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif _npu_available():
+            name = "npu"
+        else:
+            name = "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("device 'cuda' requested but torch.cuda.is_available() is False")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if name == "npu":
+        if not _npu_available():
+            raise UserError("device 'npu' requested but torch_npu is not installed or sees no NPU")
+        return torch.device("npu", local_rank)
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError("device 'mps' requested but MPS is not available")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise UserError(f"unknown device '{name}' (allowed: auto, cpu, cuda, npu, mps)")
+
+
+def _npu_available() -> bool:
+    try:
+        import torch_npu  # noqa: F401  (imported only when an NPU is asked for or probed)
+    except ImportError:
+        return False
+    return bool(torch.npu.is_available())
+
+
+def backend_for(device: torch.device) -> str:
+    return {"cuda": "nccl", "npu": "hccl"}.get(device.type, "gloo")
+
+
+def init_distributed(device_name: str) -> DistEnv:
+    """Join the process group torchrun prepared (if any) and pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend=backend_for(device))
+    return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def all_reduce_sum(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    if env.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def shutdown(env: DistEnv) -> None:
+    if env.distributed and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,34 @@
+"""``classzoo train --nproc-per-node N``: re-run the same command under torchrun (nothing home-made)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
+    """Drop ``--nproc-per-node`` and hand the rest to ``torchrun --standalone -m classzoo``."""
+    rest: list[str] = []
+    skip = False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc-per-node":
+            skip = True
+            continue
+        if a.startswith("--nproc-per-node="):
+            continue
+        rest.append(a)
+        del i
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "classzoo",
+        *rest,
+    ]
+    return subprocess.call(cmd)

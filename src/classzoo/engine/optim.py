@@ -1,0 +1,84 @@
+"""Optimizer and learning-rate schedule: timm's, configured from the recipe.
+
+Durations are given in epochs in recipes and converted to optimizer steps here, once, so the
+loop only sees steps (big_vision's rule). The lr of a recipe is for ``lr_base_batch`` images and
+is scaled linearly to the run's global batch (Goyal et al. 2017), stated in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler, StepLRScheduler
+from timm.scheduler.scheduler import Scheduler
+from torch import nn
+
+from classzoo.config import OptimConfig, SchedConfig
+from classzoo.errors import UserError
+
+log = logging.getLogger("classzoo")
+
+
+def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
+    if cfg.lr_base_batch is None:
+        return cfg.lr
+    return cfg.lr * global_batch / cfg.lr_base_batch
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    kwargs = {}
+    if cfg.eps is not None:
+        kwargs["eps"] = cfg.eps
+    if cfg.alpha is not None:
+        kwargs["alpha"] = cfg.alpha
+    try:
+        return create_optimizer_v2(
+            model,
+            opt=cfg.name,
+            lr=lr,
+            weight_decay=cfg.weight_decay,
+            momentum=cfg.momentum,
+            filter_bias_and_bn=cfg.filter_bias_and_bn,
+            **kwargs,
+        )
+    except (AssertionError, ValueError, TypeError) as exc:
+        raise UserError(f"optim.name={cfg.name!r}: {exc}") from None
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: SchedConfig, epochs: float, steps_per_epoch: int
+) -> Scheduler | None:
+    """A per-step timm scheduler; ``step_update(step)`` sets the lr of optimizer step ``step``."""
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.name == "const":
+        return None
+    if cfg.name == "cosine":
+        period_epochs = cfg.t_max if cfg.t_max is not None else epochs - cfg.cooldown_epochs
+        period = max(1, round(period_epochs * steps_per_epoch))
+        return CosineLRScheduler(
+            optimizer,
+            t_initial=period,
+            lr_min=cfg.min_lr,
+            warmup_t=warmup,
+            warmup_lr_init=cfg.warmup_lr,
+            t_in_epochs=False,
+        )
+    if cfg.name == "step":
+        return StepLRScheduler(
+            optimizer,
+            decay_t=max(1, round(cfg.decay_epochs * steps_per_epoch)),
+            decay_rate=cfg.decay_rate,
+            warmup_t=warmup,
+            warmup_lr_init=cfg.warmup_lr,
+            t_in_epochs=False,
+        )
+    raise UserError(f"sched.name={cfg.name!r} is not one of cosine, step, const")
+
+
+def lr_at(scheduler: Scheduler | None, optimizer: torch.optim.Optimizer, step: int) -> float:
+    """The lr the schedule gives at ``step`` (without changing the optimizer)."""
+    if scheduler is None:
+        return optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+    return float(scheduler._get_lr(step)[0])

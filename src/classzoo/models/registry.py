@@ -1,0 +1,121 @@
+"""Model names -> constructors: classzoo's own networks first, then timm's registry.
+
+Each entry carries its preprocessing defaults (input size, crop, preset, label offset), like
+timm's ``pretrained_cfg``; timm models use theirs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import timm
+from torch import nn
+
+from classzoo.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm.data.IMAGENET_DEFAULT_MEAN
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    build: Callable[..., nn.Module]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str, build: Callable[..., nn.Module], defaults: dict[str, Any], description: str = ""
+) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"model '{name}' is registered twice")
+    _REGISTRY[name] = ModelEntry(name, build, dict(defaults), description)
+
+
+def _register_builtin() -> None:
+    try:
+        from classzoo.models import slim_resnet
+    except ImportError:  # pragma: no cover - module arrives with the TF-slim bridge
+        slim_resnet = None
+    if slim_resnet is not None:
+        for depth in (50, 101, 152):
+            register_model(
+                f"resnet_v1_{depth}",
+                getattr(slim_resnet, f"slim_resnet_v1_{depth}"),
+                slim_resnet.SLIM_RESNET_DEFAULTS,
+                f"TF-slim resnet_v1_{depth} (exact slim layout, VGG preprocessing)",
+            )
+    try:
+        from classzoo.models import slim_inception_v4
+    except ImportError:  # pragma: no cover
+        slim_inception_v4 = None
+    if slim_inception_v4 is not None:
+        register_model(
+            "inception_v4",
+            slim_inception_v4.slim_inception_v4,
+            slim_inception_v4.SLIM_INCEPTION_V4_DEFAULTS,
+            "TF-slim inception_v4 (1001 logits, aux logits, inception preprocessing)",
+        )
+
+
+def registry() -> dict[str, ModelEntry]:
+    if not _REGISTRY:
+        _register_builtin()
+    return _REGISTRY
+
+
+def is_known(name: str) -> bool:
+    return name in registry() or bool(timm.is_model(name))
+
+
+def check_name(name: str) -> None:
+    if is_known(name):
+        return
+    names = list(registry()) + timm.list_models()
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.75)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise UserError(f"unknown model '{name}'{hint} (`classzoo models` lists them)")
+
+
+def build(name: str, num_classes: int | None, **kwargs: Any) -> nn.Module:
+    """Construct an untrained model; ``num_classes=None`` keeps the model's own head size."""
+    check_name(name)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    entry = registry().get(name)
+    try:
+        if entry is not None:
+            return entry.build(**kwargs)
+        # classzoo never downloads weights: pretrained=False, load a local checkpoint instead.
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as exc:
+        raise UserError(
+            f"model '{name}' does not take these arguments {sorted(kwargs)}: {exc}"
+        ) from None
+
+
+def data_defaults(name: str, model: nn.Module) -> dict[str, Any]:
+    """Preprocessing defaults of a model: input_size, crop_pct, interpolation, mean, std, preset."""
+    entry = registry().get(name)
+    if entry is not None:
+        out = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "label_offset": 0}
+        out.update(entry.defaults)
+        return out
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return {
+        "input_size": tuple(cfg.get("input_size", (3, 224, 224))),
+        "crop_pct": cfg.get("crop_pct", 0.875),
+        "interpolation": cfg.get("interpolation", "bilinear"),
+        "mean": tuple(cfg.get("mean", IMAGENET_MEAN)),
+        "std": tuple(cfg.get("std", IMAGENET_STD)),
+        "preset": "timm",
+        "label_offset": 0,
+    }
