@@ -13,16 +13,17 @@ import math
 import numpy as np
 import pytest
 import torch
-from tf_compat import import_tf, import_tf_slim
 
 from classzoo.convert.slim import slim_to_state_dict, state_dict_to_slim
 from classzoo.models.slim_inception_v4 import slim_inception_v4
 from classzoo.models.slim_resnet import slim_resnet_v1_152
+from tf_compat import import_tf, import_tf_slim
 
 tf = import_tf()
 slim = import_tf_slim()
-import tf_slim_inception_v4 as slim_inception  # noqa: E402  (needs tf_compat's import first)
 from tf_slim.nets import resnet_v1  # noqa: E402
+
+import tf_slim_inception_v4 as slim_inception  # noqa: E402  (needs tf_compat's import first)
 
 pytestmark = [pytest.mark.compat, pytest.mark.slow]
 
@@ -31,20 +32,22 @@ TOL = 1e-3  # max |logit difference| allowed
 
 
 def _random_value(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """A non-trivial value for a slim variable, scaled so 150 layers stay finite."""
-    kind = name.removesuffix(EMA).rsplit("/", 1)[-1]
+    """A non-trivial value for a slim variable, scaled so that 150 layers neither vanish nor
+    explode: He-scaled weights, and a small gamma on ResNet's conv3 (the residual branch)."""
+    base = name.removesuffix(EMA)
+    kind = base.rsplit("/", 1)[-1]
     if kind == "global_step":
         return np.asarray(1234, np.int64)
     if kind == "weights":
-        value = rng.normal(0.0, math.sqrt(1.0 / math.prod(shape[:-1])), shape)
+        value = rng.normal(0.0, math.sqrt(2.0 / math.prod(shape[:-1])), shape)
     elif kind == "biases":
         value = rng.normal(0.0, 0.1, shape)
     elif kind == "gamma":
-        value = rng.uniform(0.3, 1.0, shape)
+        value = rng.uniform(0.1, 0.3, shape) if "/conv3/" in base else rng.uniform(0.5, 1.5, shape)
     elif kind in ("beta", "moving_mean"):
-        value = rng.normal(0.0, 0.2, shape)
+        value = rng.normal(0.0, 0.1, shape)
     elif kind == "moving_variance":
-        value = rng.uniform(0.5, 2.0, shape)  # positive, as a variance is
+        value = rng.uniform(0.5, 1.5, shape)  # positive, as a variance is
     else:
         raise AssertionError(f"unexpected variable {name}")
     return value.astype(np.float32)
@@ -68,7 +71,9 @@ def _run_slim(build, image: np.ndarray, fetch: tuple[str, ...], tmp_dir, ema: bo
         if ema:  # train_image_classifier --moving_average_decay: shadows of all model variables
             averages = tf.compat.v1.train.ExponentialMovingAverage(0.9999)
             averages.apply(slim.get_model_variables())
-        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=2, inter_op_parallelism_threads=1)
+        config = tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=2, inter_op_parallelism_threads=1
+        )
         with tf.compat.v1.Session(graph=graph, config=config) as sess:
             for var in tf.compat.v1.global_variables():
                 name = var.op.name
@@ -91,7 +96,7 @@ def resnet(tmp_path_factory):
             net, end_points = resnet_v1.resnet_v1_152(inputs, 1000, is_training=False)
         return tf.squeeze(net, [1, 2]), end_points
 
-    image = np.random.default_rng(1).normal(0.0, 50.0, (2, 224, 224, 3)).astype(np.float32)
+    image = np.random.default_rng(1).normal(0.0, 1.0, (2, 224, 224, 3)).astype(np.float32)
     out = _run_slim(build, image, (), tmp_path_factory.mktemp("resnet"), ema=True)
     return image, out
 
@@ -122,15 +127,19 @@ def test_resnet_v1_152_logits_match_tensorflow(resnet):
     with torch.no_grad():
         logits = model(_nchw(image))
     diff = _max_diff(logits, out["logits"])
-    print(f"resnet_v1_152: max |logit diff| {diff:.2e}, max |logit| {np.abs(out['logits']).max():.2f}")
-    assert np.abs(out["logits"]).max() > 1.0  # non-trivial output
+    print(
+        f"\nresnet_v1_152: max |logit diff| {diff:.2e}, max |logit| {np.abs(out['logits']).max():.2f}"
+    )
+    assert np.abs(out["logits"][0] - out["logits"][1]).max() > 0.5  # the input matters
     assert diff <= TOL
 
 
 def test_resnet_v1_152_ema_shadows_match_tensorflow_restore(resnet):
     image, out = resnet
     model = slim_resnet_v1_152().eval()
-    model.load_state_dict(slim_to_state_dict("resnet_v1_152", out["variables"], model, use_ema=True))
+    model.load_state_dict(
+        slim_to_state_dict("resnet_v1_152", out["variables"], model, use_ema=True)
+    )
     with torch.no_grad():
         logits = model(_nchw(image))
     assert np.abs(out["logits_ema"] - out["logits"]).max() > 1e-2  # the shadows differ
@@ -140,7 +149,9 @@ def test_resnet_v1_152_ema_shadows_match_tensorflow_restore(resnet):
 def test_resnet_v1_152_variable_table_matches_slim(resnet):
     _, out = resnet
     ours = state_dict_to_slim("resnet_v1_152", slim_resnet_v1_152().state_dict())
-    theirs = {n: v.shape for n, v in out["variables"].items() if n != "global_step" and EMA not in n}
+    theirs = {
+        n: v.shape for n, v in out["variables"].items() if n != "global_step" and EMA not in n
+    }
     assert len(theirs) == 777
     assert {n: v.shape for n, v in ours.items()} == theirs
 
@@ -156,7 +167,8 @@ def test_inception_v4_logits_and_aux_logits_match_tensorflow(inception):
         f"inception_v4: max |logit diff| {diff:.2e} (max |logit| {np.abs(out['logits']).max():.2f}), "
         f"aux {aux_diff:.2e} (max |aux| {np.abs(out['AuxLogits']).max():.2f})"
     )
-    assert min(np.abs(out["logits"]).max(), np.abs(out["AuxLogits"]).max()) > 1.0
+    for theirs in (out["logits"], out["AuxLogits"]):
+        assert np.abs(theirs[0] - theirs[1]).max() > 0.1  # the input matters
     assert diff <= TOL and aux_diff <= TOL
 
 
@@ -173,7 +185,9 @@ def test_exclude_heads_for_ten_classes_keeps_trunk_and_fresh_heads(inception):
     torch.manual_seed(0)
     model = slim_inception_v4(num_classes=10).eval()
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
-    state = slim_to_state_dict("inception_v4", out["variables"], model, exclude=["Logits", "AuxLogits"])
+    state = slim_to_state_dict(
+        "inception_v4", out["variables"], model, exclude=["Logits", "AuxLogits"]
+    )
     model.load_state_dict(state)
     heads = ("last_linear.", "aux_head.")
     for key, value in model.state_dict().items():

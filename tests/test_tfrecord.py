@@ -219,6 +219,12 @@ def test_undecodable_image(tmp_path):
         TFRecordImageDataset([path])[1]
     ds = TFRecordImageDataset([path], skip_corrupt=True)
     assert ds[1][1] == 1 and ds.corrupt_count == 1  # wrapped around to record 0
+    # from a DataLoader worker the error keeps its type (the CLI turns UserError into exit 2)
+    loader = torch.utils.data.DataLoader(
+        TFRecordImageDataset([path]), batch_size=None, num_workers=1
+    )
+    with pytest.raises(UserError, match=rf"record 1 in {path} \(undecodable"):
+        list(loader)
 
 
 # ---- finding shards and the index cache -----------------------------------------------------
@@ -269,6 +275,17 @@ def test_index_cache_is_invalidated_by_a_changed_shard(tmp_path):
     with open(path, "ab") as f:
         f.write(extra.read_bytes())
     assert len(TFRecordImageDataset([path])) == 3
+
+
+def test_index_cache_falls_back_to_xdg_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = tmp_path / "s"
+    _write_shard(path, [1, 2])
+    sidecar_path(path).mkdir()  # the sidecar cannot be written (as in a read-only folder)
+    assert len(TFRecordImageDataset([path])) == 2
+    cached = list((tmp_path / "cache" / "classzoo" / "tfrecord-index").iterdir())
+    assert len(cached) == 1
+    assert len(TFRecordImageDataset([path])) == 2  # read back from the cache
 
 
 # ---- datasets -------------------------------------------------------------------------------
@@ -348,6 +365,15 @@ def test_stream_every_record_once_2_ranks_x_2_workers(tmp_path):
     assert other_epoch != seen[:8] and other_seed != seen[:8]
     single, _ = _stream_order(shards, seed=3, epoch=0, rank=0, world=1, workers=0)
     assert sorted(single) == list(range(16))
+    # persistent workers keep their dataset copy: set_epoch must still reach them
+    stream = TFRecordStream(shards, transform=lambda img: img.size, shuffle_buffer=4, seed=3)
+    loader = torch.utils.data.DataLoader(
+        stream, batch_size=None, num_workers=2, persistent_workers=True
+    )
+    for epoch in (0, 1):
+        stream.set_epoch(epoch)
+        got = [int(label) for _size, label in loader]
+        assert got == _stream_order(shards, seed=3, epoch=epoch, rank=0, world=1)[0]
 
 
 # ---- tools ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 
 from classzoo.data.example import build_example, parse_example
 from classzoo.data.tfrecord import TFRecordWriter, build_index, read_records
-from classzoo.data.tfrecord_dataset import TFRecordImageDataset
+from classzoo.data.tfrecord_dataset import TFRecordImageDataset, find_shards
 from classzoo.data.tfrecord_tools import imagefolder_to_tfrecord
 from tf_compat import import_tf
 
@@ -135,8 +135,10 @@ def test_slim_schema_shards_read_by_tf_and_by_us(tf, tmp_path):
         "image/height": tf.io.FixedLenFeature([], tf.int64),
         "image/width": tf.io.FixedLenFeature([], tf.int64),
     }
-    shards = sorted(str(p) for p in out.glob("validation-*"))
-    ds = TFRecordImageDataset(shards)
+    ds = TFRecordImageDataset(find_shards(str(out), "val"))  # also writes index sidecars
+    # slim's reader globs '%s-*': our hidden sidecars must not be picked up as shards
+    shards = sorted(tf.io.gfile.glob(str(out / "validation-*")))
+    assert shards == [str(p) for p in ds.shards]
     tf_rows = []
     for blob in tf.data.TFRecordDataset(shards):
         ex = tf.io.parse_single_example(blob, keys_to_features)

@@ -29,7 +29,14 @@ def import_tf_slim():
         except ImportError:
             pytest.skip("tf_keras is not installed (pip install classzoo[compat])")
         sys.modules["tf_keras.legacy_tf_layers"] = legacy
-        for sub in ("base", "core", "convolutional", "normalization", "pooling", "variable_scope_shim"):
+        for sub in (
+            "base",
+            "core",
+            "convolutional",
+            "normalization",
+            "pooling",
+            "variable_scope_shim",
+        ):
             try:
                 sys.modules[f"tf_keras.legacy_tf_layers.{sub}"] = importlib.import_module(
                     f"tf_keras.src.legacy_tf_layers.{sub}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,24 @@ from typing import Any
 import yaml
 
 from classzoo.errors import UserError
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as booleans,
+    which would turn ``amp: off`` into False."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 def _choices(*values: str) -> dict:
@@ -170,7 +189,7 @@ def load_recipe(name_or_file: str, overrides: list[str] = ()) -> Config:
     """Load a recipe (optionally ``NAME:VARIANT``), apply its variant and ``key=value`` overrides."""
     path, variant = recipe_path(name_or_file)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
@@ -210,7 +229,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> None:
             raise UserError(f"--set expects key=value, got '{item}'")
         key, text = item.split("=", 1)
         try:
-            value = yaml.safe_load(text) if text != "" else None
+            value = parse_yaml(text) if text != "" else None
         except yaml.YAMLError:
             value = text
         set_value(cfg, key.strip(), value, source="--set")
@@ -320,4 +339,4 @@ def save_config(cfg: Config, path: Path) -> None:
 
 def load_config_file(path: Path) -> Config:
     """Load a resolved ``config.yaml`` written by :func:`save_config`."""
-    return from_dict(yaml.safe_load(path.read_text()) or {}, source=str(path))
+    return from_dict(parse_yaml(path.read_text()) or {}, source=str(path))

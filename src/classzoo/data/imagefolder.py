@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from classzoo.data import decode
 from classzoo.errors import UserError
+
+log = logging.getLogger("classzoo")
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -40,12 +44,9 @@ def scan_imagefolder(root: Path) -> tuple[list[str], list[str], np.ndarray]:
     return classes, files, np.asarray(labels, dtype=np.int64)
 
 
-def load_rgb(path: str) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"unreadable image {path}: {exc}") from None
+def load_rgb(path: str, decoder: str = "pil"):
+    """Decode one file to RGB (PIL image, or an HWC uint8 array for the TF decoder)."""
+    return decode.decoder(decoder)(decode.read_file(path), path)
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -75,6 +76,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.skip_corrupt = skip_corrupt
         self.skipped = 0
+        self.decoder = "pil"  # "tf" for the slim presets (set with the transform)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -83,11 +85,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         for attempt in range(len(self.files)):
             i = (index + attempt) % len(self.files)
             try:
-                img = load_rgb(self.files[i])
-            except UserError:
+                img = load_rgb(self.files[i], self.decoder)
+            except UserError as exc:
                 if not self.skip_corrupt:
                     raise
                 self.skipped += 1
+                log.warning("skipped: %s", exc)
                 continue
             if self.transform is not None:
                 img = self.transform(img)

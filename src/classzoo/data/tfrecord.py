@@ -50,11 +50,19 @@ class Corruption:
 
 
 class CorruptRecordError(UserError):
-    """A damaged TFRecord record; ``.corruption`` says where."""
+    """A damaged TFRecord record; ``.corruption`` says where.
 
-    def __init__(self, corruption: Corruption):
-        super().__init__(corruption.message())
-        self.corruption = corruption
+    Also constructible from a message alone (``corruption`` is then None): pickling and the
+    DataLoader's re-raise of worker exceptions rebuild exceptions as ``type(message)``.
+    """
+
+    def __init__(self, corruption: Corruption | str):
+        if isinstance(corruption, Corruption):
+            super().__init__(corruption.message())
+            self.corruption: Corruption | None = corruption
+        else:
+            super().__init__(corruption)
+            self.corruption = None
 
 
 def _masked_crc(data) -> int:

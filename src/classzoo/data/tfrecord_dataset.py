@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from classzoo.data.decode import decode_tf
 from classzoo.data.example import parse_example, parse_example_sparse
 from classzoo.data.tfrecord import (
     HEADER,
@@ -242,9 +243,9 @@ class _FdCache:
         self._lock = threading.Lock()
 
     def get(self, path: str) -> int:
+        if self._pid != os.getpid():  # forked: descriptors and lock state are the parent's
+            self._fds, self._lock, self._pid = OrderedDict(), threading.Lock(), os.getpid()
         with self._lock:
-            if self._pid != os.getpid():  # forked: the inherited descriptors are the parent's
-                self._fds, self._pid = OrderedDict(), os.getpid()
             fd = self._fds.get(path)
             if fd is not None:
                 self._fds.move_to_end(path)
@@ -292,6 +293,7 @@ class _Records:
         self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
         self.index = np.concatenate(indexes) if len(indexes) else np.zeros((0, 2), np.int64)
         self.keys = (image_key, label_key)
+        self.decoder = "pil"  # or "tf": see classzoo.data.decode
 
     def where(self, i: int) -> tuple[int, int]:
         """(shard number, record number in that shard) of global record ``i``."""
@@ -323,8 +325,11 @@ class _Records:
         if not isinstance(encoded, list) or not encoded:
             raise UserError(f"feature '{self.image_key}' of record {record} in {path} is not bytes")
         try:
-            img = Image.open(io.BytesIO(encoded[0]))
-            img = img.convert("RGB")  # decodes; raises on truncated / garbage data
+            if self.decoder == "tf":  # TF's own JPEG pixels (IFAST DCT) for the slim presets
+                img = decode_tf(bytes(encoded[0]), f"record {record} of {path}")
+            else:
+                img = Image.open(io.BytesIO(encoded[0]))
+                img = img.convert("RGB")  # decodes; raises on truncated / garbage data
         except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBomb...
             reason = f"undecodable {self.image_key} ({type(e).__name__}: {e})"
             raise CorruptRecordError(Corruption(path, record, offset, reason)) from None
@@ -398,6 +403,15 @@ class TFRecordImageDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return int(self._records.starts[-1])
+
+    @property
+    def decoder(self) -> str:
+        """ "pil" (default) or "tf" (TensorFlow's JPEG pixels, for the slim presets)."""
+        return self._records.decoder
+
+    @decoder.setter
+    def decoder(self, name: str) -> None:
+        self._records.decoder = name
 
     def _load(self, i: int) -> tuple[Image.Image, int]:
         rec = self._records

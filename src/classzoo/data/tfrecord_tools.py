@@ -22,7 +22,6 @@ from classzoo.data.example import build_example, parse_example
 from classzoo.data.tfrecord import TFRecordReader, TFRecordWriter
 from classzoo.data.tfrecord_dataset import IMAGE_KEY, LABEL_KEY, find_shards
 from classzoo.errors import UserError
-from classzoo.formats.wire import WireError
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, lower case
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -147,7 +146,7 @@ def _inspect_shard(path: Path) -> dict:
             with Image.open(io.BytesIO(feats[IMAGE_KEY][0])) as im:  # header only
                 widths.append(im.size[0])
                 heights.append(im.size[1])
-        except (WireError, KeyError, IndexError, OSError, SyntaxError, ValueError) as e:
+        except Exception as e:  # malformed Example (WireError, KeyError) or image header (PIL)
             bad.append({"offset": offset, "reason": f"{type(e).__name__}: {e}"})
     bad += [{"offset": c.offset, "reason": c.reason} for c in reader.corrupt]
     return {

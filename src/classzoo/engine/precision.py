@@ -13,22 +13,22 @@ from classzoo.errors import UserError
 log = logging.getLogger("classzoo")
 
 
-def cpu_has_native_bf16() -> bool:
-    """True on x86 CPUs with bf16 instructions (AMX tiles or AVX512-BF16), where oneDNN runs
-    bf16 convolutions natively instead of emulating them."""
+def cpu_has_amx() -> bool:
+    """True on x86 CPUs with AMX bf16 tiles (Sapphire Rapids and later)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return "amx_bf16" in flags
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``amp`` (auto|off|bf16|fp16) on ``device``; None = full precision.
 
     auto: bf16 on CUDA with bf16 support (fp16 otherwise), fp16 on NPU; on CPU bf16 only with
-    native bf16 instructions (measured 1.5x faster than fp32 for the quickstart network on an
-    AVX512-BF16 EPYC, docs/benchmarks.md "AMP on CPU"); fp32 elsewhere, where bf16 is emulated.
+    AMX. On this AVX512-BF16 EPYC (no AMX) bf16 autocast ran the quickstart network 1.5x faster,
+    but oneDNN's bf16 weight gradient of a padded 3x3/2 conv on a 1x1 map returned NaN
+    (torch 2.14.1, oneDNN 3.12; tests/test_resume.py at 16 px), so it stays opt-in there.
     """
     if amp == "off":
         return None
@@ -44,7 +44,7 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "npu":
         return torch.float16
-    if device.type == "cpu" and cpu_has_native_bf16():
+    if device.type == "cpu" and cpu_has_amx():
         return torch.bfloat16
     return None
 

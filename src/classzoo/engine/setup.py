@@ -54,10 +54,12 @@ def build_datasets(cfg: Config, need_train: bool, need_val: bool) -> DataBundle:
 def resolve_num_classes(cfg: Config, data: DataBundle) -> int | None:
     if cfg.model.num_classes is not None:
         return cfg.model.num_classes
+    if cfg.data.source != "imagefolder":
+        return None  # TFRecord / synthetic: the model's own head (1000 / 1001 for slim)
     for ds in (data.train, data.val):
         if ds is not None:
             n = count_classes(ds, label_offset_for(cfg))
-            if n is not None and cfg.data.source == "imagefolder":
+            if n is not None:
                 return n
     return None  # TFRecord / synthetic: the model's own head (1000 / 1001 for slim)
 
@@ -100,6 +102,11 @@ def train_augment(cfg: DataConfig) -> TrainAugment:
 
 
 def attach_transforms(data: DataBundle, pre: EvalPreprocess, aug: TrainAugment) -> None:
+    """Set each split's transform, and TF's JPEG decoder for the slim presets."""
+    decoder = "tf" if pre.preset in ("vgg", "inception") else "pil"
+    for ds in (data.train, data.val):
+        if ds is not None and hasattr(ds, "decoder"):
+            ds.decoder = decoder
     if data.train is not None:
         data.train.transform = build_transform(pre, train=True, aug=aug)
         if hasattr(data.train, "image_size"):
@@ -117,6 +124,9 @@ def _loader(dataset, batch_sampler, num_workers: int, device: torch.device, pers
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=persistent and num_workers > 0,
+        # A private generator: creating an iterator must not draw from the global RNG, which
+        # drives dropout and must be the same in a resumed run as in an uninterrupted one.
+        generator=torch.Generator(),
     )
 
 

@@ -27,6 +27,7 @@ from classzoo.engine.distributed import DistEnv, all_reduce_sum
 from classzoo.engine.evaluate import evaluate
 from classzoo.engine.logs import Progress, RunLogger, utc_now
 from classzoo.engine.precision import autocast
+from classzoo.errors import UserError
 
 log = logging.getLogger("classzoo")
 
@@ -270,6 +271,12 @@ def run_eval(
 def save(
     state: TrainState, env: DistEnv, ckpts: CheckpointManager, extra: dict[str, Any]
 ) -> Path | None:
+    bad = [n for n, p in state.model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:  # never let a diverged model replace the good checkpoints
+        raise UserError(
+            f"non-finite weights at step {state.pos.step} ({bad[0]}{' and others' if len(bad) > 1 else ''});"
+            f" not saved, the last good checkpoint in {ckpts.directory} is kept (lower the lr or use amp=off)"
+        )
     payload = state.payload(env, extra)  # collective (RNG gather): every rank takes part
     if not env.is_main:
         return None

@@ -29,12 +29,13 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_BUILTINS_LOADED = False
 
 
 def register_model(
     name: str, build: Callable[..., nn.Module], defaults: dict[str, Any], description: str = ""
 ) -> None:
-    if name in _REGISTRY:
+    if name in registry():
         raise ValueError(f"model '{name}' is registered twice")
     _REGISTRY[name] = ModelEntry(name, build, dict(defaults), description)
 
@@ -66,7 +67,9 @@ def _register_builtin() -> None:
 
 
 def registry() -> dict[str, ModelEntry]:
-    if not _REGISTRY:
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
         _register_builtin()
     return _REGISTRY
 

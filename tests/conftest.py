@@ -1,0 +1,47 @@
+"""Shared fixtures: small real image datasets written to disk by the tests themselves."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/tf_compat.py and other test helpers
+
+
+def write_imagefolder(
+    root: Path,
+    counts: dict[str, int],
+    size: int = 16,
+    fmt: str = "png",
+    seed: int = 0,
+    level: dict[str, int] | None = None,
+) -> Path:
+    """``root/<class>/<i>.<fmt>``; each class gets its own colour plus noise, so it is learnable.
+
+    ``level``: a constant grey level per class instead (for hand-computable predictions).
+    """
+    rng = np.random.default_rng(seed)
+    for ci, (name, n) in enumerate(sorted(counts.items())):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            if level is not None:
+                pixels = np.full((size, size, 3), level[name], dtype=np.uint8)
+            else:
+                base = np.array([(ci * 97) % 256, (ci * 57 + 80) % 256, (ci * 31 + 160) % 256])
+                pixels = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:05d}.{fmt}")
+    return root
+
+
+@pytest.fixture
+def small_imagefolder(tmp_path: Path) -> Path:
+    """train/ (4 classes x 10) and val/ (4 x 5) of 16 px images."""
+    classes = ["a", "b", "c", "d"]
+    write_imagefolder(tmp_path / "data" / "train", dict.fromkeys(classes, 10), seed=1)
+    write_imagefolder(tmp_path / "data" / "val", dict.fromkeys(classes, 5), seed=2)
+    return tmp_path / "data"

@@ -1,0 +1,148 @@
+"""A resumed run ends with exactly the weights of an uninterrupted run (CPU): model, optimizer,
+scheduler, EMA, every RNG (dropout, augmentation), data order and the position in the epoch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from classzoo.config import load_recipe
+from classzoo.engine.run import run
+
+RECIPE = """\
+model:
+  name: resnet10t
+  drop_rate: 0.2            # dropout draws from the model RNG: it must be restored too
+  kwargs: {channels: [8, 16, 32, 64], stem_width: 8}
+data:
+  source: imagefolder
+  image_size: 32
+  batch_size: 8
+  eval_batch_size: 16
+  num_workers: 2
+  scale: [0.5, 1.0]         # random crops, flips and colour jitter: per-sample RNG
+  color_jitter: 0.3
+optim: {name: adamw, lr: 0.01, weight_decay: 0.05}
+sched: {name: cosine, warmup_epochs: 0.4, warmup_lr: 0.001}
+train:
+  mode: train_and_evaluate
+  epochs: 3
+  label_smoothing: 0.1
+  ema: true
+  ema_decay: 0.9
+  amp: "off"               # bf16 on this CPU: see engine/precision.py
+  log_every: 2
+  keep_max: 3
+  progress: false
+"""
+
+
+def _cfg(tmp_path: Path, data: Path, *overrides: str):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(RECIPE)
+    cfg = load_recipe(str(recipe), list(overrides))
+    cfg.data.dir = str(data)
+    return cfg
+
+
+def _final(run_dir: Path) -> dict:
+    newest = sorted((run_dir / "checkpoints").glob("ckpt-*.pt"))[-1]
+    return torch.load(newest, map_location="cpu", weights_only=True)
+
+
+def _assert_identical(a: dict, b: dict) -> None:
+    assert a["progress"]["step"] == b["progress"]["step"]
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    for pid in sa:
+        for k, v in sa[pid].items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(sb[pid][k])), (
+                f"optimizer {pid}.{k}"
+            )
+
+
+def test_stop_and_resume_equals_uninterrupted(tmp_path, small_imagefolder):
+    whole = tmp_path / "whole"
+    run(_cfg(tmp_path, small_imagefolder), whole)
+    parts = tmp_path / "parts"
+    # 40 images / batch 8 = 5 steps per epoch; stop at step 7, in the middle of epoch 2
+    first = run(_cfg(tmp_path, small_imagefolder, "train.max_steps=7"), parts)
+    assert first["epochs"] == pytest.approx(7 / 5)
+    assert _final(parts)["progress"] == {"step": 7, "epoch": 1, "sample": 16, "world_size": 1}
+    run(_cfg(tmp_path, small_imagefolder), parts, resume="auto")
+    _assert_identical(_final(whole), _final(parts))
+    assert (parts / "train.log").read_text().count("step: 14 ") == 1
+
+
+def _train_cmd(recipe: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "classzoo",
+        "train",
+        "--recipe",
+        str(recipe),
+        "--data-dir",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--set",
+        "train.ckpt_every_steps=1",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume(tmp_path, small_imagefolder):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(RECIPE.replace("epochs: 3", "epochs: 6"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    whole = tmp_path / "whole"
+    subprocess.run(
+        _train_cmd(recipe, small_imagefolder, whole),
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _train_cmd(recipe, small_imagefolder, killed),
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt_dir = killed / "checkpoints"
+    deadline = time.monotonic() + 300
+    # kill as soon as a mid-epoch checkpoint of epoch 3 exists (steps 11..14)
+    while time.monotonic() < deadline and proc.poll() is None:
+        steps = (
+            [int(p.stem.split("-")[1]) for p in ckpt_dir.glob("ckpt-*.pt")]
+            if ckpt_dir.is_dir()
+            else []
+        )
+        if any(11 <= s <= 14 for s in steps):
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (ckpt_dir / "ckpt-000000030.pt").exists()
+    subprocess.run(
+        _train_cmd(recipe, small_imagefolder, killed, "--resume", "auto"),
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _assert_identical(_final(whole), _final(killed))
