@@ -7,6 +7,7 @@ tf-slim 1.1.0 imports ``tf_keras.legacy_tf_layers``, which pip's tf_keras ships 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -37,10 +38,8 @@ def import_tf_slim():
             "pooling",
             "variable_scope_shim",
         ):
-            try:
+            with contextlib.suppress(ImportError):
                 sys.modules[f"tf_keras.legacy_tf_layers.{sub}"] = importlib.import_module(
                     f"tf_keras.src.legacy_tf_layers.{sub}"
                 )
-            except ImportError:
-                pass
     return pytest.importorskip("tf_slim")
