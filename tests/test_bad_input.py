@@ -1,0 +1,81 @@
+"""Bad input ends with one line naming the culprit and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_imagefolder
+
+
+def classzoo(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "classzoo", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("classzoo: error:")]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+TRAIN = ["--recipe", "quickstart", "--set", "train.epochs=0.01", "--set", "data.num_workers=2"]
+
+
+def test_missing_data_dir(tmp_path):
+    proc = classzoo("train", *TRAIN, "--data-dir", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "r"))
+    assert_one_line_error(proc, f"data directory {tmp_path / 'nope'} does not exist")
+
+
+def test_empty_class_folder(tmp_path):
+    data = write_imagefolder(tmp_path / "d" / "train", {"a": 2, "b": 2}).parent
+    (data / "train" / "empty_class").mkdir()
+    write_imagefolder(data / "val", {"a": 1, "b": 1})
+    proc = classzoo("train", *TRAIN, "--data-dir", str(data), "--output-dir", str(tmp_path / "r"))
+    assert_one_line_error(proc, f"class folder {data / 'train' / 'empty_class'} holds no images")
+
+
+def test_unreadable_image_is_named(tmp_path):
+    data = write_imagefolder(tmp_path / "d" / "train", {"a": 8, "b": 8}).parent
+    write_imagefolder(data / "val", {"a": 2, "b": 2})
+    bad = data / "train" / "b" / "00003.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    # the image is decoded in a DataLoader worker process: the error must still be one line
+    proc = classzoo("train", *TRAIN, "--data-dir", str(data), "--output-dir", str(tmp_path / "r"))
+    assert_one_line_error(proc, f"unreadable image {bad}")
+
+
+def test_unknown_recipe(tmp_path):
+    proc = classzoo("train", "--recipe", "resnet51_imagenet", "--data-dir", str(tmp_path))
+    assert_one_line_error(proc, "unknown recipe 'resnet51_imagenet'")
+
+
+def test_unknown_set_key(tmp_path):
+    proc = classzoo("train", "--recipe", "quickstart", "--set", "optim.learning_rate=0.1", "--data-dir", str(tmp_path))
+    assert_one_line_error(proc, "unknown key 'optim.learning_rate'", "allowed:", "optim.lr")
+
+
+def test_checkpoint_of_another_model_lists_keys(tmp_path):
+    data = write_imagefolder(tmp_path / "val", {"a": 2, "b": 2})
+    ckpt = tmp_path / "resnet18.pt"
+    import timm
+
+    torch.save({"model": timm.create_model("resnet18", num_classes=2).state_dict()}, ckpt)
+    proc = classzoo("eval", "--checkpoint", str(ckpt), "--model", "resnet10t", "--data-dir", str(data))
+    assert_one_line_error(proc, f"checkpoint {ckpt} does not fit ResNet", "missing:", "unexpected:", "layer1.1.")
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated zip"])
+def test_corrupt_checkpoint(tmp_path, content):
+    ckpt = tmp_path / "broken.pt"
+    ckpt.write_bytes(content)
+    proc = classzoo("eval", "--checkpoint", str(ckpt), "--model", "resnet10t", "--data-dir", str(tmp_path))
+    assert_one_line_error(proc, str(ckpt))
