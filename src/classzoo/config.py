@@ -82,6 +82,7 @@ class DataConfig:
     re_prob: float = 0.0
     skip_corrupt: bool = False  # count and skip corrupt records/images instead of stopping
     synthetic_size: int = 1024  # images per split for source "synthetic"
+    train_size: int | None = None  # written by the run: images in the train split (for epochs)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from classzoo.engine import setup
 from classzoo.engine.checkpoint import CheckpointManager
 from classzoo.engine.checkpoint import load as load_ckpt
 from classzoo.engine.distributed import DistEnv, barrier, init_distributed
+from classzoo.engine.evaluate_folder import evaluate_folder
 from classzoo.engine.logs import RunLogger, setup_console_logging
 from classzoo.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from classzoo.engine.precision import amp_name, make_scaler, resolve_amp
@@ -37,6 +38,12 @@ def run(cfg: Config, run_dir: Path, resume: str | None = None) -> dict[str, Any]
     mode = cfg.train.mode
     data = setup.build_datasets(cfg, need_train=mode != "evaluate", need_val=mode != "train")
     num_classes = setup.resolve_num_classes(cfg, data)
+    folder = None
+    if mode == "evaluate" and cfg.model.checkpoint and Path(cfg.model.checkpoint).is_dir():
+        folder, cfg.model.checkpoint = (
+            Path(cfg.model.checkpoint),
+            None,
+        )  # every checkpoint in it, below
     model = setup.build_model(cfg, num_classes)
     cfg.model.num_classes = int(getattr(model, "num_classes", num_classes or 0)) or num_classes
     pre = setup.resolve_preprocess(cfg.data, cfg.model.name, model)
@@ -50,6 +57,8 @@ def run(cfg: Config, run_dir: Path, resume: str | None = None) -> dict[str, Any]
     logger = RunLogger(run_dir, enabled=env.is_main)
     val_loader = setup.eval_loader(data.val, cfg.data, env) if data.val is not None else None
     global_batch = cfg.data.batch_size * env.world_size * cfg.train.grad_accum_steps
+    if data.train is not None:
+        cfg.data.train_size = len(data.train)
     if env.is_main:
         save_config(cfg, run_dir / "config.yaml")
         log.info(
@@ -65,9 +74,28 @@ def run(cfg: Config, run_dir: Path, resume: str | None = None) -> dict[str, Any]
         )
 
     if mode == "evaluate":
-        loop = _loop_config(cfg, 1, 1, amp_dtype)
-        state = TrainState(model, None, None, make_scaler(env.device, amp_dtype))
-        result = run_eval(state, val_loader, loop, env, logger, 0.0)
+        if folder is not None:
+            rows = evaluate_folder(
+                model,
+                cfg.model.name,
+                folder,
+                val_loader,
+                env,
+                logger,
+                amp_dtype,
+                cfg.train.channels_last,
+                cfg.train.ema,
+                cfg.train.progress,
+            )
+            result = rows[-1]
+        else:
+            if cfg.model.checkpoint is None:
+                raise UserError(
+                    "mode evaluate needs a checkpoint: --set model.checkpoint=FILE_OR_FOLDER"
+                )
+            loop = _loop_config(cfg, 1, 1, amp_dtype)
+            state = TrainState(model, None, None, make_scaler(env.device, amp_dtype))
+            result = run_eval(state, val_loader, loop, env, logger, 0.0)
         summary = _summary(cfg, env, result, None, 0.0, time.perf_counter() - t0, global_batch)
         logger.write_json("summary.json", summary)
         logger.close()
