@@ -14,7 +14,11 @@ from conftest import write_imagefolder
 
 def classzoo(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "classzoo", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "classzoo", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
     )
 
 
@@ -31,7 +35,9 @@ TRAIN = ["--recipe", "quickstart", "--set", "train.epochs=0.01", "--set", "data.
 
 
 def test_missing_data_dir(tmp_path):
-    proc = classzoo("train", *TRAIN, "--data-dir", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "r"))
+    proc = classzoo(
+        "train", *TRAIN, "--data-dir", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "r")
+    )
     assert_one_line_error(proc, f"data directory {tmp_path / 'nope'} does not exist")
 
 
@@ -59,7 +65,15 @@ def test_unknown_recipe(tmp_path):
 
 
 def test_unknown_set_key(tmp_path):
-    proc = classzoo("train", "--recipe", "quickstart", "--set", "optim.learning_rate=0.1", "--data-dir", str(tmp_path))
+    proc = classzoo(
+        "train",
+        "--recipe",
+        "quickstart",
+        "--set",
+        "optim.learning_rate=0.1",
+        "--data-dir",
+        str(tmp_path),
+    )
     assert_one_line_error(proc, "unknown key 'optim.learning_rate'", "allowed:", "optim.lr")
 
 
@@ -69,13 +83,19 @@ def test_checkpoint_of_another_model_lists_keys(tmp_path):
     import timm
 
     torch.save({"model": timm.create_model("resnet18", num_classes=2).state_dict()}, ckpt)
-    proc = classzoo("eval", "--checkpoint", str(ckpt), "--model", "resnet10t", "--data-dir", str(data))
-    assert_one_line_error(proc, f"checkpoint {ckpt} does not fit ResNet", "missing:", "unexpected:", "layer1.1.")
+    proc = classzoo(
+        "eval", "--checkpoint", str(ckpt), "--model", "resnet10t", "--data-dir", str(data)
+    )
+    assert_one_line_error(
+        proc, f"checkpoint {ckpt} does not fit ResNet", "missing:", "unexpected:", "layer1.1."
+    )
 
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated zip"])
 def test_corrupt_checkpoint(tmp_path, content):
     ckpt = tmp_path / "broken.pt"
     ckpt.write_bytes(content)
-    proc = classzoo("eval", "--checkpoint", str(ckpt), "--model", "resnet10t", "--data-dir", str(tmp_path))
+    proc = classzoo(
+        "eval", "--checkpoint", str(ckpt), "--model", "resnet10t", "--data-dir", str(tmp_path)
+    )
     assert_one_line_error(proc, str(ckpt))

@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-SEED_LINE = re.compile(r"^step: \d+ epoch: [\d.]+ FPS: [\d.]+ loss: [\d.]+ total_loss: [\d.]+ lr:[\d.e-]+$")
+SEED_LINE = re.compile(
+    r"^step: \d+ epoch: [\d.]+ FPS: [\d.]+ loss: [\d.]+ total_loss: [\d.]+ lr:[\d.e-]+$"
+)
 
 
 @pytest.mark.slow
@@ -20,9 +22,21 @@ SEED_LINE = re.compile(r"^step: \d+ epoch: [\d.]+ FPS: [\d.]+ loss: [\d.]+ total
 def test_quickstart_run_folder(tmp_path):
     out = tmp_path / "qs"
     proc = subprocess.run(
-        [sys.executable, "-m", "classzoo", "quickstart", "--output-dir", str(out),
-         "--set", "train.epochs=0.1", "--set", "train.log_every=10"],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "classzoo",
+            "quickstart",
+            "--output-dir",
+            str(out),
+            "--set",
+            "train.epochs=0.1",
+            "--set",
+            "train.log_every=10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| top-1" in proc.stdout and "| test images    | 10000 |" in proc.stdout
@@ -36,7 +50,11 @@ def test_quickstart_run_folder(tmp_path):
     assert summary["top1"] > 50.0  # 0.1 epoch (47 steps) is already far above chance (10 %)
     lines = (run / "train.log").read_text().splitlines()
     assert lines and all(SEED_LINE.match(ln) for ln in lines), lines[:3]
-    assert (run / "eval.log").read_text().startswith("step epoch top1 top5 loss checkpoint_time(UTC)\n")
+    assert (
+        (run / "eval.log")
+        .read_text()
+        .startswith("step epoch top1 top5 loss checkpoint_time(UTC)\n")
+    )
     kinds = {json.loads(ln)["kind"] for ln in (run / "metrics.jsonl").read_text().splitlines()}
     assert kinds == {"train", "eval"}
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))

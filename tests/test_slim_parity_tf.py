@@ -75,9 +75,13 @@ def _run_slim(build, image: np.ndarray, fetch: tuple[str, ...], tmp_dir, ema: bo
             intra_op_parallelism_threads=2, inter_op_parallelism_threads=1
         )
         with tf.compat.v1.Session(graph=graph, config=config) as sess:
-            for var in tf.compat.v1.global_variables():
-                name = var.op.name
-                var.load(_random_value(name, tuple(var.shape.as_list()), rng), sess)
+            # Feed every variable's initial value at once (var.load per variable adds ops).
+            variables = tf.compat.v1.global_variables()
+            values = {
+                v.initial_value: _random_value(v.op.name, tuple(v.shape.as_list()), rng)
+                for v in variables
+            }
+            sess.run([v.initializer for v in variables], values)
             out = sess.run(tensors, {inputs: image})
             prefix = str(tmp_dir / "model.ckpt")
             tf.compat.v1.train.Saver().save(sess, prefix)

@@ -36,15 +36,19 @@ def inception_arg_scope(
         normalizer_fn = None
         normalizer_params = {}
     # Set weight_decay for weights in Conv and FC layers.
-    with slim.arg_scope(
-        [slim.conv2d, slim.fully_connected], weights_regularizer=slim.l2_regularizer(weight_decay)
-    ), slim.arg_scope(
-        [slim.conv2d],
-        weights_initializer=slim.variance_scaling_initializer(),
-        activation_fn=tf.nn.relu,
-        normalizer_fn=normalizer_fn,
-        normalizer_params=normalizer_params,
-    ) as sc:
+    with (
+        slim.arg_scope(
+            [slim.conv2d, slim.fully_connected],
+            weights_regularizer=slim.l2_regularizer(weight_decay),
+        ),
+        slim.arg_scope(
+            [slim.conv2d],
+            weights_initializer=slim.variance_scaling_initializer(),
+            activation_fn=tf.nn.relu,
+            normalizer_fn=normalizer_fn,
+            normalizer_params=normalizer_params,
+        ) as sc,
+    ):
         return sc
 
 
@@ -178,8 +182,9 @@ def inception_v4_base(inputs, final_endpoint="Mixed_7d", scope=None):
         end_points[name] = net
         return name == final_endpoint
 
-    with tf.compat.v1.variable_scope(scope, "InceptionV4", [inputs]), slim.arg_scope(
-        [slim.conv2d, slim.max_pool2d, slim.avg_pool2d], stride=1, padding="SAME"
+    with (
+        tf.compat.v1.variable_scope(scope, "InceptionV4", [inputs]),
+        slim.arg_scope([slim.conv2d, slim.max_pool2d, slim.avg_pool2d], stride=1, padding="SAME"),
     ):
         # 299 x 299 x 3
         net = slim.conv2d(inputs, 32, [3, 3], stride=2, padding="VALID", scope="Conv2d_1a_3x3")
@@ -211,16 +216,12 @@ def inception_v4_base(inputs, final_endpoint="Mixed_7d", scope=None):
         with tf.compat.v1.variable_scope("Mixed_4a"):
             with tf.compat.v1.variable_scope("Branch_0"):
                 branch_0 = slim.conv2d(net, 64, [1, 1], scope="Conv2d_0a_1x1")
-                branch_0 = slim.conv2d(
-                    branch_0, 96, [3, 3], padding="VALID", scope="Conv2d_1a_3x3"
-                )
+                branch_0 = slim.conv2d(branch_0, 96, [3, 3], padding="VALID", scope="Conv2d_1a_3x3")
             with tf.compat.v1.variable_scope("Branch_1"):
                 branch_1 = slim.conv2d(net, 64, [1, 1], scope="Conv2d_0a_1x1")
                 branch_1 = slim.conv2d(branch_1, 64, [1, 7], scope="Conv2d_0b_1x7")
                 branch_1 = slim.conv2d(branch_1, 64, [7, 1], scope="Conv2d_0c_7x1")
-                branch_1 = slim.conv2d(
-                    branch_1, 96, [3, 3], padding="VALID", scope="Conv2d_1a_3x3"
-                )
+                branch_1 = slim.conv2d(branch_1, 96, [3, 3], padding="VALID", scope="Conv2d_1a_3x3")
             net = tf.concat(axis=3, values=[branch_0, branch_1])
             if add_and_check_final("Mixed_4a", net):
                 return net, end_points

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -77,8 +78,32 @@ def init_distributed(device_name: str) -> DistEnv:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend=backend_for(device))
+        store = _attempt_store(rank, world)
+        if store is None:
+            dist.init_process_group(backend=backend_for(device))
+        else:
+            dist.init_process_group(
+                backend=backend_for(device), store=store, rank=rank, world_size=world
+            )
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def _attempt_store(rank: int, world: int):
+    """The rendezvous store, prefixed by torchrun's restart count.
+
+    After a worker dies, torchrun (``--max-restarts``) starts a new group on the same agent
+    store; gloo then sometimes read the dead rank's address left by the previous attempt
+    ("Gloo connectFullMesh failed ... Connection refused", seen here 1 run in 3). A prefix
+    per attempt keeps each attempt's keys apart.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if attempt is None or addr is None or port is None:
+        return None
+    from torch.distributed.rendezvous import _create_c10d_store
+
+    store = _create_c10d_store(addr, int(port), rank, world, timedelta(minutes=30))
+    return dist.PrefixStore(f"classzoo/attempt_{attempt}", store)
 
 
 def all_reduce_sum(t: torch.Tensor, env: DistEnv) -> torch.Tensor:

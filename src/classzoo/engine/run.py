@@ -20,6 +20,7 @@ from classzoo.engine.evaluate_folder import evaluate_folder
 from classzoo.engine.logs import RunLogger, setup_console_logging
 from classzoo.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from classzoo.engine.precision import amp_name, make_scaler, resolve_amp
+from classzoo.engine.sync_bn import convert_sync_batchnorm
 from classzoo.engine.trainer import LoopConfig, TrainState, run_eval, steps_per_epoch, train
 from classzoo.errors import UserError
 
@@ -102,7 +103,7 @@ def run(cfg: Config, run_dir: Path, resume: str | None = None) -> dict[str, Any]
         return summary
 
     if cfg.train.sync_bn and env.distributed:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model, env.device)
     lr = scaled_lr(cfg.optim, global_batch)
     optimizer = build_optimizer(model, cfg.optim, lr)
     spe = steps_per_epoch(
