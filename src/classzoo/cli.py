@@ -69,6 +69,51 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON object {top1, top5, loss, count}"
     )
 
+    c = sub.add_parser("convert", help="convert checkpoints")
+    csub = c.add_subparsers(dest="convert_kind", required=True)
+    cs = csub.add_parser(
+        "slim", help="TF-slim checkpoint (V1 file or V2 prefix) -> classzoo .pt / .safetensors"
+    )
+    cs.add_argument(
+        "--model", required=True, help="resnet_v1_50|resnet_v1_101|resnet_v1_152|inception_v4"
+    )
+    cs.add_argument("--checkpoint", required=True)
+    cs.add_argument("--output", default=None, help="OUT.pt (with config) or OUT.safetensors")
+    cs.add_argument(
+        "--exclude", nargs="*", default=[], help="slim scopes left at init, e.g. Logits AuxLogits"
+    )
+    cs.add_argument("--num-classes", type=int, default=None)
+    cs.add_argument(
+        "--use-ema", action="store_true", help="take the ExponentialMovingAverage shadows"
+    )
+    cs.add_argument("--list", action="store_true", help="only list the checkpoint's variables")
+
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_kind", required=True)
+    dt = dsub.add_parser("to-tfrecord", help="ImageFolder -> slim-schema TFRecord shards")
+    dt.add_argument("imagefolder")
+    dt.add_argument("out_dir")
+    dt.add_argument("--shards", type=int, required=True)
+    dt.add_argument("--split", default="train", help="shard name prefix: train, validation, ...")
+    dt.add_argument("--workers", type=int, default=2)
+    di = dsub.add_parser(
+        "inspect", help="records, classes, label range, image sizes, corrupt records"
+    )
+    di.add_argument("path")
+    di.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("bench", help="model throughput on synthetic tensors")
+    b.add_argument("--model", required=True)
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--image-size", type=int, default=None)
+    b.add_argument("--mode", choices=["train", "infer"], default="train")
+    b.add_argument("--amp", default="off", help="off|bf16|fp16|auto")
+    b.add_argument("--channels-last", action="store_true")
+    b.add_argument("--steps", type=int, default=10)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--num-classes", type=int, default=None)
+    b.add_argument("--json", action="store_true")
+
     sub.add_parser("recipes", help="list the recipes shipped with classzoo")
     r = sub.add_parser("report", help="Markdown tables and plots from run folders")
     r.add_argument("run_dirs", nargs="+")
@@ -128,6 +173,62 @@ def _dispatch(args: argparse.Namespace) -> int:
                 f"top1 {result['top1']:.3f}  top5 {result['top5']:.3f}  loss {result['loss']:.4f}  "
                 f"count {result['count']}"
             )
+        return 0
+    if args.command == "convert":
+        from classzoo.convert.command import convert_slim, list_checkpoint
+
+        if args.list:
+            print(list_checkpoint(args.checkpoint))
+            return 0
+        if args.output is None:
+            raise UserError("convert slim: --output is required (or --list)")
+        from classzoo.engine.logs import setup_console_logging
+
+        setup_console_logging(True)
+        convert_slim(
+            args.model, args.checkpoint, args.output, args.exclude, args.num_classes, args.use_ema
+        )
+        return 0
+    if args.command == "data":
+        from classzoo.data import tfrecord_tools
+
+        if args.data_kind == "to-tfrecord":
+            info = tfrecord_tools.imagefolder_to_tfrecord(
+                Path(args.imagefolder),
+                Path(args.out_dir),
+                args.shards,
+                workers=args.workers,
+                split=args.split,
+            )
+            print(
+                f"wrote {info['records']} records of {info['classes']} classes to {info['shards']} shards in "
+                f"{info['output']}"
+            )
+            return 0
+        info = tfrecord_tools.inspect_tfrecords(args.path)
+        print(json.dumps(info, default=str) if args.json else tfrecord_tools.format_inspect(info))
+        return 0
+    if args.command == "bench":
+        from classzoo.bench import bench_model
+
+        r = bench_model(
+            args.model,
+            args.batch_size,
+            args.image_size,
+            args.mode,
+            args.amp,
+            args.channels_last,
+            args.steps,
+            device=args.device,
+            num_classes=args.num_classes,
+        )
+        print(
+            json.dumps(r)
+            if args.json
+            else f"{r['model']} {r['mode']} batch {r['batch_size']} {r['image_size']}px amp {r['amp']} "
+            f"channels_last {r['channels_last']} on {r['device']} ({r['threads']} threads): "
+            f"{r['images_per_sec']:.1f} images/s"
+        )
         return 0
     if args.command == "recipes":
         from classzoo.config import list_recipes

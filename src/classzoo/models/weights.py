@@ -160,12 +160,27 @@ def load_checkpoint(
     """Load any supported checkpoint format into ``model``."""
     fmt = detect_format(path)
     if fmt == "tf":
-        from classzoo.convert.slim import slim_to_state_dict
+        from classzoo.convert.slim import slim_head_scopes, slim_to_state_dict
         from classzoo.convert.tf_checkpoint import open_tf_checkpoint
 
         with open_tf_checkpoint(str(path)) as ckpt:
             variables = ckpt.read_all()
-        state = slim_to_state_dict(model_name, variables, model, exclude=exclude)
+        exclude = list(exclude)
+        n = getattr(model, "num_classes", None)
+        for scope in slim_head_scopes(model_name):  # another num_classes: new heads, like timm
+            sized = [v for k, v in variables.items() if f"/{scope}/" in k and k.endswith("/biases")]
+            if n is not None and sized and sized[0].shape[-1] != n and scope not in exclude:
+                log.info(
+                    "checkpoint %s: %s has %d classes, the model %d: left at init",
+                    path,
+                    scope,
+                    sized[0].shape[-1],
+                    n,
+                )
+                exclude.append(scope)
+        state = slim_to_state_dict(
+            model_name, variables, model, exclude=exclude, use_ema=use_ema, source=str(path)
+        )
         load_into(model, state, str(path), exclude=())
         return
     load_into(model, read_state_dict(path, use_ema=use_ema), str(path), exclude=exclude)
