@@ -244,6 +244,15 @@ def test_gluon_flags_map_to_recipe_keys():
     assert cfg.train.amp == "off"  # timm trains in fp32 unless --amp / --apex-amp
 
 
+def test_resnet152_data_path_picks_the_split_of_the_mode(data):
+    """Arbitrary names: every file; slim names: train-* to train, validation-* to evaluate."""
+    any_names = [f"--data_path={data['r152_train']}", "--image_num=8"]
+    translate("resnet152", any_names, {})  # 2 shards, 8 records: accepted
+    slim = [f"--data_path={data['tfrecord']}", "--model_path=/x.ckpt"]
+    translate("resnet152", [*slim, "--image_num=8"], {})  # train-*: 8 (not 12 with validation)
+    translate("resnet152", [*slim, "--do_train=false", "--image_num=4"], {})  # validation-*: 4
+
+
 # ---- the scripts, run for real on small data -------------------------------------------------
 
 
@@ -309,7 +318,7 @@ def test_inception_v4_run_1p_then_evaluate(data, tmp_path):
             "inception_v4/run_1p.sh",
             [f"--data_dir={data['tfrecord']}", "--batch_size=2", "--max_train_steps=2"],
             tmp_path,
-            extra,
+            extra + " --set train.ckpt_every_steps=1",
         )
     )
     run = tmp_path / "results" / "1p" / "0" / "model"
@@ -323,14 +332,15 @@ def test_inception_v4_run_1p_then_evaluate(data, tmp_path):
     )
     assert summary_of(run)["count"] == 4  # train_and_evaluate: all 4 validation images
 
-    ckpt = sorted((run / "checkpoints").glob("*.pt"))[-1]
+    assert len(sorted((run / "checkpoints").glob("*.pt"))) == 2  # steps 1 and 2
+    # --mode evaluate --eval_dir <the run folder>: every checkpoint in it, one eval.log row each
     ok(
         run_script(
             "inception_v4/run_1p.sh",
             [
                 f"--data_dir={data['tfrecord']}",
                 "--mode=evaluate",
-                f"--eval_dir={ckpt}",
+                f"--eval_dir={run}",
                 "--log_dir=eval",
                 "--batch_size=3",
             ],
@@ -338,6 +348,9 @@ def test_inception_v4_run_1p_then_evaluate(data, tmp_path):
             extra,
         )
     )
+    rows = (tmp_path / "eval" / "eval.log").read_text().splitlines()
+    assert rows[0] == "step epoch top1 top5 loss checkpoint_time(UTC)"
+    assert [r.split()[0] for r in rows[1:]] == ["1", "2"]
     assert summary_of(tmp_path / "eval")["count"] == 4
 
 

@@ -30,7 +30,10 @@ def inception():
     return slim_inception_v4().eval()
 
 
-def _output_shapes(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor) -> dict:
+def _output_shapes(
+    run, modules: dict[str, nn.Module], x: torch.Tensor
+) -> tuple[dict, torch.Tensor]:
+    """Run ``run(x)``; return the output shapes (C, H, W) of ``modules`` and the output."""
     shapes = {}
     hooks = [
         m.register_forward_hook(
@@ -40,7 +43,7 @@ def _output_shapes(model: nn.Module, modules: dict[str, nn.Module], x: torch.Ten
     ]
     try:
         with torch.no_grad():
-            out = model(x)
+            out = run(x)
     finally:
         for h in hooks:
             h.remove()
@@ -108,7 +111,9 @@ def test_inception_v4_feature_maps_follow_slim_table(inception):
 def test_inception_v4_aux_head_and_training_output(inception):
     x = torch.randn(2, 3, 299, 299)
     head = inception.aux_head
-    shapes, _ = _output_shapes(inception, {"pool": head.pool, "conv2": head.conv2}, x)
+    shapes, _ = _output_shapes(
+        inception.forward_with_aux, {"pool": head.pool, "conv2": head.conv2}, x
+    )
     assert shapes == {"pool": (1024, 5, 5), "conv2": (768, 1, 1)}  # 5x5/3 VALID, 5x5 VALID
     with torch.no_grad():
         logits, aux = inception.forward_with_aux(x)
@@ -130,7 +135,7 @@ def test_inception_v4_slim_batch_norm_settings(inception):
     assert all(not b.weight.requires_grad and bool((b.weight == 1).all()) for b in bns)
 
 
-def test_reset_classifier_resets_both_heads(inception):
+def test_reset_classifier_resets_both_heads():
     model = slim_inception_v4()
     model.reset_classifier(10)
     assert model.get_classifier().out_features == 10 and model.aux_head.fc.out_features == 10
@@ -330,8 +335,8 @@ def test_other_num_classes_needs_exclude_then_keeps_fresh_heads(inception):
     with pytest.raises(UserError) as err:
         slim_to_state_dict("inception_v4", ckpt, model)
     assert (
-        "4 shape mismatches (InceptionV4/AuxLogits/Aux_logits/weights checkpoint float32[768, 1001] model [768, 10]"
-        in str(err.value)
+        "4 shape mismatches (InceptionV4/AuxLogits/Aux_logits/weights "
+        "checkpoint float32[768, 1001] model [768, 10]" in str(err.value)
     )
     own = {k: v.clone() for k, v in model.state_dict().items()}
     # The InceptionV4 recipe's transfer scopes, written in full.

@@ -132,7 +132,8 @@ def test_resnet_v1_152_logits_match_tensorflow(resnet):
         logits = model(_nchw(image))
     diff = _max_diff(logits, out["logits"])
     print(
-        f"\nresnet_v1_152: max |logit diff| {diff:.2e}, max |logit| {np.abs(out['logits']).max():.2f}"
+        f"\nresnet_v1_152: max |logit diff| {diff:.2e}, "
+        f"max |logit| {np.abs(out['logits']).max():.2f}"
     )
     assert np.abs(out["logits"][0] - out["logits"][1]).max() > 0.5  # the input matters
     assert diff <= TOL
@@ -168,7 +169,8 @@ def test_inception_v4_logits_and_aux_logits_match_tensorflow(inception):
         logits, aux = model.forward_with_aux(_nchw(image))
     diff, aux_diff = _max_diff(logits, out["logits"]), _max_diff(aux, out["AuxLogits"])
     print(
-        f"inception_v4: max |logit diff| {diff:.2e} (max |logit| {np.abs(out['logits']).max():.2f}), "
+        f"inception_v4: max |logit diff| {diff:.2e} "
+        f"(max |logit| {np.abs(out['logits']).max():.2f}), "
         f"aux {aux_diff:.2e} (max |aux| {np.abs(out['AuxLogits']).max():.2f})"
     )
     for theirs in (out["logits"], out["AuxLogits"]):

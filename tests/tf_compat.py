@@ -16,6 +16,10 @@ import pytest
 
 
 def import_tf():
+    # Importing TensorFlow before timm/torch crashed the process (segfault) here: torch first.
+    import timm  # noqa: F401
+    import torch  # noqa: F401
+
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

@@ -39,7 +39,9 @@ class _Var:
     """Where one slim variable lives in the state dict and how its layout converts."""
 
     key: str
-    kind: str  # "conv" HWIO<->OIHW, "fc" [in,out]<->[out,in], "conv_fc" [1,1,in,out]<->[out,in], "vec"
+    # "conv" HWIO <-> OIHW, "fc" [in, out] <-> [out, in], "conv_fc" (ResNet logits)
+    # [1, 1, in, out] <-> [out, in], "vec" as is.
+    kind: str
     is_gamma: bool = False  # BatchNorm/gamma: absent when slim's batch_norm has scale=False
 
 
@@ -50,7 +52,8 @@ def default_scope(model_name: str) -> str:
     if model_name == "inception_v4":
         return "InceptionV4"
     raise UserError(
-        f"no TF-slim variable mapping for model '{model_name}' (supported: resnet_v1_<depth>, inception_v4)"
+        f"no TF-slim variable mapping for model '{model_name}' "
+        "(supported: resnet_v1_<depth>, inception_v4)"
     )
 
 
@@ -69,7 +72,7 @@ def _conv_bn(table: dict[str, _Var], scope: str, conv: str, bn: str) -> None:
 
 
 def _resnet_table(scope: str, keys: set[str]) -> dict[str, _Var]:
-    """slim resnet_v1: conv1, block{b}/unit_{u}/bottleneck_v1/{conv1,conv2,conv3,shortcut}, logits."""
+    """slim resnet_v1: conv1, block{b}/unit_{u}/bottleneck_v1/{conv1..3,shortcut}, logits."""
     table: dict[str, _Var] = {}
     _conv_bn(table, f"{scope}/conv1", "conv1", "bn1")
     for b in range(1, 5):
@@ -215,7 +218,7 @@ def _slim_shape(var: _Var, torch_shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def _to_torch(var: _Var, value: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(value))
+    t = torch.tensor(value)  # a copy: readers may hand out read-only views of a file buffer
     if var.kind == "conv":
         t = t.permute(3, 2, 0, 1)  # HWIO -> OIHW
     elif var.kind == "fc":
