@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import classzoo
 from classzoo.convert.slim import slim_to_state_dict, state_dict_to_slim
 from classzoo.models.slim_inception_v4 import slim_inception_v4
 from classzoo.models.slim_resnet import slim_resnet_v1_152
@@ -85,6 +86,10 @@ def _run_slim(build, image: np.ndarray, fetch: tuple[str, ...], tmp_dir, ema: bo
             out = sess.run(tensors, {inputs: image})
             prefix = str(tmp_dir / "model.ckpt")
             tf.compat.v1.train.Saver().save(sess, prefix)
+            # the 2016 slim tarballs are single-file V1 checkpoints: TF still writes those too
+            v1 = tf.compat.v1.train.Saver(write_version=tf.compat.v1.train.SaverDef.V1)
+            out["v1_path"] = v1.save(sess, str(tmp_dir / "model_v1.ckpt"), write_meta_graph=False)
+            out["v2_prefix"] = prefix
             if averages is not None:
                 tf.compat.v1.train.Saver(averages.variables_to_restore()).restore(sess, prefix)
                 out["logits_ema"] = sess.run(logits, {inputs: image})
@@ -124,15 +129,16 @@ def _max_diff(ours: torch.Tensor, theirs: np.ndarray) -> float:
     return float(np.abs(ours.detach().numpy() - theirs).max())
 
 
-def test_resnet_v1_152_logits_match_tensorflow(resnet):
+@pytest.mark.parametrize("fmt", ["v2_prefix", "v1_path"])
+def test_resnet_v1_152_logits_match_tensorflow(resnet, fmt):
+    """classzoo.create_model reads TF's own Saver output (V2 bundle, V1 single file)."""
     image, out = resnet
-    model = slim_resnet_v1_152().eval()
-    model.load_state_dict(slim_to_state_dict("resnet_v1_152", out["variables"], model))
+    model = classzoo.create_model("resnet_v1_152", checkpoint=out[fmt]).eval()
     with torch.no_grad():
         logits = model(_nchw(image))
     diff = _max_diff(logits, out["logits"])
     print(
-        f"\nresnet_v1_152: max |logit diff| {diff:.2e}, "
+        f"\nresnet_v1_152 ({fmt}): max |logit diff| {diff:.2e}, "
         f"max |logit| {np.abs(out['logits']).max():.2f}"
     )
     assert np.abs(out["logits"][0] - out["logits"][1]).max() > 0.5  # the input matters
@@ -161,10 +167,10 @@ def test_resnet_v1_152_variable_table_matches_slim(resnet):
     assert {n: v.shape for n, v in ours.items()} == theirs
 
 
-def test_inception_v4_logits_and_aux_logits_match_tensorflow(inception):
+@pytest.mark.parametrize("fmt", ["v2_prefix", "v1_path"])
+def test_inception_v4_logits_and_aux_logits_match_tensorflow(inception, fmt):
     image, out = inception
-    model = slim_inception_v4().eval()
-    model.load_state_dict(slim_to_state_dict("inception_v4", out["variables"], model))
+    model = classzoo.create_model("inception_v4", checkpoint=out[fmt]).eval()
     with torch.no_grad():
         logits, aux = model.forward_with_aux(_nchw(image))
     diff, aux_diff = _max_diff(logits, out["logits"]), _max_diff(aux, out["AuxLogits"])

@@ -328,3 +328,37 @@ def test_distorted_bbox_statistics_match_tf():
     for a in (ours, theirs):  # Uniform(H - h) is in [0, H - h): the offset never reaches H - h
         shorter = a[:, 2] < h
         assert shorter.any() and (a[shorter, 0] + a[shorter, 2] <= h - 1).all()
+
+
+# --- classzoo's own pipeline: TF-exact decode (simplejpeg IFAST) + transform ---------------------
+
+
+def test_tf_decoder_equals_tf_default_decode_jpeg(photos):
+    """classzoo.data.decode.decode_tf gives exactly the pixels of slim's decode_jpeg (dct '')."""
+    from classzoo.data.decode import decode_tf
+
+    for data in photos:
+        np.testing.assert_array_equal(
+            np.asarray(decode_tf(data, "photo")), _tf_decode(data, "").numpy()
+        )
+
+
+@pytest.mark.parametrize(
+    ("preset", "slim_fn", "scale"),
+    [("vgg", slim_vgg_eval, 255.0), ("inception", slim_inception_eval, 2.0)],
+)
+def test_pipeline_from_jpeg_bytes_matches_slim_within_1_over_255(photos, preset, slim_fn, scale):
+    """JPEG bytes -> classzoo (decoder + preset) vs JPEG bytes -> TF decode_jpeg + slim eval."""
+    from classzoo.data.decode import decode_tf
+
+    transform = tfp.build_tf_transform(preset, train=False)
+    worst, means = 0.0, []
+    for data in photos:
+        ours = transform(decode_tf(data, "photo")).numpy()
+        ref = slim_fn(tf.io.decode_jpeg(data, channels=3)).numpy().transpose(2, 0, 1)
+        d = np.abs(ours - ref) / scale  # on the [0, 1] pixel scale
+        worst, means = max(worst, float(d.max())), means + [float(d.mean())]
+    print(
+        f"{preset} pipeline vs slim on {len(photos)} ImageNet JPEGs: max {worst:.2e}, mean {np.mean(means):.2e}"
+    )
+    assert worst <= 1 / 255
