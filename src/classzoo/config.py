@@ -73,6 +73,7 @@ class DataConfig:
     std: list[float] | None = None
     label_offset: int | None = None  # subtracted from stored labels; None -> model (slim: 1 or 0)
     # timm train augmentation (preset "timm"); defaults are timm's train.py defaults
+    train_interpolation: str | None = None  # None -> interpolation; "random" = timm's train default
     train_crop: str = field(default="rrc", metadata=_choices("rrc", "none"))
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])

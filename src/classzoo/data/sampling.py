@@ -3,7 +3,7 @@
 Training: one permutation per (seed, epoch), cut into global micro-batches of
 ``batch_size * world_size``; rank r takes its slice of each. Every sample is used exactly once
 per epoch; the last, smaller global batch is split as evenly as possible (and dropped only when it
-has fewer samples than ranks: then it is logged). Each sample carries a seed derived from
+cannot give every rank 2 samples: at most 2W - 1 samples of the epoch, logged). Each sample carries a seed derived from
 (seed, epoch, index), so augmentation does not depend on worker count, rank or resume point.
 The position is counted in *samples* of the epoch, so a run can resume on another world size.
 
@@ -43,7 +43,10 @@ def global_batches(
     pos = start
     while pos < n:
         end = min(pos + g, n)
-        if end - pos < world_size:  # cannot give every rank a sample: DDP needs all ranks to step
+        # A last, partial batch must give every rank at least 2 samples (or 1 if the per-device
+        # batch is 1): DDP needs every rank to step, and BatchNorm cannot train on one sample
+        # with a 1x1 map (InceptionV4's aux head). Fewer are dropped for this epoch only.
+        if end - pos < g and end - pos < min(2, batch_size) * world_size:
             break
         out.append((pos, end))
         pos = end

@@ -27,6 +27,7 @@ class EvalPreprocess:
 class TrainAugment:
     """timm train augmentation (preset ``timm`` only); slim presets have their own fixed recipes."""
 
+    interpolation: str | None = None  # None -> the eval interpolation; "random" as timm's train.py
     train_crop: str = "rrc"
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -60,7 +61,9 @@ def build_transform(pre: EvalPreprocess, train: bool, aug: TrainAugment | None =
     aug = aug or TrainAugment()
     if aug.train_crop == "none":
         # Small, already-centred images (the quickstart's 28 px Fashion-MNIST): no random crop.
-        ops: list = [T.Resize(pre.image_size, interpolation=_interp(pre.interpolation))]
+        ops: list = [
+            T.Resize(pre.image_size, interpolation=_interp(aug.interpolation or pre.interpolation))
+        ]
         if aug.hflip > 0:
             ops.append(T.RandomHorizontalFlip(aug.hflip))
         ops += [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
@@ -74,7 +77,7 @@ def build_transform(pre: EvalPreprocess, train: bool, aug: TrainAugment | None =
         color_jitter=aug.color_jitter or None,
         auto_augment=aug.auto_augment,
         re_prob=aug.re_prob,
-        interpolation="random" if pre.interpolation == "random" else pre.interpolation,
+        interpolation=aug.interpolation or pre.interpolation,
         mean=pre.mean,
         std=pre.std,
     )

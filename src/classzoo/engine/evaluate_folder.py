@@ -50,10 +50,10 @@ def _meta(path: Path) -> tuple[int, float, str]:
     return int(p.get("step", m.group(1))), float(epoch), ckpt.get("time", when)
 
 
-def evaluate_folder(
+def evaluate_checkpoints(
     model: nn.Module,
     model_name: str,
-    folder: Path,
+    paths: list[Path],
     loader,
     env: DistEnv,
     logger: RunLogger,
@@ -63,7 +63,7 @@ def evaluate_folder(
     progress: bool,
 ) -> list[dict[str, Any]]:
     rows = []
-    for path in checkpoints_in(folder):
+    for path in paths:
         load_checkpoint(model, model_name, path, use_ema=use_ema)
         step, epoch, when = _meta(path)
         result = evaluate(model, loader, env, amp_dtype, channels_last, progress=progress)

@@ -12,16 +12,17 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from classzoo.config import Config, save_config
+from classzoo.data.sampling import global_batches
 from classzoo.engine import setup
 from classzoo.engine.checkpoint import CheckpointManager
 from classzoo.engine.checkpoint import load as load_ckpt
 from classzoo.engine.distributed import DistEnv, barrier, init_distributed
-from classzoo.engine.evaluate_folder import evaluate_folder
+from classzoo.engine.evaluate_folder import checkpoints_in, evaluate_checkpoints
 from classzoo.engine.logs import RunLogger, setup_console_logging
 from classzoo.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from classzoo.engine.precision import amp_name, make_scaler, resolve_amp
 from classzoo.engine.sync_bn import convert_sync_batchnorm
-from classzoo.engine.trainer import LoopConfig, TrainState, run_eval, steps_per_epoch, train
+from classzoo.engine.trainer import LoopConfig, TrainState, steps_per_epoch, train
 from classzoo.errors import UserError
 
 log = logging.getLogger("classzoo")
@@ -39,12 +40,15 @@ def run(cfg: Config, run_dir: Path, resume: str | None = None) -> dict[str, Any]
     mode = cfg.train.mode
     data = setup.build_datasets(cfg, need_train=mode != "evaluate", need_val=mode != "train")
     num_classes = setup.resolve_num_classes(cfg, data)
-    folder = None
-    if mode == "evaluate" and cfg.model.checkpoint and Path(cfg.model.checkpoint).is_dir():
-        folder, cfg.model.checkpoint = (
-            Path(cfg.model.checkpoint),
-            None,
-        )  # every checkpoint in it, below
+    to_evaluate: list[Path] = []
+    if mode == "evaluate":
+        if not cfg.model.checkpoint:
+            raise UserError(
+                "mode evaluate needs a checkpoint: --set model.checkpoint=FILE_OR_FOLDER"
+            )
+        src = Path(cfg.model.checkpoint)
+        to_evaluate = checkpoints_in(src) if src.is_dir() else [src]
+        cfg.model.checkpoint = None  # each is loaded in turn below
     model = setup.build_model(cfg, num_classes)
     cfg.model.num_classes = int(getattr(model, "num_classes", num_classes or 0)) or num_classes
     pre = setup.resolve_preprocess(cfg.data, cfg.model.name, model)
@@ -75,28 +79,19 @@ def run(cfg: Config, run_dir: Path, resume: str | None = None) -> dict[str, Any]
         )
 
     if mode == "evaluate":
-        if folder is not None:
-            rows = evaluate_folder(
-                model,
-                cfg.model.name,
-                folder,
-                val_loader,
-                env,
-                logger,
-                amp_dtype,
-                cfg.train.channels_last,
-                cfg.train.ema,
-                cfg.train.progress,
-            )
-            result = rows[-1]
-        else:
-            if cfg.model.checkpoint is None:
-                raise UserError(
-                    "mode evaluate needs a checkpoint: --set model.checkpoint=FILE_OR_FOLDER"
-                )
-            loop = _loop_config(cfg, 1, 1, amp_dtype)
-            state = TrainState(model, None, None, make_scaler(env.device, amp_dtype))
-            result = run_eval(state, val_loader, loop, env, logger, 0.0)
+        rows = evaluate_checkpoints(
+            model,
+            cfg.model.name,
+            to_evaluate,
+            val_loader,
+            env,
+            logger,
+            amp_dtype,
+            cfg.train.channels_last,
+            cfg.train.ema,
+            cfg.train.progress,
+        )
+        result = rows[-1]
         summary = _summary(cfg, env, result, None, 0.0, time.perf_counter() - t0, global_batch)
         logger.write_json("summary.json", summary)
         logger.close()
@@ -131,6 +126,16 @@ def run(cfg: Config, run_dir: Path, resume: str | None = None) -> dict[str, Any]
             else "as given",
             spe,
             total_steps,
+        )
+    used = sum(
+        e - b for b, e in global_batches(len(data.train), cfg.data.batch_size, env.world_size)
+    )
+    if used < len(data.train) and env.is_main:
+        log.info(
+            "the last %d images of each epoch's order are skipped (a batch too small to split over %d "
+            "ranks with BatchNorm); they change every epoch",
+            len(data.train) - used,
+            env.world_size,
         )
     net = model
     if env.distributed:

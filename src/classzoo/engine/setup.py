@@ -71,9 +71,17 @@ def build_model(cfg: Config, num_classes: int | None) -> nn.Module:
         kwargs["drop_rate"] = m.drop_rate
     if m.drop_path_rate is not None:
         kwargs["drop_path_rate"] = m.drop_path_rate
+    if cfg.data.image_size is not None and "img_size" not in kwargs and _takes_img_size(m.name):
+        kwargs["img_size"] = cfg.data.image_size  # e.g. slim inception_v4 sizes its aux head by it
     return create_model(
         m.name, num_classes=num_classes, checkpoint=m.checkpoint, exclude=m.exclude, **kwargs
     )
+
+
+def _takes_img_size(name: str) -> bool:
+    """Models whose layers depend on the input size declare it in their registry defaults."""
+    entry = registry().get(name)
+    return bool(entry and entry.defaults.get("takes_img_size"))
 
 
 def resolve_preprocess(cfg: DataConfig, model_name: str, model: nn.Module) -> EvalPreprocess:
@@ -91,6 +99,7 @@ def resolve_preprocess(cfg: DataConfig, model_name: str, model: nn.Module) -> Ev
 
 def train_augment(cfg: DataConfig) -> TrainAugment:
     return TrainAugment(
+        interpolation=cfg.train_interpolation,
         train_crop=cfg.train_crop,
         scale=tuple(cfg.scale),
         ratio=tuple(cfg.ratio),

@@ -61,7 +61,10 @@ def _register_builtin() -> None:
         register_model(
             "inception_v4",
             slim_inception_v4.slim_inception_v4,
-            slim_inception_v4.SLIM_INCEPTION_V4_DEFAULTS,
+            {
+                **slim_inception_v4.SLIM_INCEPTION_V4_DEFAULTS,
+                "takes_img_size": True,
+            },  # aux head kernel
             "TF-slim inception_v4 (1001 logits, aux logits, inception preprocessing)",
         )
 
