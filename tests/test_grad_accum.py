@@ -30,19 +30,34 @@ def test_accumulation_equals_the_big_batch(tmp_path):
     write_imagefolder(data / "val", {"a": 2, "b": 2, "c": 2}, seed=6)
     finals = []
     for batch, accum in ((8, 1), (4, 2), (2, 4)):
-        cfg = load_recipe("quickstart", [
-            "model.name=test_linear_probe", "model.kwargs={}", f"data.batch_size={batch}",
-            f"train.grad_accum_steps={accum}", "data.image_size=16", "data.num_workers=0",
-            "train.epochs=2", "train.channels_last=false", "train.amp=off", "optim.name=momentum",
-            "optim.lr=0.5", "optim.weight_decay=0", "train.label_smoothing=0", "train.progress=false",
-            "data.hflip=0",
-        ])
+        cfg = load_recipe(
+            "quickstart",
+            [
+                "model.name=test_linear_probe",
+                "model.kwargs={}",
+                f"data.batch_size={batch}",
+                f"train.grad_accum_steps={accum}",
+                "data.image_size=16",
+                "data.num_workers=0",
+                "train.epochs=2",
+                "train.channels_last=false",
+                "train.amp=off",
+                "optim.name=momentum",
+                "optim.lr=0.5",
+                "optim.weight_decay=0",
+                "train.label_smoothing=0",
+                "train.progress=false",
+                "data.hflip=0",
+            ],
+        )
         cfg.data.dir = str(data)
         summary = run(cfg, tmp_path / f"b{batch}x{accum}")
         assert summary["global_batch_size"] == 8
         ckpt = sorted((tmp_path / f"b{batch}x{accum}" / "checkpoints").glob("*.pt"))[-1]
         state = torch.load(ckpt, weights_only=True)
-        assert state["progress"]["step"] == 12  # 6 optimizer steps per epoch (5 x 8 + 6: micro-batches 4+2, 2+2+2)
+        assert (
+            state["progress"]["step"] == 12
+        )  # 6 optimizer steps per epoch (5 x 8 + 6: micro-batches 4+2, 2+2+2)
         finals.append(state["model"]["2.weight"])
     assert not torch.equal(finals[0], _linear_probe().state_dict()["2.weight"])  # it trained
     for other in finals[1:]:

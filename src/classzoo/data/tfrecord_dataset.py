@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
-import io
 import logging
 import os
 import random
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from classzoo.data.decode import decode_tf
+from classzoo.data.decode import decode_pil, decode_tf
 from classzoo.data.example import parse_example, parse_example_sparse
 from classzoo.data.tfrecord import (
     HEADER,
@@ -327,9 +326,8 @@ class _Records:
         try:
             if self.decoder == "tf":  # TF's own JPEG pixels (IFAST DCT) for the slim presets
                 img = decode_tf(bytes(encoded[0]), f"record {record} of {path}")
-            else:
-                img = Image.open(io.BytesIO(encoded[0]))
-                img = img.convert("RGB")  # decodes; raises on truncated / garbage data
+            else:  # PIL's pixels; raises on truncated / garbage data
+                img = decode_pil(bytes(encoded[0]), f"record {record} of {path}")
         except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBomb...
             reason = f"undecodable {self.image_key} ({type(e).__name__}: {e})"
             raise CorruptRecordError(Corruption(path, record, offset, reason)) from None
