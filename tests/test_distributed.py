@@ -118,10 +118,18 @@ def _assert_close_runs(a: Path, b: Path, rel: float = 1e-4) -> None:
 def test_two_processes_equal_one_with_the_same_global_batch(setup):
     root, data, recipe, single = setup
     two = root / "two"
+    # `classzoo train --nproc-per-node 2` hands the same command to torchrun
     _run(
-        _torchrun("--standalone", "--nproc-per-node", "2")
-        + _train_args(recipe, data, two, "--set", "data.batch_size=4")
+        [
+            sys.executable,
+            "-m",
+            "classzoo",
+            *_train_args(recipe, data, two, "--set", "data.batch_size=4"),
+            "--nproc-per-node",
+            "2",
+        ]
     )
+
     summary = json.loads((two / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch_size"] == 8
     _assert_close_runs(single, two)
@@ -222,3 +230,17 @@ def test_killed_worker_restarts_and_matches_uninterrupted(setup):
     final, ref = _weights(faulty), _weights(whole)
     for k in ref:
         assert torch.equal(final[k], ref[k]), k
+
+
+def test_resume_on_another_world_size(setup):
+    """Stopped on 1 process at step 7 (mid-epoch 2), resumed on 2: the data position is counted
+    in samples, so the run continues where it was and ends like the uninterrupted one."""
+    root, data, recipe, single = setup
+    moved = root / "moved"
+    _run([sys.executable, "-m", "classzoo", *_train_args(recipe, data, moved, "--max-steps", "7")])
+    _run(
+        _torchrun("--standalone", "--nproc-per-node", "2")
+        + _train_args(recipe, data, moved, "--set", "data.batch_size=4", "--resume", "auto")
+    )
+    assert "resumed from" in (moved / "console.log").read_text()
+    _assert_close_runs(single, moved)
