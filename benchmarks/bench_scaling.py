@@ -40,19 +40,9 @@ def run(nproc: int, per_device: int, steps: int, data: Path, out: Path) -> dict:
         "--set",
         "data.num_workers=1",
     ]
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "classzoo", *args]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={nproc}",
-            "-m",
-            "classzoo",
-            *args,
-        ]
+    cmd = [sys.executable, "-m", "classzoo", *args]
+    if nproc > 1:
+        cmd += ["--nproc-per-node", str(nproc)]  # classzoo hands the command to torchrun
     env = {**os.environ}
     env.pop("OMP_NUM_THREADS", None)  # torchrun sets 1 per process for nproc > 1; 1 process keeps 2
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

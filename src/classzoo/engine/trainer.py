@@ -151,7 +151,7 @@ def train(
         interval = {
             "t": time.perf_counter(),
             "images": 0,
-            "loss": torch.zeros(3, dtype=torch.float64),
+            "loss": torch.zeros(3, dtype=torch.float64, device=env.device),
         }
         it = iter(loader)
         for gi, group in enumerate(groups):
@@ -185,10 +185,10 @@ def train(
                         )
                     scaled = total.sum() * (env.world_size / step_total)
                     state.scaler.scale(scaled).backward()
-                interval["loss"] += torch.tensor(
-                    [ce.detach().sum().item(), total.detach().sum().item(), ce.numel()],
-                    dtype=torch.float64,
-                )
+                # summed on the device: no host sync per step (only at log lines)
+                interval["loss"] += torch.stack(
+                    [ce.detach().sum(), total.detach().sum(), ce.new_tensor(float(ce.numel()))]
+                ).double()
             if loop.clip_grad is not None:
                 state.scaler.unscale_(state.optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), loop.clip_grad)
@@ -201,7 +201,8 @@ def train(
             if state.scheduler is not None:
                 state.scheduler.step_update(num_updates=pos.step)
             interval["images"] += step_total
-            bar.update(gi + 1, f"loss {ce.detach().mean().item():.3f}")
+            if bar.enabled:
+                bar.update(gi + 1, f"loss {ce.detach().mean().item():.3f}")
             if pos.step % loop.log_every == 0 or pos.step == loop.total_steps:
                 dt_s = time.perf_counter() - interval["t"]
                 train_time += dt_s
@@ -219,7 +220,7 @@ def train(
                 interval = {
                     "t": time.perf_counter(),
                     "images": 0,
-                    "loss": torch.zeros(3, dtype=torch.float64),
+                    "loss": torch.zeros(3, dtype=torch.float64, device=env.device),
                 }
             if loop.ckpt_every and pos.step % loop.ckpt_every == 0 and gi < len(groups) - 1:
                 save(state, env, ckpts, ckpt_extra)
