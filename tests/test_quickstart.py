@@ -61,3 +61,29 @@ def test_quickstart_run_folder(tmp_path):
     assert list((run / "checkpoints").glob("ckpt-*.pt"))
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["model"]["num_classes"] == 10 and cfg["data"]["image_size"] == 32
+    # predict with the run's checkpoint: its own preprocessing and class names
+    images = sorted((data / "val" / "1_trouser").glob("*.png"))[:10]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "classzoo",
+            "predict",
+            "--checkpoint",
+            str(sorted((run / "checkpoints").glob("*.pt"))[-1]),
+            "--json",
+            "--top-k",
+            "3",
+            *map(str, images),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(proc.stdout)
+    assert [r["image"] for r in results] == list(map(str, images))
+    assert all(len(r["top"]) == 3 and r["top"][0]["prob"] >= r["top"][1]["prob"] for r in results)
+    assert (
+        sum(r["top"][0]["class"] == "1_trouser" for r in results) >= 8
+    )  # trousers: the easy class

@@ -210,3 +210,45 @@ def test_exclude_heads_for_ten_classes_keeps_trunk_and_fresh_heads(inception):
         logits, aux = model.forward_with_aux(_nchw(image))
     assert _max_diff(pre_logits, out["PreLogitsFlatten"]) <= TOL  # trunk equals slim's
     assert logits.shape == aux.shape == (2, 10)
+
+
+def test_convert_slim_cli_writes_a_checkpoint_with_tf_logits(resnet, tmp_path, capsys):
+    """`classzoo convert slim` (V1 file in) -> a classzoo .pt that create_model loads."""
+    from classzoo.cli import main
+
+    image, out = resnet
+    assert (
+        main(
+            [
+                "convert",
+                "slim",
+                "--model",
+                "resnet_v1_152",
+                "--checkpoint",
+                out["v1_path"],
+                "--list",
+            ]
+        )
+        == 0
+    )
+    listing = capsys.readouterr().out
+    assert "resnet_v1_152/block3/unit_36/bottleneck_v1/conv2/weights" in listing and "V1" in listing
+    target = tmp_path / "r152.pt"
+    assert (
+        main(
+            [
+                "convert",
+                "slim",
+                "--model",
+                "resnet_v1_152",
+                "--checkpoint",
+                out["v1_path"],
+                "--output",
+                str(target),
+            ]
+        )
+        == 0
+    )
+    model = classzoo.create_model("resnet_v1_152", checkpoint=target).eval()
+    with torch.no_grad():
+        assert _max_diff(model(_nchw(image)), out["logits"]) <= TOL

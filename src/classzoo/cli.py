@@ -114,6 +114,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--num-classes", type=int, default=None)
     b.add_argument("--json", action="store_true")
 
+    pr = sub.add_parser("predict", help="top-k classes of images with a checkpoint")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--recipe", default=None)
+    pr.add_argument("--model", default=None)
+    pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument("--json", action="store_true")
+
     sub.add_parser("recipes", help="list the recipes shipped with classzoo")
     r = sub.add_parser("report", help="Markdown tables and plots from run folders")
     r.add_argument("run_dirs", nargs="+")
@@ -229,6 +237,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"channels_last {r['channels_last']} on {r['device']} ({r['threads']} threads): "
             f"{r['images_per_sec']:.1f} images/s"
         )
+        return 0
+    if args.command == "predict":
+        from classzoo.predict import predict
+
+        results = predict(args.checkpoint, args.images, args.recipe, args.model, args.top_k)
+        if args.json:
+            print(json.dumps(results))
+        for r in [] if args.json else results:
+            tops = ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"])
+            print(f"{r['image']}: {tops}")
         return 0
     if args.command == "recipes":
         from classzoo.config import list_recipes
