@@ -122,6 +122,13 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--json", action="store_true")
 
+    ex = sub.add_parser("export", help="export a checkpoint (ONNX, dynamic batch)")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--format", choices=["onnx"], default="onnx")
+    ex.add_argument("output")
+    ex.add_argument("--recipe", default=None)
+    ex.add_argument("--model", default=None)
+
     sub.add_parser("recipes", help="list the recipes shipped with classzoo")
     r = sub.add_parser("report", help="Markdown tables and plots from run folders")
     r.add_argument("run_dirs", nargs="+")
@@ -247,6 +254,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         for r in [] if args.json else results:
             tops = ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"])
             print(f"{r['image']}: {tops}")
+        return 0
+    if args.command == "export":
+        from classzoo.export import export_onnx
+
+        print(f"wrote {export_onnx(args.checkpoint, args.output, args.recipe, args.model)}")
         return 0
     if args.command == "recipes":
         from classzoo.config import list_recipes
