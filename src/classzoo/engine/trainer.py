@@ -164,11 +164,11 @@ def train(
                     images = images.contiguous(memory_format=torch.channels_last)
                 targets = targets.to(env.device, non_blocking=True)
                 sync = mi == len(group) - 1 or not env.distributed
-                with (
-                    net.no_sync() if not sync else contextlib.nullcontext(),
-                    autocast(env.device, loop.amp_dtype),
-                ):
-                    logits, aux = split_output(net(images))
+                # no_sync must cover the backward (it defers DDP's all-reduce to the last
+                # micro-batch); autocast covers only the forward, as PyTorch recommends
+                with net.no_sync() if not sync else contextlib.nullcontext():
+                    with autocast(env.device, loop.amp_dtype):
+                        logits, aux = split_output(net(images))
                     ce = F.cross_entropy(
                         logits.float(),
                         targets,
