@@ -43,10 +43,10 @@ def _bench(name, batch, size, mode, amp, cl, steps, classes) -> float:
     if name == "resnet10t":
         import timm
 
-        from classzoo.models.registry import _REGISTRY, ModelEntry
+        from classzoo.models.registry import register_model, registry
 
-        if "bench_quickstart_net" not in _REGISTRY:
-            _REGISTRY["bench_quickstart_net"] = ModelEntry(
+        if "bench_quickstart_net" not in registry():
+            register_model(
                 "bench_quickstart_net",
                 lambda **kw: timm.create_model("resnet10t", channels=(32, 64, 128, 256), **kw),
                 {"input_size": (3, 32, 32)},

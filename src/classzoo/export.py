@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from classzoo.engine import setup
-from classzoo.engine.eval_checkpoint import config_for_checkpoint
+from classzoo.engine.eval_checkpoint import build_checkpoint_model, config_for_checkpoint
 from classzoo.errors import UserError
 
 
@@ -25,8 +25,8 @@ def export_onnx(
         raise UserError(
             "ONNX export needs the export extra: pip install 'classzoo[export]'"
         ) from None
-    cfg = config_for_checkpoint(checkpoint, recipe, model)
-    net = setup.build_model(cfg, cfg.model.num_classes).eval()
+    cfg, ckpt = config_for_checkpoint(checkpoint, recipe, model)
+    net = build_checkpoint_model(cfg, cfg.model.num_classes, ckpt).eval()
     pre = setup.resolve_preprocess(cfg.data, cfg.model.name, net)
     example = torch.zeros(2, 3, pre.image_size, pre.image_size)
     out = Path(output)

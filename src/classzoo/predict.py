@@ -10,9 +10,8 @@ import torch
 from classzoo.data import decode
 from classzoo.data.transforms import build_transform
 from classzoo.engine import setup
-from classzoo.engine.eval_checkpoint import config_for_checkpoint
+from classzoo.engine.eval_checkpoint import build_checkpoint_model, config_for_checkpoint
 from classzoo.errors import UserError
-from classzoo.models.weights import detect_format, load_torch_checkpoint
 
 
 def predict(
@@ -22,11 +21,9 @@ def predict(
     model: str | None = None,
     top_k: int = 5,
 ) -> list[dict]:
-    cfg = config_for_checkpoint(checkpoint, recipe, model)
-    classes = None
-    if detect_format(checkpoint) == "classzoo":
-        classes = load_torch_checkpoint(checkpoint).get("classes")
-    net = setup.build_model(cfg, cfg.model.num_classes).eval()
+    cfg, ckpt = config_for_checkpoint(checkpoint, recipe, model)
+    classes = ckpt.get("classes") if ckpt is not None else None
+    net = build_checkpoint_model(cfg, cfg.model.num_classes, ckpt).eval()
     pre = setup.resolve_preprocess(cfg.data, cfg.model.name, net)
     transform = build_transform(pre, train=False)
     read = decode.decoder("tf" if pre.preset in ("vgg", "inception") else "pil")

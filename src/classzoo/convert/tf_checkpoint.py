@@ -20,6 +20,7 @@ import difflib
 import glob
 import os
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -248,7 +249,7 @@ def _out_dtype(dtype: int) -> np.dtype:
 # The checkpoint object
 
 
-class TFCheckpoint:
+class TFCheckpoint(ABC):
     """A TensorFlow checkpoint opened for reading: ``.format`` is ``"V1"`` or ``"V2"``.
 
     Use :func:`open_tf_checkpoint`; the object is a context manager.
@@ -334,11 +335,13 @@ class TFCheckpoint:
         got = {n: self.read(n) for n in self._read_order(wanted)}
         return {n: got[n] for n in wanted}
 
+    @abstractmethod
     def _read_piece(self, var: _Var, i: int, count: int) -> np.ndarray:
-        raise NotImplementedError
+        """Piece ``i`` (a slice, or the whole tensor) of ``var``, flat, ``count`` values."""
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Release the checkpoint's files."""
 
     def __enter__(self) -> TFCheckpoint:
         return self

@@ -48,18 +48,3 @@ def build_dataset(
     return TFRecordImageDataset(
         shards, transform=transform, label_offset=label_offset, skip_corrupt=cfg.skip_corrupt
     )
-
-
-def dataset_classes(ds: torch.utils.data.Dataset) -> list[str] | None:
-    return getattr(ds, "classes", None)
-
-
-def count_classes(ds: torch.utils.data.Dataset, label_offset: int) -> int | None:
-    """Number of classes a dataset implies, when it knows without decoding images."""
-    classes = getattr(ds, "classes", None)
-    if classes is not None:
-        return len(classes)
-    targets = getattr(ds, "targets", None)
-    if targets is not None and len(targets):
-        return int(max(targets)) + 1
-    return None

@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from classzoo.config import Config, apply_overrides, from_dict, load_recipe
 from classzoo.engine import setup
 from classzoo.engine.distributed import init_distributed
@@ -13,17 +15,23 @@ from classzoo.engine.evaluate import evaluate
 from classzoo.engine.logs import setup_console_logging
 from classzoo.engine.precision import amp_name, resolve_amp
 from classzoo.errors import UserError
-from classzoo.models.weights import detect_format, load_torch_checkpoint
+from classzoo.models.weights import (
+    detect_format,
+    load_into,
+    load_torch_checkpoint,
+    state_from_checkpoint,
+)
 
 log = logging.getLogger("classzoo")
 
 
-def config_for_checkpoint(checkpoint: str, recipe: str | None, model: str | None) -> Config:
-    """The config a checkpoint was trained with (classzoo files), else the recipe / model given."""
-    stored = None
-    if detect_format(checkpoint) == "classzoo":
-        ckpt = load_torch_checkpoint(checkpoint)
-        stored = ckpt.get("config") if isinstance(ckpt, dict) else None
+def config_for_checkpoint(
+    checkpoint: str, recipe: str | None, model: str | None
+) -> tuple[Config, dict[str, Any] | None]:
+    """The config a checkpoint was trained with (classzoo files), else the recipe / model given;
+    with the classzoo checkpoint as read (None for other formats), so it is read only once."""
+    ckpt = load_torch_checkpoint(checkpoint) if detect_format(checkpoint) == "classzoo" else None
+    stored = ckpt.get("config") if isinstance(ckpt, dict) else None
     if recipe is not None:
         cfg = load_recipe(recipe)
         if stored is not None:
@@ -38,7 +46,22 @@ def config_for_checkpoint(checkpoint: str, recipe: str | None, model: str | None
         cfg.model.name = model
     cfg.model.checkpoint = checkpoint
     cfg.model.exclude = []
-    return cfg
+    return cfg, ckpt
+
+
+def build_checkpoint_model(
+    cfg: Config, num_classes: int | None, ckpt: dict[str, Any] | None
+) -> nn.Module:
+    """cfg's model with its checkpoint loaded, reusing an already-read classzoo checkpoint."""
+    if ckpt is None:
+        return setup.build_model(cfg, num_classes)
+    path, cfg.model.checkpoint = cfg.model.checkpoint, None
+    try:
+        net = setup.build_model(cfg, num_classes)
+    finally:
+        cfg.model.checkpoint = path
+    load_into(net, state_from_checkpoint(ckpt, path), str(path))
+    return net
 
 
 def eval_checkpoint(
@@ -53,7 +76,7 @@ def eval_checkpoint(
     quiet: bool = False,
 ) -> dict[str, Any]:
     setup_console_logging(not quiet)
-    cfg = config_for_checkpoint(checkpoint, recipe, model)
+    cfg, ckpt = config_for_checkpoint(checkpoint, recipe, model)
     cfg.data.dir = data_dir
     cfg.data.source = cfg.data.source if cfg.data.source != "synthetic" else "imagefolder"
     if split is not None:
@@ -71,7 +94,7 @@ def eval_checkpoint(
         if cfg.model.num_classes is not None
         else setup.resolve_num_classes(cfg, data)
     )
-    net = setup.build_model(cfg, num_classes)
+    net = build_checkpoint_model(cfg, num_classes, ckpt)
     pre = setup.resolve_preprocess(cfg.data, cfg.model.name, net)
     setup.attach_transforms(data, pre, setup.train_augment(cfg.data))
     net.to(env.device)

@@ -15,7 +15,13 @@ from classzoo.engine.distributed import DistEnv
 from classzoo.engine.evaluate import evaluate
 from classzoo.engine.logs import RunLogger
 from classzoo.errors import UserError
-from classzoo.models.weights import load_checkpoint, load_torch_checkpoint
+from classzoo.models.weights import (
+    detect_format,
+    load_checkpoint,
+    load_into,
+    load_torch_checkpoint,
+    state_from_checkpoint,
+)
 
 log = logging.getLogger("classzoo")
 
@@ -35,19 +41,17 @@ def checkpoints_in(folder: Path) -> list[Path]:
     return found
 
 
-def _meta(path: Path) -> tuple[int, float, str]:
-    """(step, epoch, checkpoint time UTC) of a checkpoint."""
+def _meta(path: Path, ckpt: dict[str, Any] | None) -> tuple[int, float, str]:
+    """(step, epoch, checkpoint time UTC) of a checkpoint; ``ckpt`` is the classzoo file as read."""
     mtime = dt.datetime.fromtimestamp(path.stat().st_mtime if path.exists() else 0, dt.timezone.utc)
     when = mtime.strftime("%Y-%m-%dT%H:%M:%SZ")
     m = CKPT_RE.match(path.name)
-    if not m:
-        return -1, float("nan"), when
-    ckpt = load_torch_checkpoint(path)
-    p = ckpt.get("progress", {})
-    cfg = ckpt.get("config") or {}
-    n = (cfg.get("data") or {}).get("train_size")
+    if ckpt is None or "progress" not in ckpt:
+        return (int(m.group(1)) if m else -1), float("nan"), when
+    p = ckpt["progress"]
+    n = ((ckpt.get("config") or {}).get("data") or {}).get("train_size")
     epoch = p.get("epoch", 0) + (p.get("sample", 0) / n if n else 0.0)
-    return int(p.get("step", m.group(1))), float(epoch), ckpt.get("time", when)
+    return int(p["step"]), float(epoch), ckpt.get("time", when)
 
 
 def evaluate_checkpoints(
@@ -64,8 +68,12 @@ def evaluate_checkpoints(
 ) -> list[dict[str, Any]]:
     rows = []
     for path in paths:
-        load_checkpoint(model, model_name, path, use_ema=use_ema)
-        step, epoch, when = _meta(path)
+        ckpt = load_torch_checkpoint(path) if detect_format(path) == "classzoo" else None
+        if ckpt is None:
+            load_checkpoint(model, model_name, path, use_ema=use_ema)
+        else:  # read once: weights and progress come from the same file
+            load_into(model, state_from_checkpoint(ckpt, path, use_ema), str(path))
+        step, epoch, when = _meta(path, ckpt)
         result = evaluate(model, loader, env, amp_dtype, channels_last, progress=progress)
         logger.evaluation(step, epoch, result, checkpoint_time=when)
         log.info(

@@ -10,7 +10,7 @@ def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
     """Drop ``--nproc-per-node`` and hand the rest to ``torchrun --standalone -m classzoo``."""
     rest: list[str] = []
     skip = False
-    for i, a in enumerate(argv):
+    for a in argv:
         if skip:
             skip = False
             continue
@@ -20,7 +20,6 @@ def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
         if a.startswith("--nproc-per-node="):
             continue
         rest.append(a)
-        del i
     cmd = [
         sys.executable,
         "-m",

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from classzoo.config import Config, DataConfig
-from classzoo.data.datasets import build_dataset, count_classes, dataset_classes
+from classzoo.data.datasets import build_dataset
 from classzoo.data.sampling import EvalBatchSampler, SeededDataset, TrainBatchSampler
 from classzoo.data.transforms import EvalPreprocess, TrainAugment, as_tuple, build_transform
 from classzoo.engine.distributed import DistEnv
@@ -44,24 +44,19 @@ def build_datasets(cfg: Config, need_train: bool, need_val: bool) -> DataBundle:
     train = val = None
     if need_train:
         train = build_dataset(cfg.data, cfg.data.train_split, None, n_synth, offset)
-    classes = dataset_classes(train) if train is not None else None
+    classes = getattr(train, "classes", None)
     if need_val:
         val = build_dataset(cfg.data, cfg.data.val_split, None, n_synth, offset, classes=classes)
-        classes = classes or dataset_classes(val)
+        classes = classes or getattr(val, "classes", None)
     return DataBundle(train, val, classes)
 
 
 def resolve_num_classes(cfg: Config, data: DataBundle) -> int | None:
     if cfg.model.num_classes is not None:
         return cfg.model.num_classes
-    if cfg.data.source != "imagefolder":
+    if cfg.data.source != "imagefolder" or not data.classes:
         return None  # TFRecord / synthetic: the model's own head (1000 / 1001 for slim)
-    for ds in (data.train, data.val):
-        if ds is not None:
-            n = count_classes(ds, label_offset_for(cfg))
-            if n is not None:
-                return n
-    return None  # TFRecord / synthetic: the model's own head (1000 / 1001 for slim)
+    return len(data.classes)  # the class folders found by build_datasets
 
 
 def build_model(cfg: Config, num_classes: int | None) -> nn.Module:

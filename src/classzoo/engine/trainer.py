@@ -101,6 +101,19 @@ def split_output(output) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 @dataclass
+class _Interval:
+    """Images, time and loss sums (ce, total, count) since the last train.log line."""
+
+    device: torch.device
+    t: float = field(default_factory=time.perf_counter)
+    images: int = 0
+    loss: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loss = torch.zeros(3, dtype=torch.float64, device=self.device)
+
+
+@dataclass
 class LoopConfig:
     """What the loop needs from the recipe, already converted to steps."""
 
@@ -148,11 +161,7 @@ def train(
             f"epoch {pos.epoch + 1}",
             loop.progress and env.is_main,
         )
-        interval = {
-            "t": time.perf_counter(),
-            "images": 0,
-            "loss": torch.zeros(3, dtype=torch.float64, device=env.device),
-        }
+        interval = _Interval(env.device)
         it = iter(loader)
         for gi, group in enumerate(groups):
             step_total = sum(end - begin for begin, end in group)
@@ -186,7 +195,7 @@ def train(
                     scaled = total.sum() * (env.world_size / step_total)
                     state.scaler.scale(scaled).backward()
                 # summed on the device: no host sync per step (only at log lines)
-                interval["loss"] += torch.stack(
+                interval.loss += torch.stack(
                     [ce.detach().sum(), total.detach().sum(), ce.new_tensor(float(ce.numel()))]
                 ).double()
             if loop.clip_grad is not None:
@@ -200,28 +209,24 @@ def train(
                 state.ema.update(model, step=pos.step)
             if state.scheduler is not None:
                 state.scheduler.step_update(num_updates=pos.step)
-            interval["images"] += step_total
+            interval.images += step_total
             if bar.enabled:
                 bar.update(gi + 1, f"loss {ce.detach().mean().item():.3f}")
             if pos.step % loop.log_every == 0 or pos.step == loop.total_steps:
-                dt_s = time.perf_counter() - interval["t"]
+                dt_s = time.perf_counter() - interval.t
                 train_time += dt_s
-                images_seen += interval["images"]
-                sums = all_reduce_sum(interval["loss"].clone(), env)
+                images_seen += interval.images
+                sums = all_reduce_sum(interval.loss, env)
                 epoch_f = _epoch_float(pos, sampler)
                 logger.train_step(
                     pos.step,
                     epoch_f,
-                    interval["images"] / max(dt_s, 1e-9),
+                    interval.images / max(dt_s, 1e-9),
                     sums[0].item() / max(sums[2].item(), 1),
                     sums[1].item() / max(sums[2].item(), 1),
                     state.optimizer.param_groups[0]["lr"],
                 )
-                interval = {
-                    "t": time.perf_counter(),
-                    "images": 0,
-                    "loss": torch.zeros(3, dtype=torch.float64, device=env.device),
-                }
+                interval = _Interval(env.device)
             if loop.ckpt_every and pos.step % loop.ckpt_every == 0 and gi < len(groups) - 1:
                 save(state, env, ckpts, ckpt_extra)
             if pos.step >= loop.total_steps and gi < len(groups) - 1:
@@ -229,8 +234,8 @@ def train(
                 break
         bar.close()
         del it
-        train_time += time.perf_counter() - interval["t"]
-        images_seen += interval["images"]
+        train_time += time.perf_counter() - interval.t
+        images_seen += interval.images
         if finished_epoch:
             pos.epoch += 1
             pos.sample = 0

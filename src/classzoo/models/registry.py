@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import timm
+from timm.data import resolve_model_data_config
 from torch import nn
 
 from classzoo.errors import UserError
@@ -115,13 +116,13 @@ def data_defaults(name: str, model: nn.Module) -> dict[str, Any]:
         out = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "label_offset": 0}
         out.update(entry.defaults)
         return out
-    cfg = getattr(model, "pretrained_cfg", None) or {}
+    cfg = resolve_model_data_config(model)  # timm's: the model's pretrained_cfg with defaults
     return {
-        "input_size": tuple(cfg.get("input_size", (3, 224, 224))),
-        "crop_pct": cfg.get("crop_pct", 0.875),
-        "interpolation": cfg.get("interpolation", "bilinear"),
-        "mean": tuple(cfg.get("mean", IMAGENET_MEAN)),
-        "std": tuple(cfg.get("std", IMAGENET_STD)),
+        "input_size": tuple(cfg["input_size"]),
+        "crop_pct": cfg["crop_pct"],
+        "interpolation": cfg["interpolation"],
+        "mean": tuple(cfg["mean"]),
+        "std": tuple(cfg["std"]),
         "preset": "timm",
         "label_offset": 0,
     }

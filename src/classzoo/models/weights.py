@@ -47,6 +47,21 @@ def load_torch_checkpoint(path: str | Path) -> dict:
         raise UserError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
 
 
+def state_from_checkpoint(
+    ckpt: object, path: str | Path, use_ema: bool = False
+) -> dict[str, torch.Tensor]:
+    """The model weights inside an already-read torch checkpoint (classzoo, timm, torchvision)."""
+    if not isinstance(ckpt, dict):
+        raise UserError(f"checkpoint {path} does not hold a state dict")
+    if use_ema and ckpt.get("ema") is not None:
+        return ckpt["ema"]
+    if "model" in ckpt and isinstance(ckpt["model"], dict):
+        return ckpt["model"]
+    if "state_dict" in ckpt:  # timm / torchvision training checkpoints
+        return ckpt["state_dict"]
+    return ckpt
+
+
 def read_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
     """The model weights of a classzoo checkpoint or safetensors file."""
     fmt = detect_format(path)
@@ -58,16 +73,7 @@ def read_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.
         except Exception as exc:
             raise UserError(f"cannot read safetensors file {path}: {exc}") from None
     if fmt == "classzoo":
-        ckpt = load_torch_checkpoint(path)
-        if not isinstance(ckpt, dict):
-            raise UserError(f"checkpoint {path} does not hold a state dict")
-        if use_ema and ckpt.get("ema") is not None:
-            return ckpt["ema"]
-        if "model" in ckpt and isinstance(ckpt["model"], dict):
-            return ckpt["model"]
-        if "state_dict" in ckpt:  # timm / torchvision training checkpoints
-            return ckpt["state_dict"]
-        return ckpt
+        return state_from_checkpoint(load_torch_checkpoint(path), path, use_ema)
     raise UserError(f"{path} is a TF checkpoint; it loads only into TF-slim networks")
 
 
