@@ -49,6 +49,7 @@ class ModelConfig:
     num_classes: int | None = None  # None -> the dataset's class count (or the model's own)
     checkpoint: str | None = None  # classzoo / safetensors / TF checkpoint, detected by content
     exclude: list[str] = field(default_factory=list)  # checkpoint scopes not loaded (new heads)
+    pretrained: bool = False  # timm's pretrained weights from its local hub cache (never a download)
     drop_rate: float | None = None  # None -> the model's default
     drop_path_rate: float | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra constructor arguments
@@ -62,6 +63,12 @@ class DataConfig:
     dir: str | None = None
     train_split: str = "train"
     val_split: str = "val"
+    # TFRecord shard glob per split, relative to data.dir (e.g. "train-*"); None -> files named
+    # after the split. Settles folders whose shard names do not say their split.
+    train_pattern: str | None = None
+    val_pattern: str | None = None
+    image_key: str = "image/encoded"  # TFRecord Example feature keys; slim build_imagenet_data.py
+    label_key: str = "image/class/label"
     batch_size: int = 256  # images per device per step
     eval_batch_size: int | None = None  # None -> batch_size
     num_workers: int = 4  # DataLoader workers per device
