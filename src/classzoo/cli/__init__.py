@@ -1,0 +1,92 @@
+"""Command line: one module per verb (``add_parser`` + ``run``); no logic of its own.
+
+Every :class:`UserError` ends the program with one line on stderr and exit code 2. A closed
+pipe (``classzoo data inspect ... | head``) ends quietly with 141, the status a shell reports for
+a process killed by SIGPIPE (128 + 13), so ``set -o pipefail`` scripts see what ``cat`` gives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from classzoo.cli.common import HelpFormatter
+from classzoo.errors import UserError
+
+# The verbs, in the order `classzoo --help` lists them; each is classzoo.cli.<module>.
+VERBS = {
+    "quickstart": "quickstart",
+    "train": "train",
+    "eval": "eval",
+    "predict": "predict",
+    "export": "export",
+    "convert": "convert",
+    "data": "data",
+    "bench": "bench",
+    "report": "report",
+    "recipes": "recipes",
+    "models": "models",
+}
+BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE
+
+
+def _module(verb: str):
+    return importlib.import_module(f"classzoo.cli.{VERBS[verb]}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import classzoo
+
+    p = argparse.ArgumentParser(
+        prog="classzoo", description=classzoo.__doc__, formatter_class=HelpFormatter
+    )
+    p.add_argument("--version", action="version", version=f"classzoo {classzoo.__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for verb in VERBS:
+        _module(verb).add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code = _module(args.command).run(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
+    except UserError as exc:
+        print(f"classzoo: error: {_one_line(exc)}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("classzoo: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE_EXIT
+
+
+def _silence_stdout() -> None:
+    """The reader went away: point stdout at /dev/null so the final flush at exit stays quiet.
+
+    The recipe of Python's signal module documentation ("Note on SIGPIPE").
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout replaced by a non-file object (tests)
+        pass
+    finally:
+        os.close(devnull)
+
+
+def _one_line(exc: Exception) -> str:
+    """The user's line, also when a DataLoader worker wrapped the error in its traceback text."""
+    text = str(exc)
+    marker = "classzoo.errors.UserError: "
+    if marker in text:
+        text = text.rsplit(marker, 1)[1]
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+__all__ = ["build_parser", "main"]

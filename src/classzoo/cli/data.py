@@ -1,0 +1,54 @@
+"""``classzoo data``: write and inspect slim-schema TFRecord shards."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from classzoo.cli.common import HelpFormatter, add_verb, print_json
+
+
+def add_parser(subparsers) -> None:
+    d = add_verb(subparsers, "data", "dataset tools")
+    dsub = d.add_subparsers(dest="data_kind", required=True)
+    dt = dsub.add_parser(
+        "to-tfrecord",
+        help="ImageFolder -> slim-schema TFRecord shards",
+        formatter_class=HelpFormatter,
+    )
+    dt.add_argument("imagefolder", help="folder of class folders of images")
+    dt.add_argument("out_dir", help="folder the shards are written to")
+    dt.add_argument("--shards", type=int, required=True, help="number of shard files")
+    dt.add_argument("--split", default="train", help="shard name prefix: train, validation, ...")
+    dt.add_argument("--workers", type=int, default=2, help="encoding processes")
+    di = dsub.add_parser(
+        "inspect",
+        help="records, classes, label range, image sizes, corrupt records",
+        formatter_class=HelpFormatter,
+    )
+    di.add_argument("path", help="a TFRecord file or a folder of shards")
+    di.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    from classzoo.data import tfrecord_tools
+
+    if args.data_kind == "to-tfrecord":
+        info = tfrecord_tools.imagefolder_to_tfrecord(
+            Path(args.imagefolder),
+            Path(args.out_dir),
+            args.shards,
+            workers=args.workers,
+            split=args.split,
+        )
+        print(
+            f"wrote {info['records']} records of {info['classes']} classes to "
+            f"{info['shards']} shards in {info['output']}"
+        )
+        return 0
+    info = tfrecord_tools.inspect_tfrecords(args.path)
+    if args.json:
+        print_json(info)
+    else:
+        print(tfrecord_tools.format_inspect(info))
+    return 0
