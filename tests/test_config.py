@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from classzoo.config import apply_overrides, list_recipes, load_recipe
+from classzoo.config import list_recipes, load_recipe, with_overrides
 from classzoo.errors import UserError
 
 
@@ -48,13 +48,13 @@ def test_overrides_coerce_to_declared_types():
 def test_bad_overrides_name_the_key(override, expected):
     cfg = load_recipe("quickstart")
     with pytest.raises(UserError) as err:
-        apply_overrides(cfg, [override])
+        with_overrides(cfg, [override])
     assert expected in str(err.value)
 
 
 def test_unknown_key_lists_allowed_keys():
     with pytest.raises(UserError) as err:
-        apply_overrides(load_recipe("quickstart"), ["optim.momentun=0.8"])
+        with_overrides(load_recipe("quickstart"), ["optim.momentun=0.8"])
     message = str(err.value)
     assert "optim.momentum" in message and "allowed:" in message and "\n" not in message
 

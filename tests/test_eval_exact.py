@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from classzoo.engine.eval_checkpoint import eval_checkpoint
+from classzoo.engine.inference import eval_checkpoint
 from classzoo.models.registry import register_model, registry
 
 LEVELS = {"a": 30, "b": 128, "c": 220}  # grey levels of the three classes

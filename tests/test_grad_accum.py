@@ -48,9 +48,9 @@ def test_accumulation_equals_the_big_batch(tmp_path):
                 "train.label_smoothing=0",
                 "train.progress=false",
                 "data.hflip=0",
+                f"data.dir={data}",
             ],
         )
-        cfg.data.dir = str(data)
         summary = run(cfg, tmp_path / f"b{batch}x{accum}")
         assert summary["global_batch_size"] == 8
         ckpt = sorted((tmp_path / f"b{batch}x{accum}" / "checkpoints").glob("*.pt"))[-1]

@@ -24,7 +24,7 @@ from torch import nn
 
 from classzoo.config import load_recipe
 from classzoo.engine.optim import build_optimizer, build_scheduler, lr_at, scaled_lr
-from classzoo.engine.trainer import steps_per_epoch
+from classzoo.engine.loop import steps_per_epoch
 from classzoo.models.registry import registry
 from classzoo.models.slim_inception_v4 import SlimInceptionV4
 
@@ -133,7 +133,7 @@ RECIPE_FACTS = {
         "optim.alpha": 0.9,  # decay 0.9
         "optim.momentum": 0.9,
         "optim.eps": 1.0,
-        "optim.nesterov": False,
+        "optim.nesterov": None,  # rmsproptf has no Nesterov form
         "optim.lr": 0.045,
         "optim.lr_base_batch": None,
         "optim.weight_decay": 1e-5,

@@ -47,9 +47,7 @@ train:
 def _cfg(tmp_path: Path, data: Path, *overrides: str):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(RECIPE)
-    cfg = load_recipe(str(recipe), list(overrides))
-    cfg.data.dir = str(data)
-    return cfg
+    return load_recipe(str(recipe), [*overrides, f"data.dir={data}"])
 
 
 def _final(run_dir: Path) -> dict:

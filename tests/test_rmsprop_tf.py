@@ -68,9 +68,8 @@ def expected(wd: float, lr: float) -> tuple[list, list]:
 
 def classzoo_steps(weight_decay: float | None = None) -> tuple[list, list, float]:
     """Three steps of the optimizer classzoo builds from the inception_v4 recipe (float64)."""
-    cfg = load_recipe("inception_v4")
-    if weight_decay is not None:
-        cfg.optim.weight_decay = weight_decay
+    extra = [] if weight_decay is None else [f"optim.weight_decay={weight_decay}"]
+    cfg = load_recipe("inception_v4", extra)
     lr = scaled_lr(cfg.optim, 128)  # one device, batch 128: the reference's 0.045
     layer = nn.Linear(2, 2).double()
     with torch.no_grad():

@@ -1,17 +1,22 @@
 """Typed run configuration: recipe YAML -> dataclasses, ``--set key=value`` overrides, validation.
 
-Every default lives here, once, with its unit. ``None`` means "the model (or the data) decides";
-those are resolved in one place (:func:`classzoo.engine.setup.resolve`) and written to the run's
-``config.yaml``. Unknown keys and wrong types are :class:`UserError` s naming the key.
+Every default lives here, once, with its unit and its bounds. The config is what the user ASKED
+for (recipe + variant + overrides): it is frozen once loaded and saved as the run's ``config.yaml``
+unchanged. ``None`` means "the model (or the data) decides"; those values are resolved in one place,
+:func:`classzoo.engine.resolve.resolve`, into a separate ``Resolved`` record (``resolved.yaml``),
+never written back here. Unknown keys, wrong types and values out of bounds are :class:`UserError` s
+naming the key.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,19 +48,25 @@ def _choices(*values: str) -> dict:
     return {"choices": values}
 
 
-@dataclass
+def _min(bound: float) -> dict:
+    return {"min": bound}
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "resnet50"
     num_classes: int | None = None  # None -> the dataset's class count (or the model's own)
     checkpoint: str | None = None  # classzoo / safetensors / TF checkpoint, detected by content
     exclude: list[str] = field(default_factory=list)  # checkpoint scopes not loaded (new heads)
-    pretrained: bool = False  # timm's pretrained weights from its local hub cache (never a download)
+    pretrained: bool = (
+        False  # timm's pretrained weights from its local hub cache (never a download)
+    )
     drop_rate: float | None = None  # None -> the model's default
     drop_path_rate: float | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra constructor arguments
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     source: str = field(
         default="imagefolder", metadata=_choices("imagefolder", "tfrecord", "synthetic")
@@ -69,9 +80,9 @@ class DataConfig:
     val_pattern: str | None = None
     image_key: str = "image/encoded"  # TFRecord Example feature keys; slim build_imagenet_data.py
     label_key: str = "image/class/label"
-    batch_size: int = 256  # images per device per step
-    eval_batch_size: int | None = None  # None -> batch_size
-    num_workers: int = 4  # DataLoader workers per device
+    batch_size: int = field(default=256, metadata=_min(1))  # images per device per step
+    eval_batch_size: int | None = field(default=None, metadata=_min(1))  # None -> batch_size
+    num_workers: int = field(default=4, metadata=_min(0))  # DataLoader workers per device
     preset: str | None = field(default=None, metadata=_choices("timm", "vgg", "inception"))
     image_size: int | None = None  # None -> the model's input size
     crop_pct: float | None = None  # eval centre crop; None -> the model's default
@@ -89,11 +100,10 @@ class DataConfig:
     auto_augment: str | None = None
     re_prob: float = 0.0
     skip_corrupt: bool = False  # count and skip corrupt records/images instead of stopping
-    synthetic_size: int = 1024  # images per split for source "synthetic"
-    train_size: int | None = None  # written by the run: images in the train split (for epochs)
+    synthetic_size: int = field(default=1024, metadata=_min(1))  # images per split, "synthetic"
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     name: str = "sgd"  # any timm optimizer name: sgd, momentum, rmsproptf, adamw, lamb, ...
     lr: float = 0.1
@@ -104,12 +114,14 @@ class OptimConfig:
     weight_decay: float = 1e-4
     eps: float | None = None  # None -> the optimizer's default
     alpha: float | None = None  # RMSProp decay (TF "decay"); None -> the optimizer's default
-    nesterov: bool = False
+    # None -> the optimizer's own form (timm: "sgd" is Nesterov, "momentum" is not); rmsproptf
+    # has no Nesterov form (nor has TF's RMSPropOptimizer), so true is an error there
+    nesterov: bool | None = None
     filter_bias_and_bn: bool = True  # no weight decay on biases and norm parameters (timm)
     clip_grad: float | None = None  # max gradient norm; None -> no clipping
 
 
-@dataclass
+@dataclass(frozen=True)
 class SchedConfig:
     name: str = field(default="cosine", metadata=_choices("cosine", "step", "const"))
     warmup_epochs: float = 0.0
@@ -121,14 +133,15 @@ class SchedConfig:
     decay_rate: float = 0.1
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     mode: str = field(
         default="train_and_evaluate", metadata=_choices("train", "train_and_evaluate", "evaluate")
     )
-    epochs: float = 90.0
-    max_steps: int | None = None  # stop after this many optimizer steps (smoke / performance runs)
-    eval_every: int = 1  # epochs between evaluations in train_and_evaluate
+    epochs: float = field(default=90.0, metadata=_min(0))
+    # stop after this many optimizer steps (smoke / performance runs); None -> no limit
+    max_steps: int | None = field(default=None, metadata=_min(1))
+    eval_every: int = field(default=1, metadata=_min(0))  # epochs between evaluations; 0 = never
     label_smoothing: float = 0.0
     aux_loss_weight: float = 0.4  # slim train_image_classifier.py weight of AuxLogits
     amp: str = field(default="auto", metadata=_choices("auto", "off", "bf16", "fp16"))
@@ -136,16 +149,28 @@ class TrainConfig:
     ema: bool = False
     ema_decay: float = 0.9998
     seed: int = 0
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = field(default=1, metadata=_min(1))
     sync_bn: bool = False
-    log_every: int = 50  # steps between train.log lines
-    ckpt_every_steps: int | None = None  # None -> only at the end of each epoch
-    keep_max: int = 5  # checkpoints kept by rotation
+    log_every: int = field(default=50, metadata=_min(1))  # steps between train.log lines
+    # None -> only at the end of each epoch
+    ckpt_every_steps: int | None = field(default=None, metadata=_min(1))
+    keep_max: int = field(default=5, metadata=_min(0))  # newest checkpoints kept by rotation
+    keep_best: int = field(default=1, metadata=_min(0))  # best checkpoints kept (best.pt = first)
+    best_metric: str = field(default="top1", metadata=_choices("top1", "top5", "loss"))
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda", "npu", "mps"))
     progress: bool = True  # a progress bar when stderr is a terminal
 
 
-@dataclass
+@dataclass(frozen=True)
+class EvalConfig:
+    # classzoo eval, mode evaluate and a run's final evaluation: fp32 by default, the protocol
+    # behind the published slim numbers (bf16 moved one trial's loss from 2542.94 to 2540.07)
+    amp: str = field(default="off", metadata=_choices("auto", "off", "bf16", "fp16"))
+    # evaluations during training: "off" (fp32) or "train" (the training precision, faster)
+    periodic_amp: str = field(default="off", metadata=_choices("off", "train"))
+
+
+@dataclass(frozen=True)
 class Config:
     recipe: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -153,6 +178,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -194,7 +220,7 @@ def recipe_path(name_or_file: str) -> tuple[Path, str | None]:
     return path, variant
 
 
-def load_recipe(name_or_file: str, overrides: list[str] = ()) -> Config:
+def load_recipe(name_or_file: str, overrides: Sequence[str] = ()) -> Config:
     """Load a recipe (optionally ``NAME:VARIANT``), apply its variant and ``key=value`` overrides."""
     path, variant = recipe_path(name_or_file)
     try:
@@ -204,6 +230,8 @@ def load_recipe(name_or_file: str, overrides: list[str] = ()) -> Config:
     if not isinstance(raw, dict):
         raise UserError(f"recipe {path} must be a mapping of sections")
     variants = raw.pop("variants", {}) or {}
+    if not isinstance(variants, dict):
+        raise UserError(f"recipe {path}: 'variants' must be a mapping of name -> settings")
     raw.setdefault("recipe", path.stem)
     cfg = from_dict(raw, source=str(path))
     if variant is not None:
@@ -211,37 +239,53 @@ def load_recipe(name_or_file: str, overrides: list[str] = ()) -> Config:
             raise UserError(
                 f"recipe {path.stem} has no variant '{variant}' (variants: {', '.join(variants) or 'none'})"
             )
-        for key, value in variants[variant].items():
-            set_value(cfg, key, value, source=f"{path.stem}:{variant}")
-        cfg.recipe = f"{path.stem}:{variant}"
-    apply_overrides(cfg, overrides)
-    return cfg
+        settings = variants[variant] or {}
+        if not isinstance(settings, dict):
+            raise UserError(f"recipe {path}: variant '{variant}' must be a mapping of key: value")
+        cfg = with_values(
+            cfg, {**settings, "recipe": f"{path.stem}:{variant}"}, f"{path.stem}:{variant}"
+        )
+    return with_overrides(cfg, overrides)
 
 
 def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
-    cfg = Config()
+    """A config from ``{section: {key: value}}`` (a recipe file or a stored config.yaml)."""
+    flat: dict[str, Any] = {}
     for section, values in raw.items():
         if section == "recipe":
-            cfg.recipe = values
+            flat["recipe"] = values
             continue
         if not isinstance(values, dict):
-            _check_key(cfg, section, source)
+            _check_key(Config(), str(section), source)
             raise UserError(f"{source}: section '{section}' must be a mapping")
-        for key, value in values.items():
-            set_value(cfg, f"{section}.{key}", value, source=source)
-    return cfg
+        flat.update({f"{section}.{key}": value for key, value in values.items()})
+    return with_values(Config(), flat, source)
 
 
-def apply_overrides(cfg: Config, overrides: list[str]) -> None:
+def with_values(cfg: Config, values: Mapping[str, Any], source: str) -> Config:
+    """A new config: ``cfg`` with ``{"section.key": value}`` set (type-checked); cfg is unchanged."""
+    draft = copy.deepcopy(cfg)
+    for dotted, value in values.items():
+        if dotted == "recipe":
+            object.__setattr__(draft, "recipe", None if value is None else str(value))
+        else:
+            _set(draft, str(dotted), value, source)
+    return draft
+
+
+def with_overrides(cfg: Config, overrides: Sequence[str], source: str = "--set") -> Config:
+    """A new config with ``key=value`` strings applied (values parsed as YAML scalars)."""
+    values: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
-            raise UserError(f"--set expects key=value, got '{item}'")
+            raise UserError(f"{source} expects key=value, got '{item}'")
         key, text = item.split("=", 1)
         try:
             value = parse_yaml(text) if text != "" else None
         except yaml.YAMLError:
             value = text
-        set_value(cfg, key.strip(), value, source="--set")
+        values[key.strip()] = value
+    return with_values(cfg, values, source)
 
 
 def _check_key(obj: Any, name: str, source: str, prefix: str = "") -> dataclasses.Field:
@@ -256,8 +300,9 @@ def _check_key(obj: Any, name: str, source: str, prefix: str = "") -> dataclasse
     return fields[name]
 
 
-def set_value(cfg: Config, dotted: str, value: Any, source: str) -> None:
-    """Set ``section.key`` on ``cfg``, coercing to the declared type; errors name the key."""
+def _set(cfg: Config, dotted: str, value: Any, source: str) -> None:
+    """Set ``section.key`` on a draft being built, coercing to the declared type and checking
+    its choices and bounds; errors name the key. Only :func:`with_values` calls it."""
     parts = dotted.split(".")
     obj: Any = cfg
     prefix = ""
@@ -277,7 +322,11 @@ def set_value(cfg: Config, dotted: str, value: Any, source: str) -> None:
     choices = f.metadata.get("choices")
     if choices and coerced is not None and coerced not in choices:
         raise UserError(f"{source}: {dotted}={coerced!r} is not one of {', '.join(choices)}")
-    setattr(obj, f.name, coerced)
+    low = f.metadata.get("min")
+    if low is not None and coerced is not None and coerced < low:
+        hint = " (None for no limit)" if type(None) in typing.get_args(hints[f.name]) else ""
+        raise UserError(f"{source}: {dotted}={coerced!r} must be >= {low}{hint}")
+    object.__setattr__(obj, f.name, coerced)  # the draft is private until returned
 
 
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
@@ -344,8 +393,3 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
 
 def save_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def load_config_file(path: Path) -> Config:
-    """Load a resolved ``config.yaml`` written by :func:`save_config`."""
-    return from_dict(parse_yaml(path.read_text()) or {}, source=str(path))

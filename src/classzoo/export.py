@@ -11,8 +11,7 @@ from pathlib import Path
 
 import torch
 
-from classzoo.engine import setup
-from classzoo.engine.eval_checkpoint import build_checkpoint_model, config_for_checkpoint
+from classzoo.engine.inference import load_for_inference
 from classzoo.errors import UserError
 
 
@@ -25,9 +24,9 @@ def export_onnx(
         raise UserError(
             "ONNX export needs the export extra: pip install 'classzoo[export]'"
         ) from None
-    cfg, ckpt = config_for_checkpoint(checkpoint, recipe, model)
-    net = build_checkpoint_model(cfg, cfg.model.num_classes, ckpt).eval()
-    pre = setup.resolve_preprocess(cfg.data, cfg.model.name, net)
+    loaded = load_for_inference(checkpoint, recipe, model)
+    net, resolved = loaded.net, loaded.resolved
+    pre = resolved.preprocess
     example = torch.zeros(2, 3, pre.image_size, pre.image_size)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -43,14 +42,18 @@ def export_onnx(
         verbose=False,
     )
     proto = onnx.load(str(out))
-    meta = {
-        "model": cfg.model.name,
+    meta = {  # the Resolved record's preprocessing: the truth the model was trained with
+        "model": resolved.model,
+        "num_classes": resolved.num_classes,
+        "label_offset": resolved.label_offset,
         "preset": pre.preset,
         "image_size": pre.image_size,
         "crop_pct": pre.crop_pct,
+        "interpolation": pre.interpolation,
+        "decoder": pre.decoder,
+        "formula": pre.formula,
         "mean": list(pre.mean),
         "std": list(pre.std),
-        "label_offset": setup.label_offset_for(cfg),
     }
     entry = proto.metadata_props.add()
     entry.key, entry.value = "preprocess", json.dumps(meta)

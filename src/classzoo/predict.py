@@ -1,45 +1,147 @@
-"""``classzoo predict --checkpoint C IMAGE...``: top-k classes per image, with the checkpoint's own
-preprocessing (eval transform and decoder of its preset) and class names."""
+"""``classzoo predict --checkpoint C IMAGE|FOLDER...``: top-k classes per image, with the
+checkpoint's own preprocessing (eval transform and decoder of its preset) and class names.
+
+Class names: the run's own (ImageFolder class folders) when it has them, else ImageNet's for a
+1000- or 1001-class head (``data_files/imagenet_classes.tsv``), else the dataset label number.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from classzoo.data import decode
+from classzoo.data.imagefolder import IMG_EXTENSIONS
 from classzoo.data.transforms import build_transform
-from classzoo.engine import setup
-from classzoo.engine.eval_checkpoint import build_checkpoint_model, config_for_checkpoint
+from classzoo.engine.build import transform_preprocess
+from classzoo.engine.inference import load_for_inference
 from classzoo.errors import UserError
+
+BATCH = 32  # images per forward; bounded memory for a folder of any size
 
 
 def predict(
     checkpoint: str,
-    images: list[str],
+    images: Sequence[str],
     recipe: str | None = None,
     model: str | None = None,
     top_k: int = 5,
 ) -> list[dict]:
-    cfg, ckpt = config_for_checkpoint(checkpoint, recipe, model)
-    classes = ckpt.get("classes") if ckpt is not None else None
-    net = build_checkpoint_model(cfg, cfg.model.num_classes, ckpt).eval()
-    pre = setup.resolve_preprocess(cfg.data, cfg.model.name, net)
-    transform = build_transform(pre, train=False)
-    read = decode.decoder("tf" if pre.preset in ("vgg", "inception") else "pil")
-    offset = setup.label_offset_for(cfg)
-    out = []
-    for path in images:
-        if not Path(path).is_file():
+    """Top-``top_k`` predictions of every image file (folders are searched recursively)."""
+    files = collect_images(images)  # before loading: a wrong path fails fast
+    loaded = load_for_inference(checkpoint, recipe, model)
+    net, resolved = loaded.net, loaded.resolved
+    transform = build_transform(transform_preprocess(resolved.preprocess), train=False)
+    read = decode.decoder(resolved.preprocess.decoder)
+    names = class_names(resolved.num_classes, resolved.classes)
+
+    def load(path: Path) -> torch.Tensor:
+        return transform(read(decode.read_file(str(path)), str(path)))
+
+    return predict_files(net, load, files, names, resolved.label_offset, top_k)
+
+
+def collect_images(paths: Iterable[str]) -> list[Path]:
+    """Image files named directly, plus every image file under each folder (sorted)."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS)
+            )
+            if not found:
+                raise UserError(f"folder {path} holds no images ({', '.join(IMG_EXTENSIONS)})")
+            out.extend(found)
+        elif path.is_file():
+            out.append(path)
+        else:
             raise UserError(f"image {path} does not exist")
-        x = transform(read(decode.read_file(path), path)).unsqueeze(0)
-        with torch.no_grad():
-            logits = net(x)
-        probs = logits.float().softmax(dim=1)[0]
-        p, idx = probs.topk(min(top_k, probs.numel()))
-        preds = []
-        for prob, i in zip(p.tolist(), idx.tolist()):
-            name = classes[i] if classes and i < len(classes) else str(i + offset)
-            preds.append({"class": name, "index": i, "prob": prob})
-        out.append({"image": path, "top": preds})
     return out
+
+
+@lru_cache(maxsize=1)
+def imagenet_classes() -> tuple[tuple[str, str], ...]:
+    """The 1000 (synset, lemmas) pairs in timm's / slim's order, shipped with classzoo."""
+    text = resources.files("classzoo").joinpath("data_files/imagenet_classes.tsv").read_text()
+    rows = [line.split("\t", 1) for line in text.splitlines() if line and not line.startswith("#")]
+    return tuple((synset, lemma) for synset, lemma in rows)
+
+
+def class_names(num_classes: int, classes: Sequence[str] | None) -> list[str] | None:
+    """Name of each logit index, or None when only numbers are known.
+
+    1000 logits are ImageNet's sorted synsets (timm: labels 0..999; slim ResNet-v1: labels 1..1000
+    with label_offset 1, README "ResNet and VGG models have 1000 classes"); 1001 logits put slim's
+    'background' first (datasets/imagenet.py ``create_readable_names_for_imagenet_labels``).
+    """
+    if classes and len(classes) == num_classes:
+        lemmas = dict(imagenet_classes())
+        # ImageFolder ImageNet: the folders are synsets; show their words too
+        return [f"{c} ({lemmas[c].split(',')[0]})" if c in lemmas else c for c in classes]
+    first_lemma = [lemma.split(",")[0] for _, lemma in imagenet_classes()]
+    if num_classes == 1000:
+        return first_lemma
+    if num_classes == 1001:
+        return ["background", *first_lemma]
+    return None
+
+
+def predict_files(
+    net: nn.Module,
+    load: Callable[[Path], torch.Tensor],
+    files: Sequence[Path],
+    names: Sequence[str] | None,
+    label_offset: int,
+    top_k: int,
+) -> list[dict]:
+    """Run ``net`` over ``files`` in batches; one result per file, in order."""
+    if top_k < 1:
+        raise UserError(f"--top-k {top_k}: must be at least 1")
+    net.eval()
+    device = next(net.parameters()).device
+    out = []
+    for start in range(0, len(files), BATCH):
+        chunk = files[start : start + BATCH]
+        x = torch.stack([load(p) for p in chunk]).to(device)
+        with torch.no_grad():
+            probs = net(x).float().softmax(dim=1)
+        p, idx = probs.topk(min(top_k, probs.shape[1]), dim=1)
+        for path, ps, ids in zip(chunk, p.tolist(), idx.tolist()):
+            top = [_entry(i, prob, names, label_offset) for prob, i in zip(ps, ids)]
+            out.append({"image": str(path), "top": top})
+    return out
+
+
+def _entry(index: int, prob: float, names: Sequence[str] | None, label_offset: int) -> dict:
+    label = index + label_offset  # the dataset's own label number for this logit
+    name = names[index] if names and index < len(names) else str(label)
+    return {"class": name, "index": index, "label": label, "prob": prob}
+
+
+def format_results(results: list[dict], fmt: str) -> str:
+    """``text``: one line per image; ``csv``: one row per (image, rank). JSON: see cli.common."""
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["image", "rank", "class", "index", "label", "prob"])
+        for r in results:
+            for rank, t in enumerate(r["top"], 1):
+                w.writerow(
+                    [r["image"], rank, t["class"], t["index"], t["label"], f"{t['prob']:.6f}"]
+                )
+        return buf.getvalue().rstrip("\n")
+    lines = []
+    for r in results:
+        tops = ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"])
+        lines.append(f"{r['image']}: {tops}")
+    return "\n".join(lines)

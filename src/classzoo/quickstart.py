@@ -10,7 +10,7 @@ import logging
 import time
 from pathlib import Path
 
-from classzoo.config import apply_overrides, load_recipe
+from classzoo.config import load_recipe, with_overrides, with_values
 from classzoo.data.fashion_mnist import export_imagefolder
 from classzoo.engine.logs import setup_console_logging
 
@@ -24,9 +24,8 @@ def quickstart(output_dir: Path, data_dir: Path | None = None, overrides: list[s
     log.info("preparing Fashion-MNIST as an ImageFolder in %s", output_dir / "data")
     folder = export_imagefolder(data_dir, output_dir / "data" / "fashion-mnist")
     log.info("dataset ready in %.1f s", time.perf_counter() - t0)
-    cfg = load_recipe("quickstart")
-    cfg.data.dir = str(folder)
-    apply_overrides(cfg, list(overrides))
+    cfg = with_values(load_recipe("quickstart"), {"data.dir": str(folder)}, "quickstart")
+    cfg = with_overrides(cfg, list(overrides))
     from classzoo.engine.run import run
 
     summary = run(cfg, output_dir / "run")

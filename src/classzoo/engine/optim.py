@@ -29,6 +29,13 @@ def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
     kwargs = {}
+    sgd_family = cfg.name in ("sgd", "momentum", "nesterov")
+    if cfg.nesterov and not sgd_family:
+        raise UserError(
+            f"optim.nesterov=true: {cfg.name} has no Nesterov form (only sgd / momentum / nesterov)"
+        )
+    if cfg.nesterov is not None and sgd_family:
+        kwargs["nesterov"] = cfg.nesterov  # overrides timm's per-name default
     if cfg.eps is not None:
         kwargs["eps"] = cfg.eps
     if cfg.alpha is not None:

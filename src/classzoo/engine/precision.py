@@ -49,8 +49,9 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def amp_name(dtype: torch.dtype | None) -> str:
-    return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+def precision_name(dtype: torch.dtype | None) -> str:
+    """The name the Resolved record and summary.json use: fp32 (no autocast), bf16 or fp16."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

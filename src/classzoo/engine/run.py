@@ -1,212 +1,243 @@
-"""One training run: config -> objects -> run folder (config.yaml, logs, checkpoints, summary)."""
+"""One run: asked config -> resolve -> objects -> run folder.
+
+``config.yaml`` is the asked config exactly; ``resolved.yaml`` is everything decided from it
+(engine/resolve.py); checkpoints carry both; ``summary.json`` is the result.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from timm.utils import ModelEmaV3
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from classzoo.config import Config, save_config
 from classzoo.data.sampling import global_batches
-from classzoo.engine import setup
+from classzoo.engine import build
 from classzoo.engine.checkpoint import CheckpointManager
 from classzoo.engine.checkpoint import load as load_ckpt
 from classzoo.engine.distributed import DistEnv, barrier, init_distributed
-from classzoo.engine.evaluate_folder import checkpoints_in, evaluate_checkpoints
-from classzoo.engine.logs import RunLogger, setup_console_logging
+from classzoo.engine.evaluate import checkpoints_in, evaluate, evaluate_checkpoints
+from classzoo.engine.logs import setup_console_logging
+from classzoo.engine.loop import Hooks, LoopConfig, StepConfig, steps_per_epoch, train
 from classzoo.engine.optim import build_optimizer, build_scheduler, scaled_lr
-from classzoo.engine.precision import amp_name, make_scaler, resolve_amp
+from classzoo.engine.precision import make_scaler
+from classzoo.engine.resolve import (
+    Resolved,
+    Schedule,
+    describe,
+    label_offset_for,
+    num_classes_for,
+    preprocess_for,
+    resolve,
+)
+from classzoo.engine.run_log import RunLogger
+from classzoo.engine.state import TrainState
 from classzoo.engine.sync_bn import convert_sync_batchnorm
-from classzoo.engine.trainer import LoopConfig, TrainState, steps_per_epoch, train
 from classzoo.errors import UserError
 
 log = logging.getLogger("classzoo")
 
 
-def run(cfg: Config, run_dir: Path, resume: str | None = None) -> dict[str, Any]:
-    """Train (and evaluate) as ``cfg.train.mode`` says; returns the summary written to the folder."""
-    env = init_distributed(cfg.train.device)
+@dataclass
+class Setup:
+    """A run's resolved record and the objects built from it."""
+
+    resolved: Resolved
+    model: nn.Module
+    train: build.Split | None
+    val: build.Split | None
+
+
+def run(asked: Config, run_dir: Path, resume: str | None = None) -> dict[str, Any]:
+    """Train (and evaluate) as ``asked.train.mode`` says; returns the summary of the run folder."""
+    t0 = time.perf_counter()
+    env = init_distributed(asked.train.device)
     run_dir = Path(run_dir)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     setup_console_logging(env.is_main, run_dir / "console.log" if env.is_main else None)
-    torch.manual_seed(cfg.train.seed + env.rank)
-    t0 = time.perf_counter()
-    mode = cfg.train.mode
-    data = setup.build_datasets(cfg, need_train=mode != "evaluate", need_val=mode != "train")
-    num_classes = setup.resolve_num_classes(cfg, data)
-    to_evaluate: list[Path] = []
-    if mode == "evaluate":
-        if not cfg.model.checkpoint:
-            raise UserError(
-                "mode evaluate needs a checkpoint: --set model.checkpoint=FILE_OR_FOLDER"
-            )
-        src = Path(cfg.model.checkpoint)
-        to_evaluate = checkpoints_in(src) if src.is_dir() else [src]
-        cfg.model.checkpoint = None  # each is loaded in turn below
-    model = setup.build_model(cfg, num_classes)
-    cfg.model.num_classes = int(getattr(model, "num_classes", num_classes or 0)) or num_classes
-    pre = setup.resolve_preprocess(cfg.data, cfg.model.name, model)
-    _record_preprocess(cfg, pre, setup.label_offset_for(cfg))
-    setup.attach_transforms(data, pre, setup.train_augment(cfg.data))
-    model.to(env.device)
-    if cfg.train.channels_last:
-        model.to(memory_format=torch.channels_last)
-    amp_dtype = resolve_amp(cfg.train.amp, env.device)
-    cfg.train.amp = amp_name(amp_dtype)
+    mode = asked.train.mode
+    s = set_up(asked, env, need_train=mode != "evaluate", need_val=mode != "train")
     logger = RunLogger(run_dir, enabled=env.is_main)
-    val_loader = setup.eval_loader(data.val, cfg.data, env) if data.val is not None else None
-    global_batch = cfg.data.batch_size * env.world_size * cfg.train.grad_accum_steps
-    if data.train is not None:
-        cfg.data.train_size = len(data.train)
     if env.is_main:
-        save_config(cfg, run_dir / "config.yaml")
-        log.info(
-            "model %s (%d classes, %.1fM parameters) on %s x%d, amp %s, preset %s %dpx",
-            cfg.model.name,
-            cfg.model.num_classes,
-            sum(p.numel() for p in model.parameters()) / 1e6,
-            env.device,
-            env.world_size,
-            cfg.train.amp,
-            pre.preset,
-            pre.image_size,
-        )
-
+        save_config(asked, run_dir / "config.yaml")
+        _write_yaml(s.resolved.to_dict(), run_dir / "resolved.yaml")
+        log.info("resolved (resolved.yaml):\n%s", describe(s.resolved))
     if mode == "evaluate":
-        rows = evaluate_checkpoints(
-            model,
-            cfg.model.name,
-            to_evaluate,
-            val_loader,
-            env,
-            logger,
-            amp_dtype,
-            cfg.train.channels_last,
-            cfg.train.ema,
-            cfg.train.progress,
-        )
-        result = rows[-1]
-        summary = _summary(cfg, env, result, None, 0.0, time.perf_counter() - t0, global_batch)
-        logger.write_json("summary.json", summary)
-        logger.close()
-        return summary
-
-    if cfg.train.sync_bn and env.distributed:
-        model = convert_sync_batchnorm(model, env.device)
-    lr = scaled_lr(cfg.optim, global_batch)
-    optimizer = build_optimizer(model, cfg.optim, lr)
-    spe = steps_per_epoch(
-        len(data.train), cfg.data.batch_size, env.world_size, cfg.train.grad_accum_steps
-    )
-    total_steps = cfg.train.max_steps or max(1, round(cfg.train.epochs * spe))
-    scheduler = build_scheduler(optimizer, cfg.sched, cfg.train.epochs, spe)
-    ema = ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema else None
-    state = TrainState(model, optimizer, scheduler, make_scaler(env.device, amp_dtype), ema)
-    ckpts = CheckpointManager(run_dir / "checkpoints", cfg.train.keep_max)
-    _maybe_resume(state, ckpts, resume, env, cfg.train.seed)
-    if env.is_main:
-        log.info(
-            "%d train / %s val images; global batch %d = %d per device x %d devices x %d accumulation; "
-            "lr %.6g (%s); %d steps per epoch, %d steps",
-            len(data.train),
-            len(data.val) if data.val is not None else "no",
-            global_batch,
-            cfg.data.batch_size,
-            env.world_size,
-            cfg.train.grad_accum_steps,
-            lr,
-            f"{cfg.optim.lr} x {global_batch}/{cfg.optim.lr_base_batch}"
-            if cfg.optim.lr_base_batch
-            else "as given",
-            spe,
-            total_steps,
-        )
-    used = sum(
-        e - b for b, e in global_batches(len(data.train), cfg.data.batch_size, env.world_size)
-    )
-    if used < len(data.train) and env.is_main:
-        log.info(
-            "the last %d images of each epoch's order are skipped (a batch too small to split over %d "
-            "ranks with BatchNorm); they change every epoch",
-            len(data.train) - used,
-            env.world_size,
-        )
-    net = model
-    if env.distributed:
-        net = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-    loader, sampler = setup.train_loader(data.train, cfg.data, env, cfg.train.seed)
-    loop = _loop_config(cfg, total_steps, spe, amp_dtype)
-    extra = {
-        "config": cfg.to_dict(),
-        "model_name": cfg.model.name,
-        "num_classes": cfg.model.num_classes,
-        "classes": data.classes,
-    }
-    result = train(
-        state,
-        net,
-        loader,
-        sampler,
-        val_loader if mode == "train_and_evaluate" else None,
-        loop,
-        env,
-        logger,
-        ckpts,
-        extra,
-    )
-    summary = _summary(
-        cfg,
-        env,
-        result["eval"],
-        result["images_per_sec"],
-        state.pos.step / spe,
-        time.perf_counter() - t0,
-        global_batch,
-    )
+        result = _evaluate_mode(asked, s, env, logger)
+        ips, epochs = None, 0.0
+    else:
+        result, ips, epochs = _train_mode(asked, s, env, logger, run_dir, resume)
+    summary = _summary(asked, s.resolved, result, ips, epochs, time.perf_counter() - t0)
     logger.write_json("summary.json", summary)
     logger.close()
     barrier(env)
     return summary
 
 
-def _record_preprocess(cfg: Config, pre, label_offset: int) -> None:
-    """Write the resolved preprocessing back into the config (saved with every checkpoint)."""
-    cfg.data.preset, cfg.data.image_size, cfg.data.crop_pct = (
-        pre.preset,
-        pre.image_size,
-        pre.crop_pct,
+def set_up(asked: Config, env: DistEnv, need_train: bool, need_val: bool) -> Setup:
+    """Resolve once and build the datasets and the model (see engine/build.py for the order)."""
+    torch.manual_seed(asked.train.seed + env.rank)
+    data, m = asked.data, asked.model
+    defaults = build.model_defaults(m.name, dict(m.kwargs))
+    pre = preprocess_for(data, defaults)
+    offset = label_offset_for(data, defaults)
+    n_synth = m.num_classes or 10
+    train = val = None
+    if need_train:
+        train = build.open_split(data, data.train_split, pre, True, offset, n_synth)
+    classes = train.classes if train is not None else None
+    if need_val:
+        val = build.open_split(data, data.val_split, pre, False, offset, n_synth, classes)
+        classes = classes or val.classes
+    first = train or val
+    labels = (first.info.label_min, first.info.label_max) if data.source == "tfrecord" else None
+    num_classes = num_classes_for(m, data.source, classes, labels, offset)
+    model, weights = build.build_model(m, num_classes, pre.image_size, asked.train.seed)
+    n = int(getattr(model, "num_classes", num_classes or 0))
+    infos = {k: v.info for k, v in (("train", train), ("val", val)) if v is not None}
+    schedule = _schedule(asked, len(train.dataset), env.world_size) if train is not None else None
+    resolved = resolve(
+        asked, env.device, env.world_size, defaults, n, classes, infos, weights, schedule
     )
-    cfg.data.interpolation, cfg.data.mean, cfg.data.std = (
-        pre.interpolation,
-        list(pre.mean),
-        list(pre.std),
-    )
-    cfg.data.label_offset = label_offset
+    model.to(env.device)
+    if resolved.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return Setup(resolved, model, train, val)
 
 
-def _loop_config(cfg: Config, total_steps: int, spe: int, amp_dtype) -> LoopConfig:
-    t = cfg.train
-    return LoopConfig(
-        total_steps=total_steps,
-        steps_per_epoch=spe,
+def _schedule(asked: Config, n_train: int, world_size: int) -> Schedule:
+    t, o = asked.train, asked.optim
+    global_batch = asked.data.batch_size * world_size * t.grad_accum_steps
+    spe = steps_per_epoch(n_train, asked.data.batch_size, world_size, t.grad_accum_steps)
+    rule = f"{o.lr} x {global_batch}/{o.lr_base_batch}" if o.lr_base_batch else "as given"
+    return Schedule(
+        per_device_batch=asked.data.batch_size,
         grad_accum=t.grad_accum_steps,
-        label_smoothing=t.label_smoothing,
-        aux_loss_weight=t.aux_loss_weight,
-        clip_grad=cfg.optim.clip_grad,
-        log_every=max(1, t.log_every),
+        global_batch=global_batch,
+        lr=scaled_lr(o, global_batch),
+        lr_rule=rule,
+        steps_per_epoch=spe,
+        total_steps=t.max_steps or max(1, round(t.epochs * spe)),
+    )
+
+
+def _evaluate_mode(asked: Config, s: Setup, env: DistEnv, logger: RunLogger) -> dict[str, Any]:
+    """The InceptionV4 reference's evaluate mode: every checkpoint of a folder -> a table."""
+    if not asked.model.checkpoint:
+        raise UserError("mode evaluate needs a checkpoint: --set model.checkpoint=FILE_OR_FOLDER")
+    src = Path(asked.model.checkpoint)
+    paths = checkpoints_in(src) if src.is_dir() else [src]
+    d = asked.data
+    loader = build.eval_loader(s.val.dataset, d.eval_batch_size or d.batch_size, d.num_workers, env)
+    rows = evaluate_checkpoints(
+        s.model,
+        asked.model.name,
+        paths,
+        loader,
+        env,
+        logger,
+        s.resolved.precision_dtype("eval"),
+        s.resolved.channels_last,
+        asked.train.ema,
+        asked.train.progress,
+    )
+    return rows[-1]
+
+
+def _train_mode(
+    asked: Config, s: Setup, env: DistEnv, logger: RunLogger, run_dir: Path, resume: str | None
+) -> tuple[dict[str, Any], float, float]:
+    t, r, sched = asked.train, s.resolved, s.resolved.schedule
+    model = s.model
+    if t.sync_bn and env.distributed:
+        model = convert_sync_batchnorm(model, env.device)
+    optimizer = build_optimizer(model, asked.optim, sched.lr)
+    scheduler = build_scheduler(optimizer, asked.sched, t.epochs, sched.steps_per_epoch)
+    ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema else None
+    amp = r.precision_dtype("train")
+    state = TrainState(model, optimizer, scheduler, make_scaler(env.device, amp), ema)
+    ckpts = CheckpointManager(run_dir / "checkpoints", t.keep_max)
+    _maybe_resume(state, ckpts, resume, env, t.seed)
+    _log_skipped_tail(len(s.train.dataset), asked.data.batch_size, env)
+    net = model
+    if env.distributed:
+        net = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    d = asked.data
+    loader, sampler = build.train_loader(s.train.dataset, d.batch_size, d.num_workers, env, t.seed)
+    extra = {"config": asked.to_dict(), "resolved": r.to_dict()}
+    hooks = Hooks(save=lambda: save(state, env, ckpts, extra), log_line=logger.train_step)
+    evaluate_after = None
+    if s.val is not None and t.mode == "train_and_evaluate":
+        val_loader = build.eval_loader(
+            s.val.dataset, d.eval_batch_size or d.batch_size, d.num_workers, env
+        )
+
+        def evaluate_after(final: bool) -> dict[str, Any]:
+            return _eval_during(state, val_loader, r, env, logger, sampler, final, t.progress)
+
+    result = train(state, net, loader, sampler, _loop_config(asked, r), env, hooks, evaluate_after)
+    return result["eval"], result["images_per_sec"], state.pos.step / sched.steps_per_epoch
+
+
+def _eval_during(state, val_loader, r: Resolved, env, logger, sampler, final: bool, progress: bool):
+    """Evaluate the EMA weights when EMA is on (timm's practice), else the trained weights; the
+    final evaluation in the eval precision, periodic ones in the periodic precision."""
+    from classzoo.engine.loop import epoch_float
+
+    model = state.ema.module if state.ema is not None else state.model
+    amp = r.precision_dtype("eval" if final else "periodic")
+    result = evaluate(model, val_loader, env, amp, r.channels_last, progress=progress)
+    logger.evaluation(state.pos.step, epoch_float(state, sampler), result)
+    log.info(
+        "eval step %d (%s): top1 %.2f top5 %.2f loss %.4f over %d images",
+        state.pos.step,
+        r.eval_precision if final else r.periodic_eval_precision,
+        result["top1"],
+        result["top5"],
+        result["loss"],
+        result["count"],
+    )
+    return result
+
+
+def _loop_config(asked: Config, r: Resolved) -> LoopConfig:
+    t = asked.train
+    return LoopConfig(
+        step=StepConfig(
+            label_smoothing=t.label_smoothing,
+            aux_loss_weight=t.aux_loss_weight,
+            clip_grad=asked.optim.clip_grad,
+            amp_dtype=r.precision_dtype("train"),
+            channels_last=r.channels_last,
+        ),
+        total_steps=r.schedule.total_steps,
+        steps_per_epoch=r.schedule.steps_per_epoch,
+        grad_accum=t.grad_accum_steps,
+        log_every=t.log_every,
         ckpt_every=t.ckpt_every_steps,
         eval_every=t.eval_every,
-        amp_dtype=amp_dtype,
-        channels_last=t.channels_last,
         progress=t.progress,
-        seed=t.seed,
     )
+
+
+def save(state: TrainState, env: DistEnv, ckpts: CheckpointManager, extra: dict[str, Any]):
+    bad = state.non_finite()
+    if bad:  # never let a diverged model replace the good checkpoints
+        raise UserError(
+            f"non-finite weights at step {state.pos.step} ({bad[0]}{' and others' if len(bad) > 1 else ''});"
+            f" not saved, the last good checkpoint in {ckpts.directory} is kept (lower the lr or use amp=off)"
+        )
+    payload = state.payload(env, extra)  # collective (RNG gather): every rank takes part
+    return ckpts.save(state.pos.step, payload) if env.is_main else None
 
 
 def _maybe_resume(
@@ -227,7 +258,7 @@ def _maybe_resume(
         ckpt = load_ckpt(path)
     try:
         state.restore(ckpt, env, seed)
-    except (RuntimeError, KeyError, ValueError) as exc:
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise UserError(f"cannot resume from {path}: {str(exc).splitlines()[0]}") from None
     log.info(
         "resumed from %s at step %d (epoch %d, sample %d)",
@@ -238,27 +269,37 @@ def _maybe_resume(
     )
 
 
+def _log_skipped_tail(n: int, batch_size: int, env: DistEnv) -> None:
+    used = sum(e - b for b, e in global_batches(n, batch_size, env.world_size))
+    if used < n and env.is_main:
+        log.info(
+            "the last %d images of each epoch's order are skipped (a batch too small to split over "
+            "%d ranks with BatchNorm); they change every epoch",
+            n - used,
+            env.world_size,
+        )
+
+
+def _write_yaml(data: dict[str, Any], path: Path) -> None:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
 def _summary(
-    cfg: Config,
-    env: DistEnv,
-    result: dict,
-    ips: float | None,
-    epochs: float,
-    wall: float,
-    global_batch: int,
+    asked: Config, r: Resolved, result: dict, ips: float | None, epochs: float, wall: float
 ) -> dict[str, Any]:
     return {
-        "recipe": cfg.recipe,
-        "model": cfg.model.name,
+        "recipe": asked.recipe,
+        "model": r.model,
         "top1": result.get("top1"),
         "top5": result.get("top5"),
         "loss": result.get("loss"),
         "count": result.get("count"),
         "images_per_sec": ips,
         "epochs": round(epochs, 3),
-        "amp": cfg.train.amp,
-        "world_size": env.world_size,
-        "device": env.device.type,
-        "global_batch_size": global_batch,
+        "amp": r.train_precision,
+        "eval_precision": r.eval_precision,
+        "world_size": r.world_size,
+        "device": r.device.split(":")[0],
+        "global_batch_size": r.schedule.global_batch if r.schedule else None,
         "wall_time_s": round(wall, 1),
     }

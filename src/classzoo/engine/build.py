@@ -1,0 +1,165 @@
+"""The run's objects, built from the asked config's sections and resolved values.
+
+Order matters and is the same everywhere (train, evaluate, eval, predict, export): the model's
+preprocessing defaults are read without building it (timm: a meta-device build), so the
+datasets are opened with their final transform; then the head size follows from the data, and
+the model is built once, seeded, with its weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from classzoo.config import DataConfig, ModelConfig
+from classzoo.data.datasets import build_dataset
+from classzoo.data.sampling import EvalBatchSampler, SeededDataset, TrainBatchSampler
+from classzoo.data.transforms import EvalPreprocess, TrainAugment, build_transform
+from classzoo.engine.distributed import DistEnv
+from classzoo.engine.resolve import Preprocess, SplitInfo
+from classzoo.models import registry
+from classzoo.models.weights import detect_format, load_checkpoint
+
+log = logging.getLogger("classzoo")
+
+
+def model_defaults(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Preprocessing defaults (input_size, crop_pct, interpolation, mean, std, preset,
+    label_offset) without building the real model: timm reads them from a meta-device build."""
+    registry.check_name(name)
+    if name in registry.registry():
+        return registry.data_defaults(name, None)
+    with torch.device("meta"):
+        meta = registry.build(name, None, **kwargs)
+    return registry.data_defaults(name, meta)
+
+
+def transform_preprocess(p: Preprocess) -> EvalPreprocess:
+    return EvalPreprocess(p.preset, p.image_size, p.crop_pct, p.interpolation, p.mean, p.std)
+
+
+def train_augment(data: DataConfig) -> TrainAugment:
+    return TrainAugment(
+        interpolation=data.train_interpolation,
+        train_crop=data.train_crop,
+        scale=tuple(data.scale),
+        ratio=tuple(data.ratio),
+        hflip=data.hflip,
+        color_jitter=data.color_jitter,
+        auto_augment=data.auto_augment,
+        re_prob=data.re_prob,
+    )
+
+
+@dataclass
+class Split:
+    dataset: torch.utils.data.Dataset
+    info: SplitInfo
+    classes: list[str] | None
+
+
+def open_split(
+    data: DataConfig,
+    split: str,
+    pre: Preprocess,
+    train: bool,
+    label_offset: int,
+    synthetic_classes: int,
+    classes: list[str] | None = None,
+) -> Split:
+    """One split with its final transform, and what was found: files, counts, label range."""
+    transform = build_transform(
+        transform_preprocess(pre), train=train, aug=train_augment(data) if train else None
+    )
+    ds = build_dataset(
+        data, split, transform, synthetic_classes, label_offset, pre.image_size, classes
+    )
+    ds.decoder = pre.decoder  # TF's JPEG pixels for the slim presets
+    # class names come from ImageFolder folders; synthetic data keeps the model's own head
+    found = ds.classes if data.source == "imagefolder" else None
+    location = (
+        str(Path(data.dir) / split)
+        if data.dir and data.source == "imagefolder"
+        else (data.dir or "synthetic")
+    )
+    if data.source == "tfrecord":
+        lo, hi = ds.label_range()
+        info = SplitInfo(
+            "tfrecord",
+            data.dir or "",
+            len(ds),
+            tuple(str(s) for s in ds.shards),
+            tuple((str(f), why) for f, why in getattr(ds, "ignored", ())),
+            int(lo),
+            int(hi),
+        )
+    else:
+        n = len(found) if found else synthetic_classes
+        info = SplitInfo(data.source, location, len(ds), (), (), 0, n - 1)
+    return Split(ds, info, found)
+
+
+def build_model(
+    model: ModelConfig, num_classes: int | None, image_size: int, seed: int
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model, seeded (a head left at init is the same on every run), with its weights.
+
+    Returns the model and the weights report recorded in resolved.yaml.
+    """
+    kwargs = dict(model.kwargs)
+    if model.drop_rate is not None:
+        kwargs["drop_rate"] = model.drop_rate
+    if model.drop_path_rate is not None:
+        kwargs["drop_path_rate"] = model.drop_path_rate
+    entry = registry.registry().get(model.name)
+    if entry is not None and entry.defaults.get("takes_img_size") and "img_size" not in kwargs:
+        kwargs["img_size"] = image_size  # slim inception_v4 sizes its aux head by the input
+    if model.pretrained:
+        kwargs["pretrained"] = True
+    torch.manual_seed(seed)
+    net = registry.build(model.name, num_classes, **kwargs)
+    if model.checkpoint is None:
+        init = "timm pretrained weights" if model.pretrained else "random init"
+        return net, {"source": None, "init": init}
+    report = load_checkpoint(net, model.name, model.checkpoint, exclude=model.exclude)
+    return net, weights_report(report, model.checkpoint, model.exclude)
+
+
+def weights_report(report: Any, path: str | Path, exclude) -> dict[str, Any]:
+    """The load report as plain values for the Resolved record."""
+    if report is not None and hasattr(report, "__dataclass_fields__"):
+        import dataclasses
+
+        return {
+            k: list(v) if isinstance(v, (list, tuple)) else v
+            for k, v in dataclasses.asdict(report).items()
+        }
+    return {"source": str(path), "format": detect_format(path), "excluded": list(exclude)}
+
+
+def _loader(dataset, batch_sampler, num_workers: int, device: torch.device, persistent: bool):
+    return torch.utils.data.DataLoader(
+        SeededDataset(dataset),
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=persistent and num_workers > 0,
+        # A private generator: creating an iterator must not draw from the global RNG, which
+        # drives dropout and must be the same in a resumed run as in an uninterrupted one.
+        generator=torch.Generator(),
+    )
+
+
+def train_loader(dataset, batch_size: int, num_workers: int, env: DistEnv, seed: int):
+    sampler = TrainBatchSampler(len(dataset), batch_size, env.rank, env.world_size, seed)
+    return _loader(dataset, sampler, num_workers, env.device, persistent=True), sampler
+
+
+def eval_loader(dataset, batch_size: int, num_workers: int, env: DistEnv):
+    sampler = EvalBatchSampler(len(dataset), batch_size, env.rank, env.world_size)
+    return _loader(dataset, sampler, num_workers, env.device, persistent=False)

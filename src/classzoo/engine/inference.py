@@ -1,0 +1,205 @@
+"""A checkpoint made anywhere, ready to evaluate, predict or export anywhere.
+
+A classzoo checkpoint carries the Resolved record of its run: its model, head size, label offset,
+classes and the exact preprocessing are taken from there (the truth it was trained with), never
+its training precision or device. Other formats (safetensors, TF) need ``--model`` or
+``--recipe``, and the model's own defaults apply.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from classzoo.config import Config, from_dict, load_recipe, with_overrides, with_values
+from classzoo.engine.build import Split, build_model, eval_loader, model_defaults, open_split
+from classzoo.engine.distributed import init_distributed
+from classzoo.engine.evaluate import evaluate
+from classzoo.engine.logs import setup_console_logging
+from classzoo.engine.resolve import Resolved, describe, resolve
+from classzoo.errors import UserError
+from classzoo.models.weights import (
+    detect_format,
+    load_into,
+    load_torch_checkpoint,
+    state_from_checkpoint,
+)
+
+log = logging.getLogger("classzoo")
+
+
+@dataclass
+class CheckpointSource:
+    """A checkpoint as read once: its format, its contents (classzoo files) and stored record."""
+
+    path: str
+    format: str
+    contents: dict[str, Any] | None
+    stored: Resolved | None
+
+
+def read_source(path: str) -> CheckpointSource:
+    fmt = detect_format(path)
+    if fmt != "classzoo":
+        return CheckpointSource(path, fmt, None, None)
+    ckpt = load_torch_checkpoint(path)
+    raw = ckpt.get("resolved") if isinstance(ckpt, dict) else None
+    stored = Resolved.from_dict(raw, path) if isinstance(raw, dict) else None
+    return CheckpointSource(path, fmt, ckpt, stored)
+
+
+def asked_for(
+    src: CheckpointSource, recipe: str | None, model: str | None, overrides: list[str]
+) -> Config:
+    """What the user asks of this evaluation: --recipe, else the checkpoint's own asked config,
+    else just --model; then --set overrides. The checkpoint itself is loaded separately."""
+    stored_cfg = src.contents.get("config") if src.contents else None
+    if recipe is not None:
+        cfg = load_recipe(recipe)
+    elif isinstance(stored_cfg, dict):
+        cfg = from_dict(stored_cfg, source=f"{src.path} (stored config)")
+    elif model is not None or src.stored is not None:
+        cfg = Config()
+    else:
+        raise UserError(f"{src.path} carries no config: pass --model NAME or --recipe NAME")
+    values: dict[str, Any] = {
+        "model.checkpoint": None,
+        "model.exclude": [],
+        "model.pretrained": False,
+    }
+    if model is not None:
+        values["model.name"] = model
+    elif src.stored is not None:
+        values["model.name"] = src.stored.model
+    return with_overrides(with_values(cfg, values, "eval"), overrides)
+
+
+def defaults_for(src: CheckpointSource, asked: Config) -> dict[str, Any]:
+    """Preprocessing defaults: the checkpoint's recorded preprocessing when it has one."""
+    if src.stored is None or src.stored.model != asked.model.name:
+        return model_defaults(asked.model.name, dict(asked.model.kwargs))
+    p = src.stored.preprocess
+    return {
+        "preset": p.preset,
+        "input_size": (3, p.image_size, p.image_size),
+        "crop_pct": p.crop_pct,
+        "interpolation": p.interpolation,
+        "mean": p.mean,
+        "std": p.std,
+        "label_offset": src.stored.label_offset,
+    }
+
+
+def load_weights(net: nn.Module, src: CheckpointSource, use_ema: bool = False) -> dict[str, Any]:
+    """Load ``src`` into ``net`` (a classzoo file from what was already read)."""
+    if src.contents is None:
+        asked_model = getattr(net, "classzoo_name", None)
+        from classzoo.models.weights import load_checkpoint
+
+        load_checkpoint(net, asked_model or "", src.path)
+    else:
+        load_into(net, state_from_checkpoint(src.contents, src.path, use_ema), src.path)
+    return {"source": src.path, "format": src.format}
+
+
+def head_size(asked: Config, src: CheckpointSource, split: Split | None) -> int | None:
+    if asked.model.num_classes is not None:
+        return asked.model.num_classes
+    if src.stored is not None and src.stored.model == asked.model.name:
+        return src.stored.num_classes
+    return len(split.classes) if split is not None and split.classes else None
+
+
+@dataclass
+class Prepared:
+    asked: Config
+    net: nn.Module
+    resolved: Resolved
+    split: Split | None
+
+
+def prepare(
+    src: CheckpointSource,
+    asked: Config,
+    device: torch.device,
+    world_size: int = 1,
+    with_data: bool = False,
+) -> Prepared:
+    """Model with weights, its Resolved record (eval precision, never training's) and, with
+    ``with_data``, the asked config's validation split opened with the right transform."""
+    defaults = defaults_for(src, asked)
+    probe = resolve(asked, device, world_size, defaults, 1, None, {}, {}, None)
+    split = None
+    if with_data:
+        split = open_split(
+            asked.data,
+            asked.data.val_split,
+            probe.preprocess,
+            False,
+            probe.label_offset,
+            asked.model.num_classes or 10,
+        )
+    n = head_size(asked, src, split)
+    net, _ = build_model(asked.model, n, probe.preprocess.image_size, asked.train.seed)
+    weights = load_weights(net, src)
+    stored_classes = src.stored.classes if src.stored is not None else None
+    classes = list(stored_classes) if stored_classes else (split.classes if split else None)
+    n = int(getattr(net, "num_classes", n or 0))
+    data = {"eval": split.info} if split is not None else {}
+    resolved = resolve(asked, device, world_size, defaults, n, classes, data, weights, None)
+    return Prepared(asked, net.to(device).eval(), resolved, split)
+
+
+def eval_checkpoint(
+    checkpoint: str,
+    data_dir: str,
+    recipe: str | None = None,
+    model: str | None = None,
+    batch_size: int | None = None,
+    split: str | None = None,
+    overrides: list[str] = (),
+    device: str = "auto",
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """``classzoo eval``: every image of the split once, in the eval precision (fp32 default)."""
+    setup_console_logging(not quiet)
+    env = init_distributed(device)
+    src = read_source(checkpoint)
+    asked = asked_for(src, recipe, model, [])
+    values: dict[str, Any] = {"data.dir": data_dir, "train.device": device}
+    if batch_size is not None:
+        values["data.eval_batch_size"] = batch_size
+    if asked.data.source == "synthetic":  # a smoke run's checkpoint on real images
+        values["data.source"] = "imagefolder"
+    source = values.get("data.source", asked.data.source)
+    if split is not None:
+        values["data.val_split"] = split
+    elif source == "imagefolder" and not (Path(data_dir) / asked.data.val_split).is_dir():
+        values["data.val_split"] = "."  # the folder itself holds the class folders
+    asked = with_overrides(with_values(asked, values, "eval"), list(overrides))
+    p = prepare(src, asked, env.device, env.world_size, with_data=True)
+    log.info("evaluating %s\n%s", checkpoint, describe(p.resolved))
+    d = p.asked.data
+    loader = eval_loader(p.split.dataset, d.eval_batch_size or d.batch_size, d.num_workers, env)
+    return evaluate(
+        p.net,
+        loader,
+        env,
+        p.resolved.precision_dtype("eval"),
+        p.resolved.channels_last,
+        progress=not quiet,
+    )
+
+
+def load_for_inference(
+    checkpoint: str, recipe: str | None = None, model: str | None = None, device: str = "cpu"
+) -> Prepared:
+    """``predict`` and ``export``: the model in eval mode and its Resolved record."""
+    src = read_source(checkpoint)
+    asked = asked_for(src, recipe, model, [f"train.device={device}"])
+    return prepare(src, asked, init_distributed(device).device)

@@ -1,0 +1,267 @@
+"""The training loop's spine: ``train_step`` -> ``train_one_epoch`` -> ``train``.
+
+``classzoo train`` and ``classzoo bench`` run the same ``train_step``, so the benchmark measures
+the trainer's own step.
+
+Loss normalisation: every micro-batch contributes ``sum(per-sample loss) * W / N_step``, where
+``N_step`` is the number of samples of the whole optimizer step over all ranks and accumulation
+micro-batches. DDP averages gradients over the W ranks, so the gradient is exactly the mean over
+the step's samples, whatever the split (uneven last batch, accumulation, world size).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from classzoo.data.sampling import TrainBatchSampler, global_batches
+from classzoo.engine.distributed import DistEnv, all_reduce_sum
+from classzoo.engine.logs import Progress
+from classzoo.engine.precision import autocast
+from classzoo.engine.state import TrainState
+
+log = logging.getLogger("classzoo")
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """What one optimizer step needs from the recipe."""
+
+    label_smoothing: float = 0.0
+    aux_loss_weight: float = 0.4  # slim train_image_classifier.py weight of AuxLogits
+    clip_grad: float | None = None
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What the loop needs beyond one step, already converted to steps."""
+
+    step: StepConfig
+    total_steps: int
+    steps_per_epoch: int
+    grad_accum: int
+    log_every: int
+    ckpt_every: int | None
+    eval_every: int  # epochs; 0 = never during training
+    progress: bool
+
+
+def split_output(output) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits, aux logits or None): slim InceptionV4 returns both in train mode."""
+    if isinstance(output, (tuple, list)):
+        return output[0], output[1]
+    return output, None
+
+
+def compute_loss(
+    output, targets: torch.Tensor, label_smoothing: float, aux_loss_weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (cross-entropy of the main head, total loss optimized) in fp32."""
+    logits, aux = split_output(output)
+    ce = F.cross_entropy(logits.float(), targets, reduction="none", label_smoothing=label_smoothing)
+    if aux is None:
+        return ce, ce
+    aux_ce = F.cross_entropy(
+        aux.float(), targets, reduction="none", label_smoothing=label_smoothing
+    )
+    return ce, ce + aux_loss_weight * aux_ce
+
+
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def train_step(
+    state: TrainState,
+    net: nn.Module,
+    micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] | Iterator,
+    step_total: int,
+    cfg: StepConfig,
+    env: DistEnv,
+) -> torch.Tensor:
+    """One optimizer step over ``micro_batches`` (gradient accumulation when more than one).
+
+    ``step_total``: samples of the whole step over all ranks. Returns the device tensor
+    (sum of ce, sum of total loss, sample count) of this rank; nothing here syncs with the host.
+    """
+    state.optimizer.zero_grad(set_to_none=True)
+    batches = list(micro_batches)
+    sums = torch.zeros(3, dtype=torch.float64, device=env.device)
+    for i, (images, targets) in enumerate(batches):
+        images = to_device(images, env.device, cfg.channels_last)
+        targets = targets.to(env.device, non_blocking=True)
+        last = i == len(batches) - 1
+        # no_sync must cover the backward (it defers DDP's all-reduce to the last micro-batch);
+        # autocast covers only the forward, as PyTorch recommends
+        with net.no_sync() if env.distributed and not last else contextlib.nullcontext():
+            with autocast(env.device, cfg.amp_dtype):
+                output = net(images)
+            ce, total = compute_loss(output, targets, cfg.label_smoothing, cfg.aux_loss_weight)
+            state.scaler.scale(total.sum() * (env.world_size / step_total)).backward()
+        sums += torch.stack(
+            [ce.detach().sum(), total.detach().sum(), ce.new_tensor(float(ce.numel()))]
+        ).double()
+    if cfg.clip_grad is not None:
+        state.scaler.unscale_(state.optimizer)
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.clip_grad)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.pos.step += 1
+    if state.ema is not None:
+        state.ema.update(state.model, step=state.pos.step)
+    if state.scheduler is not None:
+        state.scheduler.step_update(num_updates=state.pos.step)
+    return sums
+
+
+@dataclass
+class _Interval:
+    """Images, time, data wait and loss sums (ce, total, count) since the last train.log line."""
+
+    device: torch.device
+    t: float = field(default_factory=time.perf_counter)
+    images: int = 0
+    data_wait: float = 0.0
+    loss: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loss = torch.zeros(3, dtype=torch.float64, device=self.device)
+
+
+@dataclass
+class Hooks:
+    """What the loop calls out to: saving, logging a line, asking whether to stop."""
+
+    save: Callable[[], Any]
+    log_line: Callable[[int, float, float, float, float, float, float], None]
+    should_stop: Callable[[], bool] = lambda: False
+
+
+def epoch_float(state: TrainState, sampler: TrainBatchSampler) -> float:
+    return state.pos.epoch + state.pos.sample / max(sampler.n, 1)
+
+
+def train_one_epoch(
+    state: TrainState,
+    net: nn.Module,
+    loader,
+    sampler: TrainBatchSampler,
+    loop: LoopConfig,
+    env: DistEnv,
+    hooks: Hooks,
+    bar: Progress,
+) -> tuple[str, int, float]:
+    """Train from the current position to the end of the epoch (or the step limit, or a stop).
+
+    Returns (why it ended: "epoch" | "limit" | "stop", images, seconds).
+    """
+    sampler.set_epoch(state.pos.epoch, state.pos.sample)
+    ranges = sampler.batches()
+    groups = [ranges[i : i + loop.grad_accum] for i in range(0, len(ranges), loop.grad_accum)]
+    interval = _Interval(env.device)
+    images_done, seconds = 0, 0.0
+    it = iter(loader)
+    for gi, group in enumerate(groups):
+        step_total = sum(end - begin for begin, end in group)
+        t_wait = time.perf_counter()
+        micro = [next(it) for _ in group]
+        interval.data_wait += time.perf_counter() - t_wait
+        interval.loss += train_step(state, net, micro, step_total, loop.step, env)
+        state.pos.sample = group[-1][1]
+        interval.images += step_total
+        bar.update(1)
+        last_of_epoch = gi == len(groups) - 1
+        at_limit = state.pos.step >= loop.total_steps
+        if state.pos.step % loop.log_every == 0 or at_limit:
+            seconds += time.perf_counter() - interval.t
+            images_done += interval.images
+            _log_interval(interval, state, sampler, env, hooks)
+            interval = _Interval(env.device)
+        if hooks.should_stop():
+            reason = "stop"
+        elif at_limit and not last_of_epoch:
+            reason = "limit"
+        else:
+            reason = None
+            if loop.ckpt_every and state.pos.step % loop.ckpt_every == 0 and not last_of_epoch:
+                hooks.save()
+        if reason is not None:
+            del it
+            return reason, images_done + interval.images, seconds + time.perf_counter() - interval.t
+    del it
+    state.pos.epoch += 1
+    state.pos.sample = 0
+    return "epoch", images_done + interval.images, seconds + time.perf_counter() - interval.t
+
+
+def _log_interval(
+    interval: _Interval, state: TrainState, sampler: TrainBatchSampler, env: DistEnv, hooks: Hooks
+) -> None:
+    dt_s = max(time.perf_counter() - interval.t, 1e-9)
+    sums = all_reduce_sum(interval.loss, env)  # the only host sync: once per log line
+    count = max(sums[2].item(), 1)
+    hooks.log_line(
+        state.pos.step,
+        epoch_float(state, sampler),
+        interval.images / dt_s,
+        sums[0].item() / count,
+        sums[1].item() / count,
+        state.optimizer.param_groups[0]["lr"],
+        interval.data_wait / dt_s,
+    )
+
+
+def train(
+    state: TrainState,
+    net: nn.Module,
+    loader,
+    sampler: TrainBatchSampler,
+    loop: LoopConfig,
+    env: DistEnv,
+    hooks: Hooks,
+    evaluate_after_epoch: Callable[[bool], dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """Run until ``loop.total_steps`` (or a graceful stop); returns throughput and how it ended.
+
+    ``evaluate_after_epoch(final)`` runs after each ``eval_every`` epochs and at the end.
+    """
+    if state.scheduler is not None:
+        state.scheduler.step_update(num_updates=state.pos.step)
+    images, seconds, reason, last_eval = 0, 0.0, "epoch", {}
+    bar = Progress(loop.total_steps, "train", loop.progress and env.is_main)
+    bar.update(state.pos.step)
+    while state.pos.step < loop.total_steps and reason != "stop":
+        reason, n, dt = train_one_epoch(state, net, loader, sampler, loop, env, hooks, bar)
+        images, seconds = images + n, seconds + dt
+        hooks.save()
+        if reason == "stop" or evaluate_after_epoch is None:
+            continue
+        final = state.pos.step >= loop.total_steps
+        due = reason == "epoch" and loop.eval_every > 0 and state.pos.epoch % loop.eval_every == 0
+        if due or final:
+            last_eval = evaluate_after_epoch(final)
+    bar.close()
+    return {
+        "eval": last_eval,
+        "images_per_sec": images / max(seconds, 1e-9),
+        "train_time_s": seconds,
+        "stopped": reason == "stop",
+    }
+
+
+def steps_per_epoch(n: int, batch_size: int, world_size: int, grad_accum: int) -> int:
+    return max(1, math.ceil(len(global_batches(n, batch_size, world_size)) / grad_accum))

@@ -1,0 +1,325 @@
+"""The one resolve step: the config the user asked for + what was found -> a frozen ``Resolved``.
+
+Every "the model decides" (``None``) of the asked config, the device, both precisions, the exact
+pixel formula, the data files and counts, the label offset and class count, and what the weights
+came from are decided here, once. The record is logged at start, written as ``resolved.yaml``,
+stored in every checkpoint, and is what eval, predict, export, report and resume read. The asked
+config itself is never changed (it is frozen).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from classzoo.config import Config, DataConfig, ModelConfig
+from classzoo.engine.precision import precision_name, resolve_amp
+from classzoo.errors import UserError
+
+log = logging.getLogger("classzoo")
+
+# slim preprocessing/vgg_preprocessing.py _R_MEAN, _G_MEAN, _B_MEAN (0-255 pixels, no scaling)
+VGG_MEANS = (123.68, 116.78, 103.94)
+SLIM_PRESETS = ("vgg", "inception")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What turns a decoded image into the model's input.
+
+    The pixel formula is the same for every preset, in timm's units:
+    ``input[c] = (pixel[c] / 255 - mean[c]) / std[c]`` for 0..255 pixels after resize and crop.
+    slim vgg: mean = VGG means / 255, std = 1 / 255 (x - mean, range -123.7..151.1);
+    slim inception: mean = std = 0.5 (range -1..1); timm: the model's own mean and std.
+    """
+
+    preset: str  # timm | vgg | inception
+    image_size: int
+    crop_pct: float  # eval: centre crop fraction before the resize to image_size
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    decoder: str  # "tf": TensorFlow's JPEG pixels (IFAST DCT), "pil": PIL's
+
+    @property
+    def formula(self) -> str:
+        return "input[c] = (pixel[c] / 255 - mean[c]) / std[c]"
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """One split as found on disk: which files were used, which were not and why, and counts."""
+
+    source: str  # imagefolder | tfrecord | synthetic
+    location: str
+    count: int
+    files: tuple[str, ...] = ()  # TFRecord shards (an ImageFolder lists its root only)
+    ignored: tuple[tuple[str, str], ...] = ()  # (file, why not used)
+    label_min: int | None = None  # stored labels, before the offset
+    label_max: int | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Batch, learning rate and duration, converted to optimizer steps once."""
+
+    per_device_batch: int
+    grad_accum: int
+    global_batch: int
+    lr: float
+    lr_rule: str
+    steps_per_epoch: int
+    total_steps: int
+
+
+@dataclass(frozen=True)
+class Resolved:
+    model: str
+    num_classes: int
+    label_offset: int  # subtracted from stored labels
+    classes: tuple[str, ...] | None
+    device: str
+    world_size: int
+    train_precision: str  # fp32 | bf16 | fp16 (autocast dtype of the training forward)
+    eval_precision: str  # classzoo eval, mode evaluate, a run's final evaluation
+    periodic_eval_precision: str  # evaluations during training
+    channels_last: bool
+    preprocess: Preprocess
+    data: dict[str, SplitInfo] = field(default_factory=dict)
+    weights: dict[str, Any] = field(default_factory=dict)  # models.weights.LoadReport as a dict
+    schedule: Schedule | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only (lists, not tuples): YAML-safe and loadable with weights_only."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str) -> Resolved:
+        try:
+            d = dict(raw)
+            d["preprocess"] = Preprocess(
+                **{
+                    **raw["preprocess"],
+                    "mean": tuple(raw["preprocess"]["mean"]),
+                    "std": tuple(raw["preprocess"]["std"]),
+                }
+            )
+            d["data"] = {
+                k: SplitInfo(
+                    **{
+                        **v,
+                        "files": tuple(v.get("files", ())),
+                        "ignored": tuple(tuple(i) for i in v.get("ignored", ())),
+                    }
+                )
+                for k, v in (raw.get("data") or {}).items()
+            }
+            d["schedule"] = Schedule(**raw["schedule"]) if raw.get("schedule") else None
+            d["classes"] = tuple(raw["classes"]) if raw.get("classes") else None
+            return cls(**d)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{source}: the stored resolved record is malformed ({exc})") from None
+
+    def precision_dtype(self, which: str) -> torch.dtype | None:
+        name = {
+            "train": self.train_precision,
+            "eval": self.eval_precision,
+            "periodic": self.periodic_eval_precision,
+        }[which]
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---- the pieces, each usable before the model exists ---------------------------------------
+
+
+def label_offset_for(data: DataConfig, defaults: dict[str, Any]) -> int:
+    """data.label_offset, else the model's (slim ResNet-v1: 1, its logit i is dataset label i+1)."""
+    return (
+        data.label_offset if data.label_offset is not None else int(defaults.get("label_offset", 0))
+    )
+
+
+def num_classes_for(
+    model: ModelConfig,
+    source: str,
+    classes: list[str] | None,
+    labels: tuple[int, int] | None,
+    label_offset: int,
+) -> int | None:
+    """The head size: model.num_classes, else the class folders found, else (TFRecord) the
+    largest stored label - offset + 1; None keeps the model's own head (synthetic data)."""
+    if model.num_classes is not None:
+        return model.num_classes
+    if classes:
+        return len(classes)
+    if source == "tfrecord" and labels is not None:
+        n = labels[1] - label_offset + 1
+        if labels[0] - label_offset > 0:
+            log.warning(
+                "no record has label %d (labels %d..%d, label_offset %d): class 0 gets no samples;"
+                " if these are slim labels (1..N, 0 = background) set data.label_offset=1",
+                label_offset,
+                labels[0],
+                labels[1],
+                label_offset,
+            )
+        return n
+    return None
+
+
+def check_label_range(
+    labels: tuple[int, int] | None, num_classes: int, label_offset: int, where: str
+) -> None:
+    """Before step 1: every stored label - offset must be a logit index."""
+    if labels is None:
+        return
+    lo, hi = labels[0] - label_offset, labels[1] - label_offset
+    if lo >= 0 and hi < num_classes:
+        return
+    bad = labels[1] if hi >= num_classes else labels[0]
+    hint = ""
+    if label_offset == 0 and labels[0] >= 1 and labels[1] == num_classes:
+        hint = (
+            f"; these look like slim labels (1..{labels[1]}, 0 = background): set "
+            f"data.label_offset=1, or model.num_classes={num_classes + 1}"
+        )
+    raise UserError(
+        f"label {bad} in {where} is out of range for {num_classes} classes with data.label_offset "
+        f"{label_offset} (stored labels span {labels[0]}..{labels[1]}){hint}"
+    )
+
+
+def preprocess_for(data: DataConfig, defaults: dict[str, Any]) -> Preprocess:
+    """The model's own defaults (timm pretrained_cfg / classzoo registry), overridden by data.*."""
+    preset = data.preset or defaults.get("preset", "timm")
+    if preset in SLIM_PRESETS:
+        for key in ("mean", "std"):
+            if getattr(data, key) is not None:
+                raise UserError(
+                    f"data.{key} has no effect with preset {preset} (slim's preprocessing fixes "
+                    f"its pixel formula); unset it or use preset timm"
+                )
+        mean, std = (
+            (tuple(m / 255 for m in VGG_MEANS), (1 / 255,) * 3)
+            if preset == "vgg"
+            else ((0.5,) * 3, (0.5,) * 3)
+        )  # inception: x / 127.5 - 1
+    else:
+        mean = tuple(float(v) for v in (data.mean or defaults["mean"]))
+        std = tuple(float(v) for v in (data.std or defaults["std"]))
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise UserError(
+                f"data.mean / data.std must be 3 values each, std > 0 (got {mean}, {std})"
+            )
+    return Preprocess(
+        preset=preset,
+        image_size=int(data.image_size or defaults["input_size"][-1]),
+        crop_pct=float(
+            data.crop_pct if data.crop_pct is not None else defaults.get("crop_pct", 0.875)
+        ),
+        interpolation=data.interpolation or defaults.get("interpolation", "bilinear"),
+        mean=mean,  # type: ignore[arg-type]
+        std=std,  # type: ignore[arg-type]
+        decoder="tf" if preset in SLIM_PRESETS else "pil",
+    )
+
+
+# ---- the record ---------------------------------------------------------------------------
+
+
+def resolve(
+    asked: Config,
+    device: torch.device,
+    world_size: int,
+    model_defaults: dict[str, Any],
+    num_classes: int,
+    classes: list[str] | None,
+    data: dict[str, SplitInfo],
+    weights: dict[str, Any],
+    schedule: Schedule | None,
+) -> Resolved:
+    """The Resolved record of a run (or of an evaluation: schedule None)."""
+    offset = label_offset_for(asked.data, model_defaults)
+    for split, info in data.items():
+        if info.label_min is not None:
+            check_label_range(
+                (info.label_min, info.label_max),
+                num_classes,
+                offset,
+                f"the {split} split ({info.location})",
+            )
+    train = precision_name(resolve_amp(asked.train.amp, device))
+    final = precision_name(resolve_amp(asked.eval.amp, device))
+    return Resolved(
+        model=asked.model.name,
+        num_classes=int(num_classes),
+        label_offset=offset,
+        classes=tuple(classes) if classes else None,
+        device=str(device),
+        world_size=world_size,
+        train_precision=train,
+        eval_precision=final,
+        periodic_eval_precision=train if asked.eval.periodic_amp == "train" else final,
+        channels_last=asked.train.channels_last,
+        preprocess=preprocess_for(asked.data, model_defaults),
+        data=data,
+        weights=weights,
+        schedule=schedule,
+        seed=asked.train.seed,
+    )
+
+
+def describe(r: Resolved) -> str:
+    """The start-of-run log block: one line per decision."""
+    p = r.preprocess
+    lines = [
+        f"model {r.model}: {r.num_classes} classes, label_offset {r.label_offset}"
+        + (
+            f", classes {', '.join(r.classes[:5])}{'...' if len(r.classes) > 5 else ''}"
+            if r.classes
+            else ""
+        ),
+        f"device {r.device} x{r.world_size}; precision train {r.train_precision}, eval "
+        f"{r.eval_precision} (periodic {r.periodic_eval_precision}); channels_last {r.channels_last}",
+        f"preprocess {p.preset} {p.image_size}px crop_pct {p.crop_pct:g} {p.interpolation}, "
+        f"{p.decoder} JPEG decoder; {p.formula} with mean "
+        f"{[round(m, 6) for m in p.mean]} std {[round(s, 6) for s in p.std]}",
+    ]
+    for split, info in r.data.items():
+        labels = (
+            f", labels {info.label_min}..{info.label_max}" if info.label_min is not None else ""
+        )
+        files = f" in {len(info.files)} files" if info.files else ""
+        lines.append(
+            f"{split}: {info.count} images{files} from {info.location} ({info.source}){labels}"
+        )
+        lines += [f"{split}: not used: {f} ({why})" for f, why in info.ignored]
+    w = r.weights
+    if w.get("source"):
+        lines.append(
+            f"weights from {w['source']} ({w.get('format')}): {w.get('loaded', 0)} tensors loaded, "
+            f"left at init: {', '.join(w.get('left_at_init') or []) or 'none'}"
+        )
+    else:
+        lines.append(f"weights: {w.get('init', 'random init')} (seed {r.seed})")
+    if r.schedule is not None:
+        s = r.schedule
+        lines.append(
+            f"global batch {s.global_batch} = {s.per_device_batch} x {r.world_size} devices x "
+            f"{s.grad_accum} accumulation; lr {s.lr:.6g} ({s.lr_rule}); {s.steps_per_epoch} steps "
+            f"per epoch, {s.total_steps} steps"
+        )
+    return "\n".join(lines)
