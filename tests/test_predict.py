@@ -1,0 +1,112 @@
+"""``classzoo predict`` names ImageNet classes like timm's ImageNetInfo (timm's own label table)
+for 1000-class heads, 1-based slim ResNet labels and 1001-class slim heads; files and folders;
+text, CSV and JSON output."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import classzoo
+from classzoo.cli import main
+
+INFO = timm.data.ImageNetInfo()  # the outside truth: index -> synset -> lemmas
+
+
+def _first_lemma(index: int) -> str:
+    return INFO.index_to_description(index).split(",")[0]
+
+
+def _images(folder, n=3):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sub").mkdir()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        path = (folder / "sub" if i else folder) / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    (folder / "notes.txt").write_text("not an image")
+    return paths
+
+
+def _tiny_1000_class_checkpoint(path, winner: int):
+    """A timm resnet10t whose head always picks ``winner`` (zero weights, one-hot bias)."""
+    kw = {"channels": [8, 16, 32, 64], "stem_width": 8}
+    model = timm.create_model("resnet10t", num_classes=1000, **kw)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+        model.fc.bias[winner] = 10.0
+    config = {
+        "model": {"name": "resnet10t", "num_classes": 1000, "kwargs": kw},
+        "data": {"image_size": 32, "crop_pct": 1.0},
+    }
+    torch.save({"model": model.state_dict(), "config": config}, path)
+
+
+def test_predict_folder_names_imagenet_classes_in_every_format(tmp_path, capsys):
+    ckpt = tmp_path / "tiny.pt"
+    _tiny_1000_class_checkpoint(ckpt, winner=1)
+    files = _images(tmp_path / "imgs")
+    args = ["predict", "--checkpoint", str(ckpt), str(tmp_path / "imgs"), "--top-k", "2"]
+
+    assert main([*args, "--format", "json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert sorted(r["image"] for r in results) == sorted(str(p) for p in files)  # recursive
+    for r in results:
+        assert r["top"][0]["class"] == _first_lemma(1) == "goldfish"
+        assert r["top"][0]["index"] == 1 and r["top"][0]["label"] == 1
+
+    assert main([*args, "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 2 * len(files)
+    assert {r["class"] for r in rows if r["rank"] == "1"} == {"goldfish"}
+
+    assert main([*args]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(files) and all(": goldfish " in line for line in lines)
+
+
+@pytest.mark.slow  # builds and runs full-size slim networks (~20-90 s on a busy 2-core CPU)
+@pytest.mark.parametrize(
+    ("model_name", "winner", "label", "truth_index"),
+    [
+        ("resnet_v1_50", 1, 2, 1),  # 1000 logits, slim labels 1..1000 (label_offset 1)
+        ("inception_v4", 2, 2, 1),  # 1001 logits, 0 = background
+    ],
+)
+def test_slim_heads_name_the_right_class(tmp_path, capsys, model_name, winner, label, truth_index):
+    model = classzoo.create_model(model_name)
+    state = model.state_dict()
+    bias_keys = [k for k in state if k.endswith("bias") and state[k].shape[0] in (1000, 1001)]
+    for key in bias_keys:
+        state[key] = torch.zeros_like(state[key])
+        state[key][winner] = 50.0
+    for key in [k[: -len("bias")] + "weight" for k in bias_keys]:
+        state[key] = torch.zeros_like(state[key])
+    ckpt = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(ckpt))
+    (img,) = _images(tmp_path / "imgs", n=1)
+    assert (
+        main(["predict", "--checkpoint", str(ckpt), "--model", model_name, str(img), "--json"]) == 0
+    )
+    top = json.loads(capsys.readouterr().out)[0]["top"][0]
+    assert top["index"] == winner and top["label"] == label
+    assert top["class"] == _first_lemma(truth_index)
+
+
+def test_predict_refuses_a_folder_without_images(tmp_path, capsys):
+    ckpt = tmp_path / "tiny.pt"
+    _tiny_1000_class_checkpoint(ckpt, winner=0)
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", "--checkpoint", str(ckpt), str(tmp_path / "empty")]) == 2
+    assert "holds no images" in capsys.readouterr().err
