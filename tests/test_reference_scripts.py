@@ -25,7 +25,7 @@ import yaml
 
 from classzoo.config import load_recipe
 from classzoo.data.tfrecord_tools import imagefolder_to_tfrecord
-from classzoo.reference_flags import main, translate
+from classzoo.references import main, translate
 from conftest import write_imagefolder
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -97,11 +97,11 @@ def data(tmp_path_factory) -> dict[str, Path]:
 def test_unsupported_flag_value_stops_the_script(data, tmp_path):
     proc = run_script(
         "inception_v4/run_1p.sh",
-        [f"--data_dir={data['tfrecord']}", "--iteration_per_loop=10"],
+        [f"--data_dir={data['tfrecord']}", "--use_nesterov=True"],
         tmp_path,
     )
     assert proc.returncode == 2
-    assert "--iteration_per_loop 10" in proc.stderr and "Traceback" not in proc.stderr
+    assert "--use_nesterov true" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "results").exists()  # nothing was started
 
 
@@ -122,14 +122,20 @@ def test_image_num_mismatch_names_both_counts(data, tmp_path):
         ("inception_v4", ["--data_dir=/d", "--use_nesterov=True"], {}, "--use_nesterov"),
         ("inception_v4", ["--data_dir=/d", "--rank_size=8"], {}, "--rank_size 8"),
         ("inception_v4", ["--data_dir=/d", "--lr_decay=0.8"], {}, "--lr_decay"),
+        ("inception_v4", ["--data_dir=/d", "--iteration_per_loop=0"], {}, "--iteration_per_loop"),
+        ("inception_v4", ["--batch_size=8"], {}, "--data_dir"),
         ("inception_v4", ["--data_dir=/d", "--eval_dir=/x"], {}, "--eval_dir"),
         ("inception_v4", ["--data_dir=/d", "--log_name=eval.log"], {}, "--log_name"),
         ("resnet152", ["--data_path=/d", "--warmup=3"], {}, "--warmup"),
         ("resnet152", ["--data_path=/d", "--do_train=false"], {}, "--model_path"),
+        ("resnet152", ["--data_path=/d"], {}, "--model_path"),  # evaluates by default
+        ("resnet152", ["--data_path=/d", "--do_train"], {}, "--output_path"),
         ("gluon_resnet50_v1b", ["/d", "--device_id=0"], {"WORLD_SIZE": "2"}, "--device_id"),
         ("gluon_resnet50_v1b", ["/d", "--local_rank=3"], {}, "--local_rank 3"),
         ("gluon_resnet50_v1b", ["/d", "--sched=tanh"], {}, "--sched tanh"),
         ("gluon_resnet50_v1b", ["/d", "--mixup=0.2"], {}, "--mixup"),
+        ("gluon_resnet50_v1b", ["/d"], {"WORLD_SIZE": "2"}, "--experiment"),
+        ("gluon_resnet50_v1b", ["-b", "8"], {}, "data folder"),
     ],
 )
 def test_flags_classzoo_cannot_honour(reference, argv, env, named, capsys, monkeypatch):
@@ -146,7 +152,7 @@ def test_launch_flags_consistent_with_torchrun_are_accepted():
     env = {"WORLD_SIZE": "8", "LOCAL_RANK": "3", "RANK": "3"}
     cmd = translate("inception_v4", ["--data_dir=/d", "--rank_size=8"], env)
     assert cmd.recipe == "inception_v4:8p"  # 64 per device, as run_8p.sh
-    translate("gluon_resnet50_v1b", ["/d", "--local_rank=3"], env)
+    translate("gluon_resnet50_v1b", ["/d", "--local_rank=3", "--experiment=e"], env)
     translate("gluon_resnet50_v1b", ["/d", "--device_id=0"], {})  # the only device: fine
 
 
@@ -155,13 +161,14 @@ def test_launch_flags_consistent_with_torchrun_are_accepted():
 
 def resolved(reference: str, argv: list[str], env: dict | None = None):
     cmd = translate(reference, argv, env or {})
-    return cmd, load_recipe(cmd.recipe, [f"data.dir={cmd.data_dir}", *cmd.sets])
+    return cmd, load_recipe(cmd.recipe, cmd.overrides())
 
 
 def test_resnet152_flags_map_to_recipe_keys():
     flags = [
         "--data_path=/d",
         "--model_path=/ckpt/resnet_v1_152.ckpt",
+        "--do_train=True",
         "--output_path=/o",
         "--batch_size=64",
         "--epoch=2",
@@ -176,9 +183,12 @@ def test_resnet152_flags_map_to_recipe_keys():
     assert cfg.model.checkpoint == "/ckpt/resnet_v1_152.ckpt" and cfg.model.num_classes == 10
     assert cfg.model.exclude == ["logits"]  # 1000-logit checkpoint -> 10 classes: head not loaded
     assert cfg.train.ckpt_every_steps == 700
-    _, cfg = resolved("resnet152", flags[:2] + ["--do_train=False", "--class_num=10"])
-    assert cfg.train.mode == "evaluate" and cfg.model.exclude == []  # evaluate: load it all
-    _, cfg = resolved("resnet152", ["--data_path=/d", "--model_path=None"])
+    cmd, cfg = resolved("resnet152", flags[:2] + ["--do_train=False", "--class_num=10"])
+    assert cmd.verb == "eval" and cmd.argv()[:3] == ["eval", "--checkpoint", flags[1][13:]]
+    assert cfg.model.num_classes == 10 and cfg.model.exclude == []  # evaluate: load it all
+    _, cfg = resolved(
+        "resnet152", ["--data_path=/d", "--model_path=None", "--do_train", "--output_path=o"]
+    )
     assert cfg.model.checkpoint is None  # the reference's "None = from scratch"
 
 
@@ -246,14 +256,21 @@ def test_gluon_flags_map_to_recipe_keys():
 
 def test_resnet152_data_path_picks_the_split_of_the_mode(data):
     """Arbitrary names: every file; slim names: train-* to train, validation-* to evaluate."""
-    any_names = [f"--data_path={data['r152_train']}", "--image_num=8"]
+    train = ["--do_train=True", "--output_path=/o"]
+    any_names = [f"--data_path={data['r152_train']}", "--image_num=8", *train]
     translate("resnet152", any_names, {})  # 2 shards, 8 records: accepted
     slim = [f"--data_path={data['tfrecord']}", "--model_path=/x.ckpt"]
-    translate("resnet152", [*slim, "--image_num=8"], {})  # train-*: 8 (not 12 with validation)
-    translate("resnet152", [*slim, "--do_train=false", "--image_num=4"], {})  # validation-*: 4
+    translate("resnet152", [*slim, "--image_num=8", *train], {})  # train-*: 8 (not 12)
+    translate("resnet152", [*slim, "--image_num=4"], {})  # evaluating: validation-*, 4
 
 
 # ---- the scripts, run for real on small data -------------------------------------------------
+
+
+def eval_line(stdout: str) -> dict[str, float]:
+    """``classzoo eval``'s result line: top1 X  top5 Y  loss Z  count N."""
+    line = stdout.strip().splitlines()[-1].split()
+    return {k: float(v) for k, v in zip(line[::2], line[1::2], strict=True)}
 
 
 @pytest.mark.slow
@@ -283,17 +300,16 @@ def test_resnet152_train_then_test_1p(data, tmp_path):
         1.0,
         "train",
     )
-    assert summary_of(run)["epochs"] == 1.0
+    assert cfg["train"]["ckpt_every_steps"] == 3 and summary_of(run)["epochs"] == 1.0
     ckpts = sorted((run / "checkpoints").glob("*.pt"))
     assert ckpts, list(run.iterdir())
 
-    ok(
+    proc = ok(
         run_script(
             "resnet152/test_1p.sh",
             [
                 f"--data_path={data['r152_val']}",
                 f"--model_path={ckpts[-1]}",
-                "--output_path=out/test",
                 "--batch_size=3",
                 "--class_num=2",
                 "--image_num=4",
@@ -302,12 +318,12 @@ def test_resnet152_train_then_test_1p(data, tmp_path):
             extra,
         )
     )
-    summary = summary_of(tmp_path / "out" / "test")
-    assert summary["count"] == 4  # 4 % 3 != 0: every image counted (the reference dropped 1)
+    assert eval_line(proc.stdout)["count"] == 4  # 4 % 3 != 0: every image (the reference: 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # evaluating wrote nothing
 
 
 @pytest.mark.slow
-def test_inception_v4_run_1p_then_evaluate(data, tmp_path):
+def test_inception_v4_run_1p_then_test(data, tmp_path):
     # 107 px is the smallest input whose Mixed_6h map (5x5) takes the aux head's 5x5/3 pool.
     extra = (
         '--set data.image_size=107 --set model.kwargs={"img_size":107} '
@@ -330,28 +346,26 @@ def test_inception_v4_run_1p_then_evaluate(data, tmp_path):
         0.045,
         100.0,
     )
-    assert summary_of(run)["count"] == 4  # train_and_evaluate: all 4 validation images
-
+    assert (
+        cfg["train"]["mode"] == "train" and summary_of(run)["top1"] is None
+    )  # run_1p: --mode=train
     assert len(sorted((run / "checkpoints").glob("*.pt"))) == 2  # steps 1 and 2
-    # --mode evaluate --eval_dir <the run folder>: every checkpoint in it, one eval.log row each
+
+    # test.sh (--mode evaluate, --eval_dir = the run folder): every checkpoint, one eval.log row each
     ok(
         run_script(
-            "inception_v4/run_1p.sh",
-            [
-                f"--data_dir={data['tfrecord']}",
-                "--mode=evaluate",
-                f"--eval_dir={run}",
-                "--log_dir=eval",
-                "--batch_size=3",
-            ],
+            "inception_v4/test.sh",
+            [f"--data_dir={data['tfrecord']}", "--batch_size=3"],
             tmp_path,
             extra,
         )
     )
-    rows = (tmp_path / "eval" / "eval.log").read_text().splitlines()
+    ev = tmp_path / "results" / "1p" / "0" / "eval"
+    rows = (ev / "eval.log").read_text().splitlines()
     assert rows[0] == "step epoch top1 top5 loss checkpoint_time(UTC)"
     assert [r.split()[0] for r in rows[1:]] == ["1", "2"]
-    assert summary_of(tmp_path / "eval")["count"] == 4
+    assert summary_of(ev)["count"] == 4
+    assert (ev / "eval_inceptionv4.log").is_symlink()
 
 
 @pytest.mark.slow
@@ -363,7 +377,12 @@ def test_inception_v4_run_8p_two_processes(data, tmp_path):
     ok(
         run_script(
             "inception_v4/run_8p.sh",
-            [f"--data_dir={data['tfrecord']}", "--batch_size=2", "--max_train_steps=1"],
+            [
+                f"--data_dir={data['tfrecord']}",
+                "--batch_size=2",
+                "--max_train_steps=1",
+                "--mode=train_and_evaluate",
+            ],
             tmp_path,
             extra,
             RANK_SIZE="2",
@@ -390,13 +409,14 @@ def test_gluon_scripts(data, tmp_path, script, ranks):
     proc = ok(
         run_script(
             f"gluon_resnet50_v1b/{script}",
-            [f"--data_path={data['imagefolder']}", "-b", "2", "--output", "run"],
+            [f"--data_path={data['imagefolder']}", "-b", "2", "--output", "out"],
             tmp_path,
             extra,
             RANK_SIZE=ranks,
         )
     )
-    run = tmp_path / "run"
+    (run,) = (tmp_path / "out").iterdir()  # timm: <--output>/<date-time>-<model>[-<size>]
+    assert re.fullmatch(r"\d{8}-\d{6}-gluon_resnet50_v1b(-64)?", run.name), run.name
     assert len(step_lines(run)) == 2  # --log-interval 1
     summary, cfg = summary_of(run), config_of(run)
     assert summary["world_size"] == int(ranks) and cfg["model"]["name"] == "resnet50"

@@ -7,11 +7,12 @@
 #
 # --data_path holds train/<class>/<image> and val/<class>/<image>. One device, 256 images: lr 0.2
 # (the recipe's 1.6 per 2048 images, scaled linearly; --lr X uses X as given). Ends with the seed
-# table line Name | Acc@1 | FPS | Epochs | AMP_Type. A flag given wins; the run folder is --output
-# (default below). Extra classzoo settings: CLASSZOO_EXTRA="--set ...".
+# table line Name | Acc@1 | FPS | Epochs | AMP_Type. A flag given wins. As in timm, the run folder
+# is <--output>/<--experiment>: a new, time-stamped folder each run. Extra classzoo settings:
+# CLASSZOO_EXTRA="--set ...". Every flag and its default: docs/references.md.
 set -euo pipefail
 read -ra extra <<< "${CLASSZOO_EXTRA:-}"
-exec "${PYTHON:-python}" -m classzoo.reference_flags gluon_resnet50_v1b \
+exec "${PYTHON:-python}" -m classzoo.references gluon_resnet50_v1b \
     --model gluon_resnet50_v1b \
     -b 256 \
     --amp \

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # ResNet-152 evaluation on one device: the TF 1.15 reference's test_1p.sh, same flags, run by classzoo.
 #
-#   bash scripts/resnet152/test_1p.sh --data_path=/data/imagenet-tfrecord/validation \
-#       --model_path=./output/resnet152_1p/checkpoints/ckpt-40036.pt --image_num=50000
+#   bash scripts/resnet152/test_1p.sh --model_path=./output/resnet152_1p/checkpoints/ckpt-000040040.pt \
+#       --data_path=/data/imagenet-tfrecord/validation --image_num=50000 --class_num=1000 --batch_size=100
 #
-# --model_path: a classzoo checkpoint, or the slim resnet_v1_152.ckpt itself (V1 file or V2 prefix).
-# Every image is counted once (the reference dropped image_num % batch_size); top-1 / top-5 go to
-# <output_path>/eval.log and summary.json. Extra classzoo settings: CLASSZOO_EXTRA="--set ...".
+# As in the reference, there is no --do_train: its default (False) evaluates --model_path, here with
+# `classzoo eval`: every record once (the reference dropped image_num % batch_size), nothing
+# written, "top1 ... top5 ... loss ... count N" printed. --model_path: a classzoo checkpoint, or the
+# slim resnet_v1_152.ckpt itself (V1 file or V2 prefix). --image_num is checked against the records
+# found. The values below are the reference README's eval command; a flag given wins. Extra
+# classzoo settings: CLASSZOO_EXTRA="--set ...".
 set -euo pipefail
 read -ra extra <<< "${CLASSZOO_EXTRA:-}"
-exec "${PYTHON:-python}" -m classzoo.reference_flags resnet152 \
-    --do_train=false \
-    --batch_size=128 \
+exec "${PYTHON:-python}" -m classzoo.references resnet152 \
+    --image_num=50000 \
     --class_num=1000 \
-    --output_path=./output/resnet152_test_1p \
+    --batch_size=100 \
     "$@" ${extra[@]+"${extra[@]}"}
