@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classzoo.convert.sstable import SSTable, snappy_decompress
-from classzoo.convert.tf_checkpoint import (
+from classzoo.formats.snappy import snappy_decompress
+from classzoo.formats.sstable import SSTable
+from classzoo.formats.tf_checkpoint import (
     format_variables,
     is_tf_checkpoint,
     open_tf_checkpoint,
@@ -155,7 +156,9 @@ def test_sstable_corruption_names_file_and_offset(tmp_path):
     # a footer whose index handle points past the end of the file
     footer = (varint(0) + varint(8) + varint(10**6) + varint(30)).ljust(40, b"\0") + MAGIC
     path.write_bytes(good[:-48] + footer)
-    with pytest.raises(UserError, match="bad.sst.*block at byte 1000000.*past the end"):
+    with pytest.raises(
+        UserError, match="bad.sst: block of 30 bytes.*past the end.*at byte 1000000"
+    ):
         SSTable(path)
 
 

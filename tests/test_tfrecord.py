@@ -17,23 +17,20 @@ import pytest
 import torch
 from PIL import Image
 
-from classzoo.data.example import build_example, parse_example, parse_example_sparse
-from classzoo.data.tfrecord import (
+from classzoo.data.labels import check_labels
+from classzoo.data.tfrecord_dataset import TFRecordImageDataset
+from classzoo.data.tfrecord_index import sidecar_path
+from classzoo.data.tfrecord_shards import find_shards
+from classzoo.data.tfrecord_tools import format_inspect, imagefolder_to_tfrecord, inspect_tfrecords
+from classzoo.errors import UserError
+from classzoo.formats.example import build_example, parse_example, parse_example_sparse
+from classzoo.formats.tfrecord import (
     TFRecordReader,
     TFRecordWriter,
     build_index,
     read_records,
 )
-from classzoo.data.tfrecord_dataset import (
-    TFRecordImageDataset,
-    TFRecordStream,
-    check_labels,
-    find_shards,
-    sidecar_path,
-    slim_label_offset,
-)
-from classzoo.data.tfrecord_tools import format_inspect, imagefolder_to_tfrecord, inspect_tfrecords
-from classzoo.errors import UserError
+from classzoo.formats.wire import WireError
 
 # tf.io.TFRecordWriter output for the single record b"123456789" (TF 2.21). By hand: length
 # 9 as uint64 LE; footer = mask(0xE3069283), the CRC-32C check value of "123456789":
@@ -98,10 +95,10 @@ def test_example_hand_computed_bytes():
     assert parse_example(TF_EXAMPLE_LABEL_MINUS_2)["label"].tolist() == [-2]
 
 
-def test_example_unpacked_reordered_and_merged():
-    # Hand-written: entry 1 has value before key; int64 unpacked (tag 08) then a packed run;
-    # float unpacked (tag 0d); bytes entry; an unknown Example field 2 that must be ignored.
-    int_list = b"\x08\x07" + b"\x0a\x02\x01\x02"  # 7, then packed [1, 2]
+def test_example_unpacked_reordered_and_unknown_fields():
+    # Hand-written: entry 1 has value before key; int64 unpacked (tag 08); float unpacked
+    # (tag 0d); bytes entry; an unknown Example field 2 that must be ignored.
+    int_list = b"\x08\x07\x08\x01\x08\x02"  # 7, 1, 2 one by one
     feat_i = b"\x1a" + bytes([len(int_list)]) + int_list
     entry_i = b"\x12" + bytes([len(feat_i)]) + feat_i + b"\x0a\x01i"  # value first, key last
     float_list = b"\x0d" + np.float32(0.5).tobytes() + b"\x0d" + np.float32(-2).tobytes()
@@ -116,6 +113,38 @@ def test_example_unpacked_reordered_and_merged():
     assert out["f"].tolist() == [0.5, -2.0] and out["f"].dtype == np.float32
     assert out["b"] == [b"a", b"b"]
     assert set(parse_example(msg, keys=["b"])) == {"b"}
+
+
+def test_example_duplicates_resolved_as_tensorflow():
+    """What tf.io.parse_single_example (TF 2.21) does with these bytes, checked by running it
+    (tests/test_tfrecord_tf.py repeats each case against TF itself)."""
+
+    def ex(*entries: bytes) -> bytes:
+        body = b"".join(b"\x0a" + bytes([len(e)]) + e for e in entries)
+        return b"\x0a" + bytes([len(body)]) + body
+
+    def entry(key: bytes, feature: bytes) -> bytes:
+        return b"\x0a" + bytes([len(key)]) + key + b"\x12" + bytes([len(feature)]) + feature
+
+    one, two = b"\x1a\x03\x0a\x01\x01", b"\x1a\x03\x0a\x01\x02"
+    assert parse_example(ex(entry(b"y", one), entry(b"y", two)))["y"].tolist() == [2]  # last
+    assert parse_example(ex(entry(b"y", one), entry(b"y", b"")))["y"].tolist() == [1]  # non-empty
+    assert "y" not in parse_example(ex(entry(b"y", b"")))  # an empty Feature is absent
+    # 5 + 2**64 as a 10-byte varint wraps to 5; an 11-byte varint is refused
+    varint = b"\x85" + b"\x80" * 8 + b"\x02"
+    wrap = b"\x1a\x0c\x0a\x0a" + varint
+    assert parse_example(ex(entry(b"y", wrap)))["y"].tolist() == [5]
+    with pytest.raises(WireError, match="longer than 10 bytes"):
+        parse_example(ex(entry(b"y", b"\x1a\x0d\x0a\x0b" + b"\xff" * 10 + b"\x01")))
+    for bad in (
+        ex(b"\x0a\x01y" + b"\x12\x05" + one + b"\x12\x05" + two),  # one entry, two values
+        ex(entry(b"y", one + two)),  # a Feature with two lists (TF reads the first)
+        ex(entry(b"y", b"\x1a\x06\x0a\x01\x01\x0a\x01\x02")),  # two packed runs
+        ex(entry(b"y", b"\x1a\x05\x08\x07\x0a\x01\x08")),  # unpacked then packed (TF: error)
+        ex(entry(b"y", b"\x22\x00")),  # unknown Feature kind
+    ):
+        with pytest.raises(WireError):
+            parse_example(bad)
 
 
 def test_example_round_trip_and_sparse():
@@ -154,7 +183,7 @@ def _three_records(tmp_path) -> tuple[Path, np.ndarray]:
     return path, build_index(path)
 
 
-def test_flipped_data_byte_names_file_and_offset(tmp_path):
+def test_flipped_data_byte_names_file_and_offset(tmp_path, caplog):
     path, index = _three_records(tmp_path)
     raw = bytearray(path.read_bytes())
     raw[index[1, 0] + 12 + 40] ^= 0x01  # inside record 1's data
@@ -172,7 +201,8 @@ def test_flipped_data_byte_names_file_and_offset(tmp_path):
     with pytest.raises(UserError, match=rf"{path} \(data CRC mismatch at byte {index[1, 0]}\)"):
         ds[1]
     ds = TFRecordImageDataset([path], skip_corrupt=True)
-    assert [ds[i][1] for i in range(3)] == [1, 3, 3] and ds.corrupt_count == 1
+    assert [ds[i][1] for i in range(3)] == [1, 3, 3]
+    assert f"skipping corrupt record 1 in {path} (data CRC mismatch" in caplog.text
 
 
 def test_flipped_length_byte_stops_the_file(tmp_path):
@@ -218,7 +248,7 @@ def test_undecodable_image(tmp_path):
     ):
         TFRecordImageDataset([path])[1]
     ds = TFRecordImageDataset([path], skip_corrupt=True)
-    assert ds[1][1] == 1 and ds.corrupt_count == 1  # wrapped around to record 0
+    assert ds[1][1] == 1  # wrapped around to record 0
     # from a DataLoader worker the error keeps its type (the CLI turns UserError into exit 2)
     loader = torch.utils.data.DataLoader(
         TFRecordImageDataset([path]), batch_size=None, num_workers=1
@@ -256,7 +286,9 @@ def test_find_shards_layouts(tmp_path):
     ]
     assert [p.name for p in find_shards(str(slim), "train")][-1] == "train-00002-of-00003"
     with pytest.raises(
-        UserError, match=rf"no 'test' shards in {slim} \(tried test-\*.*found train, validation"
+        UserError,
+        match=rf"no 'test' shards in {slim} \(files named after: train, validation; 0 named "
+        r"after no split\); set data.val_pattern",
     ):
         find_shards(str(slim), "test")
     with pytest.raises(UserError, match="no TFRecord files match the pattern"):
@@ -318,62 +350,15 @@ def test_dataset_images_labels_offset(tmp_path):
 
 
 def test_label_policy():
-    assert slim_label_offset(1000) == 1 and slim_label_offset(1001) == 0
-    check_labels(np.array([1, 1000]), 1000, 1)
-    check_labels(np.array([1, 1000]), 1001, 0)
+    check_labels(1, 1000, 1000, 1, "x")
+    check_labels(1, 1000, 1001, 0, "x")
     with pytest.raises(
         UserError,
-        match="label 1000 in .* out of range for 1000 logits with label_offset 0.*label_offset 1",
+        match="label 1000 in x is out of range for 1000 logits with label_offset 0.*label_offset 1",
     ):
-        check_labels(np.array([1, 1000]), 1000, 0)
+        check_labels(1, 1000, 1000, 0, "x")
     with pytest.raises(UserError, match="label 0 .*label_offset 1.*start at 0"):
-        check_labels(np.array([0, 999]), 1000, 1)
-
-
-def _stream_order(shards, seed, epoch, rank, world, workers=2):
-    stream = TFRecordStream(
-        shards,
-        transform=lambda img: img.size,
-        shuffle_buffer=4,
-        seed=seed,
-        rank=rank,
-        world_size=world,
-    )
-    stream.set_epoch(epoch)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
-    return [int(label) for _size, label in loader], len(stream)
-
-
-def test_stream_every_record_once_2_ranks_x_2_workers(tmp_path):
-    counts = [5, 7, 4]  # 3 shard files for 4 readers
-    ids = iter(range(sum(counts)))
-    shards = []
-    for k, n in enumerate(counts):
-        shards.append(tmp_path / f"train-{k:05d}-of-00003")
-        _write_shard(shards[-1], [next(ids) for _ in range(n)])
-    seen, lengths = [], []
-    for rank in range(2):
-        order, n = _stream_order(shards, seed=3, epoch=0, rank=rank, world=2)
-        assert len(order) == n
-        seen += order
-        lengths.append(n)
-    assert sorted(seen) == list(range(16)) and lengths == [8, 8]
-    again, _ = _stream_order(shards, seed=3, epoch=0, rank=0, world=2)
-    assert again == seen[:8]  # depends only on (seed, epoch) for a fixed layout
-    other_epoch = _stream_order(shards, seed=3, epoch=1, rank=0, world=2)[0]
-    other_seed = _stream_order(shards, seed=4, epoch=0, rank=0, world=2)[0]
-    assert other_epoch != seen[:8] and other_seed != seen[:8]
-    single, _ = _stream_order(shards, seed=3, epoch=0, rank=0, world=1, workers=0)
-    assert sorted(single) == list(range(16))
-    # persistent workers keep their dataset copy: set_epoch must still reach them
-    stream = TFRecordStream(shards, transform=lambda img: img.size, shuffle_buffer=4, seed=3)
-    loader = torch.utils.data.DataLoader(
-        stream, batch_size=None, num_workers=2, persistent_workers=True
-    )
-    for epoch in (0, 1):
-        stream.set_epoch(epoch)
-        got = [int(label) for _size, label in loader]
-        assert got == _stream_order(shards, seed=3, epoch=epoch, rank=0, world=1)[0]
+        check_labels(0, 999, 1000, 1, "x")
 
 
 # ---- tools ----------------------------------------------------------------------------------

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classzoo.data.example import build_example, parse_example
-from classzoo.data.tfrecord import TFRecordWriter, build_index, read_records
-from classzoo.data.tfrecord_dataset import TFRecordImageDataset, find_shards
+from classzoo.data.tfrecord_dataset import TFRecordImageDataset
+from classzoo.data.tfrecord_shards import find_shards
 from classzoo.data.tfrecord_tools import imagefolder_to_tfrecord
+from classzoo.formats.example import build_example, parse_example
+from classzoo.formats.tfrecord import TFRecordWriter, build_index, read_records
 from tf_compat import import_tf
 
 pytestmark = pytest.mark.compat

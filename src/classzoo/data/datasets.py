@@ -42,9 +42,28 @@ def build_dataset(
         return ImageFolderDataset(
             _split_dir(root, split), transform, skip_corrupt=cfg.skip_corrupt, classes=classes
         )
-    from classzoo.data.tfrecord_dataset import TFRecordImageDataset, find_shards
+    return _tfrecord_dataset(cfg, split, transform, label_offset)
 
-    shards = find_shards(str(root), split)
-    return TFRecordImageDataset(
-        shards, transform=transform, label_offset=label_offset, skip_corrupt=cfg.skip_corrupt
+
+def _tfrecord_dataset(cfg: DataConfig, split: str, transform, label_offset: int):
+    """The shards of ``split`` (data.train_pattern / data.val_pattern choose them when the
+    names do not), with the configured feature keys. ``ds.selection`` / ``ds.ignored`` say
+    which files were used and why the others were not (for the resolved record)."""
+    from classzoo.data.tfrecord_dataset import TFRecordImageDataset
+    from classzoo.data.tfrecord_shards import select_shards
+
+    if split == cfg.train_split:
+        pattern, key = cfg.train_pattern, "data.train_pattern"
+    else:
+        pattern, key = cfg.val_pattern, "data.val_pattern"
+    selection = select_shards(str(Path(cfg.dir).expanduser()), split, pattern, key=key)
+    ds = TFRecordImageDataset(
+        selection.files,
+        transform=transform,
+        label_offset=label_offset,
+        skip_corrupt=cfg.skip_corrupt,
+        image_key=cfg.image_key,
+        label_key=cfg.label_key,
     )
+    ds.selection, ds.ignored = selection, selection.ignored
+    return ds

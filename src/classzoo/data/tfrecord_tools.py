@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from classzoo.data.example import build_example, parse_example
-from classzoo.data.tfrecord import TFRecordReader, TFRecordWriter
-from classzoo.data.tfrecord_dataset import IMAGE_KEY, LABEL_KEY, find_shards
+from classzoo.data.tfrecord_dataset import IMAGE_KEY, LABEL_KEY
+from classzoo.data.tfrecord_shards import find_shards
 from classzoo.errors import UserError
+from classzoo.formats.example import build_example, parse_example
+from classzoo.formats.tfrecord import TFRecordReader, TFRecordWriter
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, lower case
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from classzoo.errors import UserError
-from classzoo.formats.crc import crc32c, mask
+from classzoo.formats.crc import masked_crc32c as _masked_crc
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +63,6 @@ class CorruptRecordError(UserError):
         else:
             super().__init__(corruption)
             self.corruption = None
-
-
-def _masked_crc(data) -> int:
-    return mask(crc32c(data))
-
-
-def encode_record(data: bytes | bytearray | memoryview) -> bytes:
-    """One framed record (header + data + footer)."""
-    length = _LEN.pack(len(data))
-    return b"".join(
-        (length, _U32.pack(_masked_crc(length)), bytes(data), _U32.pack(_masked_crc(data)))
-    )
 
 
 class TFRecordWriter:
