@@ -5,12 +5,17 @@ integer DCT with fancy upsampling (tensorflow/core/kernels/image/decode_image_op
 TensorFlow-chosen default is IFAST"). PIL uses ISLOW and differs by up to 7 grey levels.
 ``simplejpeg`` (libjpeg-turbo) with ``fastdct=True, fastupsample=False`` reproduces TF's
 pixels exactly (tests/test_decode.py); non-JPEG files go through PIL either way.
+
+Training pipelines take an :class:`EncodedImage` instead: they read the size from the header,
+sample the crop, and decode at the smallest DCT scale (1/2, 1/4, 1/8; libjpeg's scaled IDCT)
+that still gives the crop at least the output's resolution (:func:`dct_denominator`).
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import simplejpeg
@@ -19,22 +24,76 @@ from PIL import Image, UnidentifiedImageError
 from classzoo.errors import UserError
 
 DECODERS = ("pil", "tf")
+DCT_DENOMINATORS = (8, 4, 2)  # the power-of-two scales libjpeg's IDCT gives exactly
 
 
-def _plain_jpeg(data: bytes) -> bool:
-    """A JPEG libjpeg-turbo turns into RGB itself (not CMYK / YCCK, which PIL converts)."""
+class UnreadableImage(UserError):
+    """An image that cannot be decoded (``skip_corrupt`` skips these, and only these)."""
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """Image file bytes, not decoded yet; ``name`` is what an error names (path or record)."""
+
+    data: bytes
+    name: str
+
+    def size(self) -> tuple[int, int]:
+        """(height, width) from the header, without decoding the pixels."""
+        hw = jpeg_size(self.data)
+        if hw is not None:
+            return hw
+        try:
+            with Image.open(io.BytesIO(self.data)) as img:  # lazy: reads the header only
+                return img.size[1], img.size[0]
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+            raise UnreadableImage(f"unreadable image {self.name}: {e}") from None
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) of a JPEG libjpeg-turbo decodes to RGB itself, else None."""
     if data[:2] != b"\xff\xd8":
-        return False
+        return None
     try:
-        return simplejpeg.decode_jpeg_header(data)[2] not in ("CMYK", "YCCK")
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
-        return False
+        return None
+    return None if colorspace in ("CMYK", "YCCK") else (h, w)
+
+
+def dct_denominator(region_hw: tuple[float, float], out_hw: tuple[int, int]) -> int:
+    """The largest d in 8, 4, 2 with ``region / d >= out`` on both axes, else 1: decoding at
+    1/d then still samples the ``region`` (full-resolution pixels) at ``out`` pixels or more."""
+    for d in DCT_DENOMINATORS:
+        if region_hw[0] / d >= out_hw[0] and region_hw[1] / d >= out_hw[1]:
+            return d
+    return 1
+
+
+def decode_scaled(img: EncodedImage, tf_pixels: bool, denom: int = 1) -> tuple[np.ndarray, int]:
+    """HWC uint8 RGB decoded at 1/``denom`` of the full size (JPEGs only; others, and JPEGs
+    libjpeg-turbo's RGB path refuses, are decoded whole by PIL) and the denominator used.
+    ``tf_pixels``: TF's default IFAST DCT (slim), else PIL's ISLOW; fancy upsampling both."""
+    hw = jpeg_size(img.data)
+    if hw is not None:
+        kw = {}
+        if denom > 1:  # libjpeg rounds scaled sizes up: ceil(size / d)
+            kw = {"min_height": -(-hw[0] // denom), "min_width": -(-hw[1] // denom)}
+        try:
+            arr = simplejpeg.decode_jpeg(
+                img.data, colorspace="RGB", fastdct=tf_pixels, fastupsample=False, **kw
+            )
+        except ValueError:
+            arr = None  # CMYK / unusual JPEGs: PIL handles (or names) them below
+        if arr is not None:
+            return arr, denom if arr.shape[:2] != hw else 1
+    return np.asarray(decode_pil(img.data, img.name)), 1
 
 
 def decode_pil(data: bytes, name: str) -> Image.Image:
     """RGB PIL image with PIL's pixels. JPEGs go through libjpeg-turbo directly (ISLOW DCT, fancy
     upsampling: the same pixels as PIL, tests/test_decode.py, ~5% less CPU); others through PIL."""
-    if _plain_jpeg(data):
+    if jpeg_size(data) is not None:
         try:
             return Image.fromarray(
                 simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False)
@@ -45,17 +104,12 @@ def decode_pil(data: bytes, name: str) -> Image.Image:
         with Image.open(io.BytesIO(data)) as img:
             return img.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"unreadable image {name}: {exc}") from None
+        raise UnreadableImage(f"unreadable image {name}: {exc}") from None
 
 
-def decode_tf(data: bytes, name: str) -> np.ndarray | Image.Image:
+def decode_tf(data: bytes, name: str) -> np.ndarray:
     """HWC uint8 RGB exactly as TF's default ``decode_jpeg``; PIL for PNG and others."""
-    if _plain_jpeg(data):
-        try:
-            return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=False)
-        except ValueError:
-            pass  # CMYK and other JPEGs libjpeg-turbo's RGB path refuses: PIL converts them
-    return decode_pil(data, name)
+    return decode_scaled(EncodedImage(data, name), tf_pixels=True)[0]
 
 
 def decoder(name: str) -> Callable[[bytes, str], object]:
@@ -71,4 +125,4 @@ def read_file(path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except OSError as exc:
-        raise UserError(f"unreadable image {path}: {exc.strerror}") from None
+        raise UnreadableImage(f"unreadable image {path}: {exc.strerror}") from None
