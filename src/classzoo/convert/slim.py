@@ -21,7 +21,13 @@ from torch import nn
 
 from classzoo.errors import UserError
 
-__all__ = ["default_scope", "slim_head_scopes", "slim_to_state_dict", "state_dict_to_slim"]
+__all__ = [
+    "default_scope",
+    "slim_head_scopes",
+    "slim_to_state_dict",
+    "slim_to_state_dict_and_init",
+    "state_dict_to_slim",
+]
 
 # Saved next to the model variables but not part of the network: the step counter, optimizer
 # slots (<var>/RMSProp, <var>/RMSProp_1, <var>/Momentum, Adam's m/v and beta powers) and the
@@ -58,7 +64,8 @@ def default_scope(model_name: str) -> str:
 
 
 def slim_head_scopes(model_name: str) -> tuple[str, ...]:
-    """Scopes sized by num_classes, for ``exclude`` when fine-tuning to another class count."""
+    """The head scopes slim's fine-tuning examples exclude (``--checkpoint_exclude_scopes=
+    InceptionV4/Logits,InceptionV4/AuxLogits``): whole heads, convolutions included."""
     return ("logits",) if default_scope(model_name) != "InceptionV4" else ("Logits", "AuxLogits")
 
 
@@ -262,11 +269,33 @@ def slim_to_state_dict(
     scope: str | None = None,
     source: str = "checkpoint",
 ) -> dict[str, torch.Tensor]:
-    """A complete state dict for ``model`` from slim checkpoint ``variables``.
+    """A complete state dict for ``model`` from slim checkpoint ``variables``
+    (:func:`slim_to_state_dict_and_init` without the list of keys kept at init)."""
+    return slim_to_state_dict_and_init(
+        model_name, variables, model, exclude, use_ema=use_ema, scope=scope, source=source
+    )[0]
+
+
+def slim_to_state_dict_and_init(
+    model_name: str,
+    variables: Mapping[str, np.ndarray],
+    model: nn.Module,
+    exclude: Sequence[str] = (),
+    *,
+    use_ema: bool = False,
+    scope: str | None = None,
+    source: str = "checkpoint",
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A complete state dict for ``model`` from slim checkpoint ``variables``, and the keys of
+    it that keep ``model``'s own values (those of excluded scopes).
 
     ``exclude``: slim scopes (``"Logits"``, ``"AuxLogits"``, ``"InceptionV4/Logits"``, or any
     checkpoint-only scope to ignore) whose parameters keep ``model``'s own values and whose
     checkpoint variables are skipped, like train_image_classifier's --checkpoint_exclude_scopes.
+    A scope is matched on whole name components: ``InceptionV4/AuxLogits/Aux_logits`` excludes
+    that layer only, not the AuxLogits convolutions beside it. (train_image_classifier matches
+    ``var.op.name.startswith(exclusion)``; the two agree on every real scope, and a partial
+    component such as ``InceptionV4/Mixed_6`` matches nothing here and is a UserError.)
     ``use_ema``: take each variable's ExponentialMovingAverage shadow when the checkpoint has one
     (what eval_image_classifier --moving_average_decay restores). Inception-v4 has no BN gamma
     (loaded as 1; a checkpoint with gammas must have all of them); ResNet-v1 requires gamma.
@@ -294,9 +323,10 @@ def slim_to_state_dict(
     # then from every BN: a ResNet checkpoint without gammas, or a half-gamma one, does not fit.
     gamma_optional = not has_gamma and not any(table[n].is_gamma for n in model_vars if n in table)
     out = {k: v.clone() for k, v in own.items()}
-    missing, mismatched = [], []
+    missing, mismatched, init = [], [], []
     for name, var in table.items():
         if _in_scope(name, exclude, top):
+            init.append(var.key)
             continue
         target = own[var.key]
         if name not in model_vars:
@@ -334,7 +364,7 @@ def slim_to_state_dict(
         raise UserError(
             f"{source} does not fit {model_name} (scope '{top}/'): " + "; ".join(parts) + hint
         )
-    return out
+    return out, init
 
 
 def state_dict_to_slim(

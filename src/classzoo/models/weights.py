@@ -1,50 +1,78 @@
 """Load weights into a model from a classzoo checkpoint, a safetensors file or a TF checkpoint.
 
-The format is detected from the file's content, never from its name. Loading never unpickles
-code: torch files go through ``torch.load(weights_only=True)``.
+The format is detected from the file's content, never from its name. Torch files are read only
+by ``formats.torch_checkpoint.load_checkpoint_file`` (SHA-256, bounds, weights-only unpickling,
+schema), safetensors only by ``formats.safetensors_file``. Loading is strict: a key that is
+missing, unexpected, mis-shaped or of the wrong kind (int8 / bool / complex where the model has
+float weights; ``copy_`` would cast them silently) is a UserError naming it. A classifier of
+another size (another class count) is left at the model's own initialisation only when the
+caller allows it; the keys so left are logged at WARNING and returned in the LoadReport.
+Nothing here re-initialises a parameter: a head left at init has the values the model was built
+with, so seeding torch before building the model (engine.build does, from train.seed) makes it
+the same on every run.
 """
 
 from __future__ import annotations
 
 import logging
-import zipfile
+import os
+import stat
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from classzoo.errors import UserError
+from classzoo.formats.checkpoint_schema import check_state_dict
+from classzoo.formats.torch_checkpoint import load_checkpoint_file
 
 log = logging.getLogger("classzoo")
 
+# The one reader of torch files, under the name callers used before it existed.
+load_torch_checkpoint = load_checkpoint_file
+
+
+@dataclass
+class LoadReport:
+    """What a checkpoint load did, for the resolved record: model keys taken from the file,
+    keys left at the model's initialisation, and the exclude scopes / prefixes applied."""
+
+    source: str
+    format: str
+    loaded: list[str] = field(default_factory=list)
+    left_at_init: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+
 
 def detect_format(path: str | Path) -> str:
-    """'classzoo' (torch zip), 'safetensors' or 'tf' (V1 file / V2 prefix)."""
+    """'classzoo' (torch zip), 'safetensors' or 'tf' (V1 file / V2 prefix / folder)."""
     p = Path(path)
-    if p.is_file():
+    try:
+        st = os.stat(p)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode):
+        if st.st_size == 0:
+            raise UserError(f"checkpoint {p} is empty (0 bytes)")
         with open(p, "rb") as f:
             head = f.read(16)
-        if head.startswith(b"PK\x03\x04") and zipfile.is_zipfile(p):
+        if head.startswith(b"PK\x03\x04"):  # a torch.save zip; the reader says what is wrong
             return "classzoo"
         if len(head) >= 9 and head[8:9] == b"{":
             return "safetensors"
-    from classzoo.convert.tf_checkpoint import is_tf_checkpoint
+    elif st is not None and not stat.S_ISDIR(st.st_mode):  # a FIFO would block the readers
+        raise UserError(f"checkpoint {p} is not a regular file")
+    from classzoo.formats.tf_checkpoint import is_tf_checkpoint
 
     if is_tf_checkpoint(str(p)):
         return "tf"
-    if not p.exists() and not Path(str(p) + ".index").exists():
+    if st is None and not Path(str(p) + ".index").exists():
         raise UserError(f"checkpoint {p} does not exist")
     raise UserError(
         f"checkpoint {p} is not a classzoo checkpoint, a safetensors file or a TF checkpoint"
     )
-
-
-def load_torch_checkpoint(path: str | Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated/corrupt zips
-        raise UserError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
 
 
 def state_from_checkpoint(
@@ -53,9 +81,12 @@ def state_from_checkpoint(
     """The model weights inside an already-read torch checkpoint (classzoo, timm, torchvision)."""
     if not isinstance(ckpt, dict):
         raise UserError(f"checkpoint {path} does not hold a state dict")
-    if use_ema and ckpt.get("ema") is not None:
-        return ckpt["ema"]
-    if "model" in ckpt and isinstance(ckpt["model"], dict):
+    if use_ema:
+        for key in ("ema", "state_dict_ema"):
+            if ckpt.get(key) is not None:
+                return ckpt[key]
+        raise UserError(f"checkpoint {path} has no EMA weights (use_ema)")
+    if isinstance(ckpt.get("model"), dict):
         return ckpt["model"]
     if "state_dict" in ckpt:  # timm / torchvision training checkpoints
         return ckpt["state_dict"]
@@ -66,28 +97,63 @@ def read_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.
     """The model weights of a classzoo checkpoint or safetensors file."""
     fmt = detect_format(path)
     if fmt == "safetensors":
-        from safetensors.torch import load_file
+        from classzoo.formats.safetensors_file import load_safetensors_file
 
-        try:
-            return load_file(str(path))
-        except Exception as exc:
-            raise UserError(f"cannot read safetensors file {path}: {exc}") from None
+        if use_ema:
+            raise UserError(f"{path} is a safetensors file: it holds no EMA weights (use_ema)")
+        return load_safetensors_file(path)
     if fmt == "classzoo":
-        return state_from_checkpoint(load_torch_checkpoint(path), path, use_ema)
+        return state_from_checkpoint(load_checkpoint_file(path), path, use_ema)
     raise UserError(f"{path} is a TF checkpoint; it loads only into TF-slim networks")
 
 
-def _classifier_keys(model: nn.Module) -> list[str]:
-    """State-dict keys of the model's classifier head(s), for a num_classes change."""
+def _classifier_prefixes(model: nn.Module) -> list[str]:
+    """State-dict prefixes of the model's classifier head(s), for a num_classes change."""
     prefixes = []
     get = getattr(model, "get_classifier", None)
     head = get() if callable(get) else None
     for name, module in model.named_modules():
         if head is not None and module is head:
             prefixes.append(name + ".")
-    aux = getattr(model, "aux_classifier_prefixes", ())
-    prefixes.extend(aux)
+    prefixes.extend(getattr(model, "aux_classifier_prefixes", ()))
     return prefixes
+
+
+def _kind_error(key: str, theirs: torch.Tensor, ours: torch.Tensor) -> str | None:
+    """Why ``theirs`` may not be copied into ``ours`` (copy_ would cast it silently)."""
+    if ours.is_floating_point() and not theirs.is_floating_point():
+        return f"{key} is {theirs.dtype} in the checkpoint, {ours.dtype} in the model"
+    if not ours.is_floating_point() and (theirs.is_floating_point() or theirs.is_complex()):
+        return f"{key} is {theirs.dtype} in the checkpoint, {ours.dtype} in the model"
+    if (ours.dtype == torch.bool) != (theirs.dtype == torch.bool):
+        return f"{key} is {theirs.dtype} in the checkpoint, {ours.dtype} in the model"
+    return None
+
+
+def _new_head(own, state, model: nn.Module, source: str, allow: bool, skipped) -> list[str]:
+    """Classifier keys whose size differs from the checkpoint's: left at init if allowed."""
+    prefixes = _classifier_prefixes(model)
+    keys = [
+        k
+        for k in state
+        if k in own
+        and not skipped(k)
+        and own[k].shape != state[k].shape
+        and any(k.startswith(p) for p in prefixes)
+    ]
+    if keys and not allow:
+        k = keys[0]
+        raise UserError(
+            f"checkpoint {source} has a classifier of another size ({k} "
+            f"{tuple(state[k].shape)} vs the model's {tuple(own[k].shape)}): pass "
+            "allow_new_head=True to train a new head (left at its initialisation)"
+        )
+    return keys
+
+
+def _listing(label: str, keys: Sequence[str]) -> str:
+    shown = ", ".join(keys[:4]) + (f", ... ({len(keys)} in all)" if len(keys) > 4 else "")
+    return f"{label}: {shown}"
 
 
 def load_into(
@@ -95,65 +161,81 @@ def load_into(
     state: Mapping[str, torch.Tensor],
     source: str,
     exclude: Sequence[str] = (),
-) -> None:
-    """Copy ``state`` into ``model``; mismatches are a UserError listing the keys.
+    allow_new_head: bool = True,
+) -> tuple[list[str], list[str]]:
+    """Copy ``state`` into ``model`` strictly; returns (keys loaded, keys left at init).
 
-    ``exclude``: key prefixes left at the model's own initialisation. A classifier whose size
-    differs from the checkpoint's (another num_classes) is excluded automatically, like timm does
-    for pretrained weights, and the fact is logged.
+    ``exclude``: key prefixes (whole dotted components) or exact keys left at the model's own
+    initialisation. A classifier whose size differs from the checkpoint's (another class count)
+    is left at init too when ``allow_new_head``, like timm does for pretrained weights, else it
+    is a UserError. Mismatches are a UserError listing the keys.
     """
     own = model.state_dict()
-    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
-    excluded = [p if p.endswith(".") or p in own else p + "." for p in exclude]
-    head_prefixes = _classifier_keys(model)
-    dropped_head = []
-    for key in list(state):
-        if (
-            key in own
-            and own[key].shape != state[key].shape
-            and any(key.startswith(p) for p in head_prefixes)
-        ):
-            dropped_head.append(key)
-    if dropped_head:
-        log.info(
-            "checkpoint %s: classifier size differs, %s left at init",
-            source,
-            ", ".join(dropped_head),
-        )
+    state = check_state_dict(
+        {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()},
+        f"checkpoint {source}",
+    )
+    prefixes = [p if p.endswith(".") or p in own else p + "." for p in exclude]
 
     def skipped(key: str) -> bool:
-        return key in dropped_head or any(key == p or key.startswith(p) for p in excluded)
+        return any(key == p or key.startswith(p) for p in prefixes)
 
+    head = set(_new_head(own, state, model, source, allow_new_head, skipped))
     missing = [
         k
         for k in own
         if k not in state and not skipped(k) and not k.endswith("num_batches_tracked")
     ]
     unexpected = [k for k in state if k not in own and not skipped(k)]
-    shapes = [
+    take = [k for k in state if k in own and not skipped(k) and k not in head]
+    bad = [
         f"{k} checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in state
-        if k in own and not skipped(k) and state[k].shape != own[k].shape
+        for k in take
+        if state[k].shape != own[k].shape
     ]
-    if missing or unexpected or shapes:
-        parts = []
-        for label, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("shape mismatch", shapes),
-        ):
-            if keys:
-                shown = ", ".join(keys[:4]) + (
-                    f", ... ({len(keys)} in all)" if len(keys) > 4 else ""
-                )
-                parts.append(f"{label}: {shown}")
+    bad += [e for k in take if (e := _kind_error(k, state[k], own[k])) is not None]
+    if missing or unexpected or bad:
+        parts = [
+            _listing(label, keys)
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong", bad))
+            if keys
+        ]
         raise UserError(
             f"checkpoint {source} does not fit {type(model).__name__}: " + "; ".join(parts)
         )
     with torch.no_grad():
-        for key, value in state.items():
-            if key in own and not skipped(key):
-                own[key].copy_(value.to(own[key].dtype))
+        for key in take:
+            own[key].copy_(state[key].to(own[key].dtype))
+    left = [k for k in own if k not in take and not k.endswith("num_batches_tracked")]
+    if head:
+        log.warning(
+            "checkpoint %s: classifier of another size, left at init: %s", source, ", ".join(left)
+        )
+    return take, left
+
+
+def _tf_state(model: nn.Module, model_name: str, path, exclude, use_ema: bool, allow: bool):
+    """(state dict without the keys kept at init, those keys, the scopes excluded) from a TF
+    checkpoint; heads of another class count are excluded by their classifier scopes only."""
+    from classzoo.convert.slim import slim_to_state_dict_and_init
+    from classzoo.convert.slim_heads import auto_head_excludes
+    from classzoo.formats.tf_checkpoint import open_tf_checkpoint
+
+    with open_tf_checkpoint(str(path)) as ckpt:
+        variables = ckpt.read_all()
+    auto = auto_head_excludes(model_name, variables, getattr(model, "num_classes", None), exclude)
+    if auto and not allow:
+        raise UserError(
+            f"checkpoint {path}: its {', '.join(auto)} layers are sized for another class count "
+            "than the model's: pass allow_new_head=True to train new ones (left at init)"
+        )
+    scopes = [*exclude, *auto]
+    state, init = slim_to_state_dict_and_init(
+        model_name, variables, model, exclude=scopes, use_ema=use_ema, source=str(path)
+    )
+    if auto:
+        log.warning("checkpoint %s: %s left at init (another class count)", path, ", ".join(init))
+    return {k: v for k, v in state.items() if k not in init}, init, scopes
 
 
 def load_checkpoint(
@@ -162,31 +244,23 @@ def load_checkpoint(
     path: str | Path,
     exclude: Sequence[str] = (),
     use_ema: bool = False,
-) -> None:
-    """Load any supported checkpoint format into ``model``."""
+    allow_new_head: bool = True,
+) -> LoadReport:
+    """Load any supported checkpoint format into ``model``; the report is also set as
+    ``model.load_report`` (so ``classzoo.create_model`` callers see it)."""
     fmt = detect_format(path)
     if fmt == "tf":
-        from classzoo.convert.slim import slim_head_scopes, slim_to_state_dict
-        from classzoo.convert.tf_checkpoint import open_tf_checkpoint
-
-        with open_tf_checkpoint(str(path)) as ckpt:
-            variables = ckpt.read_all()
-        exclude = list(exclude)
-        n = getattr(model, "num_classes", None)
-        for scope in slim_head_scopes(model_name):  # another num_classes: new heads, like timm
-            sized = [v for k, v in variables.items() if f"/{scope}/" in k and k.endswith("/biases")]
-            if n is not None and sized and sized[0].shape[-1] != n and scope not in exclude:
-                log.info(
-                    "checkpoint %s: %s has %d classes, the model %d: left at init",
-                    path,
-                    scope,
-                    sized[0].shape[-1],
-                    n,
-                )
-                exclude.append(scope)
-        state = slim_to_state_dict(
-            model_name, variables, model, exclude=exclude, use_ema=use_ema, source=str(path)
+        state, init, scopes = _tf_state(
+            model, model_name, path, list(exclude), use_ema, allow_new_head
         )
-        load_into(model, state, str(path), exclude=())
-        return
-    load_into(model, read_state_dict(path, use_ema=use_ema), str(path), exclude=exclude)
+        loaded, left = load_into(model, state, str(path), exclude=init)
+    else:
+        state = read_state_dict(path, use_ema=use_ema)
+        loaded, left = load_into(model, state, str(path), exclude, allow_new_head)
+        heads = [
+            p for p in _classifier_prefixes(model) if p not in exclude and p[:-1] not in exclude
+        ]
+        scopes = [*exclude, *(p for p in heads if any(k.startswith(p) for k in left))]
+    report = LoadReport(str(path), fmt, loaded, left, scopes)
+    model.load_report = report
+    return report
