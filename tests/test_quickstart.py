@@ -60,7 +60,10 @@ def test_quickstart_run_folder(tmp_path):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert list((run / "checkpoints").glob("ckpt-*.pt"))
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["model"]["num_classes"] == 10 and cfg["data"]["image_size"] == 32
+    assert cfg["model"]["num_classes"] is None  # as asked: the data decides
+    resolved = yaml.safe_load((run / "resolved.yaml").read_text())
+    assert resolved["num_classes"] == 10 and resolved["preprocess"]["image_size"] == 32
+    assert resolved["data"]["val"]["count"] == 10000
     # predict with the run's checkpoint: its own preprocessing and class names
     images = sorted((data / "val" / "1_trouser").glob("*.png"))[:10]
     proc = subprocess.run(

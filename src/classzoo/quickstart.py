@@ -28,7 +28,8 @@ def quickstart(output_dir: Path, data_dir: Path | None = None, overrides: list[s
     cfg = with_overrides(cfg, list(overrides))
     from classzoo.engine.run import run
 
-    summary = run(cfg, output_dir / "run")
+    # a demo: a rerun replaces its own previous run folder (logged); the data folder is reused
+    summary = run(cfg, output_dir / "run", overwrite=True)
     wall = time.perf_counter() - t0
     print(result_table(summary, wall))
     print(

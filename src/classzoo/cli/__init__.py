@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 from classzoo.cli.common import HelpFormatter
@@ -83,9 +84,11 @@ def _silence_stdout() -> None:
 def _one_line(exc: Exception) -> str:
     """The user's line, also when a DataLoader worker wrapped the error in its traceback text."""
     text = str(exc)
-    marker = "classzoo.errors.UserError: "
-    if marker in text:
-        text = text.rsplit(marker, 1)[1]
+    # torch re-raises a worker's error as "Caught X in DataLoader worker ...\n<traceback>\n
+    # module.X: message": the user's line is the one after the original class name
+    wrapped = re.findall(rf"^classzoo\.[\w.]*{type(exc).__name__}: (.*)$", text, re.M)
+    if wrapped:
+        text = wrapped[-1]
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 

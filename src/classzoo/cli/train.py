@@ -18,7 +18,17 @@ def add_parser(subparsers) -> None:
     t.add_argument(
         "--data-dir", default=None, help="dataset folder (data.dir; default: the recipe's)"
     )
-    t.add_argument("--output-dir", default=None, help="run folder (default: runs/<recipe>)")
+    t.add_argument(
+        "--output-dir",
+        default=None,
+        help="run folder (default: a new runs/<recipe>-<UTC time>); one holding another run needs"
+        " --resume auto or --overwrite",
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --output-dir (its logs, checkpoints, summary)",
+    )
     add_set_flag(t)
     t.add_argument(
         "--resume",
@@ -84,10 +94,6 @@ def run(args: argparse.Namespace) -> int:
     given = {key: value for key, value in flags.items() if value is not None}
     cfg = with_values(load_recipe(args.recipe), given, "command line")
     cfg = with_overrides(cfg, args.overrides)
-    out = (
-        Path(args.output_dir)
-        if args.output_dir
-        else Path("runs") / (cfg.recipe or "run").replace(":", "-")
-    )
-    run_recipe(cfg, out, resume=args.resume)
+    out = Path(args.output_dir) if args.output_dir else None
+    run_recipe(cfg, out, resume=args.resume, overwrite=args.overwrite)
     return 0

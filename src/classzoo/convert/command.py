@@ -6,16 +6,20 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from classzoo.config import Config
+import torch
+
+from classzoo.config import Config, with_values
+from classzoo.engine.build import model_defaults
 from classzoo.engine.checkpoint import atomic_save
+from classzoo.engine.resolve import resolve
 from classzoo.errors import UserError
-from classzoo.models import create_model, data_defaults
+from classzoo.models import create_model
 
 log = logging.getLogger("classzoo")
 
 
 def list_checkpoint(checkpoint: str) -> str:
-    from classzoo.convert.tf_checkpoint import format_variables, open_tf_checkpoint
+    from classzoo.formats.tf_checkpoint import format_variables, open_tf_checkpoint
 
     with open_tf_checkpoint(checkpoint) as ckpt:
         return format_variables(ckpt)
@@ -31,10 +35,10 @@ def convert_slim(
 ) -> Path:
     """Load ``checkpoint`` into ``model_name`` and write it; ``.safetensors`` or a classzoo ``.pt``.
 
-    The ``.pt`` carries the resolved config (model, classes, preprocessing), so
+    The ``.pt`` carries its Resolved record (model, head, preprocessing, label offset), so
     ``classzoo eval --checkpoint OUT`` needs no ``--model``.
     """
-    from classzoo.convert.tf_checkpoint import is_tf_checkpoint
+    from classzoo.formats.tf_checkpoint import is_tf_checkpoint
 
     if not is_tf_checkpoint(checkpoint):
         raise UserError(f"{checkpoint} is not a TF checkpoint (V1 file, V2 prefix or .index)")
@@ -49,26 +53,35 @@ def convert_slim(
         out.parent.mkdir(parents=True, exist_ok=True)
         save_file(state, str(out), metadata={"model": model_name, "source": str(checkpoint)})
     else:
-        cfg = Config()
-        cfg.model.name = model_name
-        cfg.model.num_classes = int(model.num_classes)
-        d = data_defaults(model_name, model)
-        cfg.data.preset, cfg.data.image_size = d["preset"], int(d["input_size"][-1])
-        cfg.data.crop_pct, cfg.data.label_offset = (
-            float(d["crop_pct"]),
-            int(d.get("label_offset", 0)),
-        )
-        cfg.data.source = "tfrecord"
-        cfg.data.val_split = "validation"
-        atomic_save(
+        asked = with_values(
+            Config(),
             {
-                "model": state,
-                "config": cfg.to_dict(),
-                "model_name": model_name,
-                "num_classes": int(model.num_classes),
-                "source": str(checkpoint),
-            },
-            out,
+                "model.name": model_name,
+                "model.num_classes": num_classes,
+                "data.source": "tfrecord",
+                "data.val_split": "validation",
+            },  # slim's eval data
+            "convert",
+        )
+        weights = {
+            "source": str(checkpoint),
+            "format": "tf",
+            "excluded": list(exclude),
+            "use_ema": use_ema,
+        }
+        resolved = resolve(
+            asked,
+            torch.device("cpu"),
+            1,
+            model_defaults(model_name, {}),
+            int(model.num_classes),
+            None,
+            {},
+            weights,
+            None,
+        )
+        atomic_save(
+            {"model": state, "config": asked.to_dict(), "resolved": resolved.to_dict()}, out
         )
     log.info("wrote %s (%s, %d tensors) from %s", out, model_name, len(state), checkpoint)
     return out

@@ -112,6 +112,12 @@ def all_reduce_sum(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return t
 
 
+def broadcast_object(values: list, env: DistEnv) -> None:
+    """Rank 0's ``values`` (a list, replaced in place) on every rank."""
+    if env.distributed:
+        dist.broadcast_object_list(values, src=0)
+
+
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()

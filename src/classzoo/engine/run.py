@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,13 @@ from classzoo.data.sampling import global_batches
 from classzoo.engine import build
 from classzoo.engine.checkpoint import CheckpointManager
 from classzoo.engine.checkpoint import load as load_ckpt
-from classzoo.engine.distributed import DistEnv, barrier, init_distributed
+from classzoo.engine.distributed import (
+    DistEnv,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    shutdown,
+)
 from classzoo.engine.evaluate import checkpoints_in, evaluate, evaluate_checkpoints
 from classzoo.engine.logs import setup_console_logging
 from classzoo.engine.loop import Hooks, LoopConfig, StepConfig, steps_per_epoch, train
@@ -56,17 +63,84 @@ class Setup:
     val: build.Split | None
 
 
-def run(asked: Config, run_dir: Path, resume: str | None = None) -> dict[str, Any]:
-    """Train (and evaluate) as ``asked.train.mode`` says; returns the summary of the run folder."""
+def run(
+    asked: Config, run_dir: Path | None, resume: str | None = None, overwrite: bool = False
+) -> dict[str, Any]:
+    """Train (and evaluate) as ``asked.train.mode`` says; returns the summary of the run folder.
+
+    ``run_dir`` None: a new ``runs/<recipe>-<UTC time>``. A folder holding another run is an
+    error unless ``resume`` continues it or ``overwrite`` replaces it.
+    """
     t0 = time.perf_counter()
     env = init_distributed(asked.train.device)
+    try:
+        run_dir = claim_run_dir(run_dir, asked.recipe, resume, overwrite, env)
+        setup_console_logging(env.is_main, run_dir / "console.log" if env.is_main else None)
+        return _run(asked, run_dir, resume, env, t0)
+    finally:
+        shutdown(env)
+
+
+def claim_run_dir(
+    run_dir: Path | None, recipe: str | None, resume: str | None, overwrite: bool, env: DistEnv
+) -> Path:
+    """The run folder, the same on every rank, checked by every rank before anything is written."""
+    if run_dir is None:
+        if resume == "auto":
+            raise UserError("--resume auto needs --output-dir: the run folder to continue")
+        stamp = [time.strftime("%Y%m%d-%H%M%S", time.gmtime())]
+        broadcast_object(stamp, env)  # rank 0's clock names the folder for every rank
+        run_dir = Path("runs") / f"{(recipe or 'run').replace(':', '-')}-{stamp[0]}"
     run_dir = Path(run_dir)
+    taken = [n for n in RUN_FILES if (run_dir / n).exists()]
+    if taken and resume is None and not overwrite:
+        raise UserError(
+            f"{run_dir} already holds a run ({', '.join(taken[:3])}): continue it with --resume auto,"
+            " replace it with --overwrite, or choose another --output-dir"
+        )
+    barrier(env)  # every rank has looked before rank 0 writes
     if env.is_main:
+        if overwrite and resume is None:
+            _remove_run_files(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-    setup_console_logging(env.is_main, run_dir / "console.log" if env.is_main else None)
+    barrier(env)
+    return run_dir
+
+
+# What a run writes; --overwrite removes exactly these, nothing else of the folder.
+RUN_FILES = (
+    "config.yaml",
+    "resolved.yaml",
+    "summary.json",
+    "train.log",
+    "eval.log",
+    "metrics.jsonl",
+    "console.log",
+    "checkpoints",
+    "tensorboard",
+)
+
+
+def _remove_run_files(run_dir: Path) -> None:
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    log.info("--overwrite: removed the previous run's files from %s", run_dir)
+
+
+def _run(
+    asked: Config, run_dir: Path, resume: str | None, env: DistEnv, t0: float
+) -> dict[str, Any]:
+    if resume is not None and env.is_main:
+        log.info("resuming in %s (--resume %s)", run_dir, resume)
     mode = asked.train.mode
     s = set_up(asked, env, need_train=mode != "evaluate", need_val=mode != "train")
     logger = RunLogger(run_dir, enabled=env.is_main)
+    if resume is not None:
+        logger.marker(f"resumed (--resume {resume})")
     if env.is_main:
         save_config(asked, run_dir / "config.yaml")
         _write_yaml(s.resolved.to_dict(), run_dir / "resolved.yaml")

@@ -116,6 +116,15 @@ class RunLogger:
             for k in ("top1", "top5", "loss"):
                 self.tb.add_scalar(f"eval/{k}", result[k], step)
 
+    def marker(self, what: str) -> None:
+        """A line in every log saying what happened to the run here (e.g. a resume)."""
+        if not self.enabled:
+            return
+        line = f"# {utc_now()} {what}"
+        for f in (self.train_log, self.eval_log):
+            f.write(line + "\n")
+        self._metric({"kind": "marker", "what": what, "time": utc_now()})
+
     def _metric(self, record: dict[str, Any]) -> None:
         self.metrics.write(json.dumps(record) + "\n")
 
