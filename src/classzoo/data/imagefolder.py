@@ -52,7 +52,11 @@ def load_rgb(path: str, decoder: str = "pil"):
 class ImageFolderDataset(torch.utils.data.Dataset):
     """``root/<class>/<image>``; labels follow the sorted class-folder names (torchvision's rule).
 
-    ``skip_corrupt``: an unreadable image is counted and replaced by the next readable one
+    A transform with ``accepts_encoded`` (a pipeline's ``sample``) gets the file's bytes undecoded
+    (:class:`~classzoo.data.decode.EncodedImage`) and decodes them at the scale its crop needs;
+    any other transform gets the decoded RGB image (``decoder``: "pil", or "tf" for TF's pixels).
+
+    ``skip_corrupt``: an unreadable image is logged and replaced by the next readable one
     (so a batch keeps its size); otherwise it is a UserError naming the file.
     """
 
@@ -75,26 +79,26 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.classes = found
         self.transform = transform
         self.skip_corrupt = skip_corrupt
-        self.skipped = 0
         self.decoder = "pil"  # "tf" for the slim presets (set with the transform)
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def _load(self, path: str):
+        if getattr(self.transform, "accepts_encoded", False):
+            return self.transform(decode.EncodedImage(decode.read_file(path), path))
+        img = load_rgb(path, self.decoder)
+        return self.transform(img) if self.transform is not None else img
+
     def __getitem__(self, index: int):
         for attempt in range(len(self.files)):
             i = (index + attempt) % len(self.files)
             try:
-                img = load_rgb(self.files[i], self.decoder)
-            except UserError as exc:
+                return self._load(self.files[i]), int(self.targets[i])
+            except decode.UnreadableImage as exc:
                 if not self.skip_corrupt:
                     raise
-                self.skipped += 1
                 log.warning("skipped: %s", exc)
-                continue
-            if self.transform is not None:
-                img = self.transform(img)
-            return img, int(self.targets[i])
         raise UserError(f"no readable image in {self.root}")
 
 

@@ -14,13 +14,12 @@ distribution and colour ops (tests/test_tf_train_distribution.py).
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 from PIL import Image
 
 from classzoo.data.decode import EncodedImage, dct_denominator, decode_scaled
+from classzoo.data.device import device_const
 from classzoo.data.tf_color import apply_distortion, draw_distortion
 from classzoo.data.tf_crop import (
     central_crop_box,
@@ -74,12 +73,6 @@ def load_hwc(img, denom: int = 1) -> tuple[torch.Tensor, int]:
     return _rgb_hwc(img), 1
 
 
-@functools.lru_cache(maxsize=16)
-def _const(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """A per-channel constant (1, C, 1, 1) made once per device: no host copy per batch."""
-    return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).to(device)
-
-
 def _nchw(x: torch.Tensor) -> torch.Tensor:
     """Collated HWC samples as an NCHW view (channels_last memory: no copy)."""
     return x.permute(0, 3, 1, 2)
@@ -105,7 +98,7 @@ def _check_side(name: str, value: int, image_size: int) -> None:
 
 class _VggBatch(_Preset):
     def batch(self, x: torch.Tensor) -> torch.Tensor:
-        return _nchw(x) - _const(VGG_MEAN_RGB, x.device)  # RGB mean subtraction, 0-255 units
+        return _nchw(x) - device_const(VGG_MEAN_RGB, x.device)  # RGB mean subtraction, 0-255 units
 
 
 class VggEval(_VggBatch):

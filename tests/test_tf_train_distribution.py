@@ -1,0 +1,115 @@
+"""The slim TRAIN presets against TensorFlow's own ops: crop statistics by a KS test over 10,000
+draws of ``tf.image.sample_distorted_bounding_box``, and the batched colour ops (per-image
+factors, as the training pipeline applies them on the device) within 1/255 of TF's ops."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from classzoo.data import tf_color, tf_crop
+from classzoo.data.decode import decode_tf
+from tf_compat import import_tf
+
+pytestmark = pytest.mark.compat
+
+tf = import_tf()
+
+SLIM = dict(min_object_covered=0.1, aspect_ratio_range=(0.75, 1.33), area_range=(0.05, 1.0))
+
+
+def _tf_boxes(h: int, w: int, n: int) -> np.ndarray:
+    tf.random.set_seed(1)
+    whole = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
+
+    @tf.function
+    def draw():
+        begin, size, _ = tf.image.sample_distorted_bounding_box(
+            [h, w, 3], whole, max_attempts=100, use_image_if_no_bounding_boxes=True, **SLIM
+        )
+        return tf.concat([begin[:2], size[:2]], 0)
+
+    return np.array([draw().numpy() for _ in range(n)])
+
+
+def _features(boxes: np.ndarray, h: int, w: int) -> dict[str, np.ndarray]:
+    top, left, ch, cw = boxes.T.astype(np.float64)
+    return {
+        "area": ch * cw / (h * w),
+        "aspect": cw / ch,
+        "top": top / np.maximum(h - ch, 1),
+        "left": left / np.maximum(w - cw, 1),
+    }
+
+
+@pytest.mark.parametrize("hw", [(375, 500), (500, 333)])
+def test_distorted_crop_matches_tf_by_ks_over_10000_draws(hw):
+    h, w = hw
+    n = 10_000
+    theirs = _tf_boxes(h, w, n)
+    torch.manual_seed(0)
+    ours = np.array([tf_crop.sample_distorted_bounding_box(h, w, **SLIM) for _ in range(n)])
+    fo, ft = _features(ours, h, w), _features(theirs, h, w)
+    report = {k: stats.ks_2samp(fo[k], ft[k]).pvalue for k in fo}
+    print(f"{h}x{w} KS p-values over {n} draws: {report}")
+    assert len(np.unique(theirs, axis=0)) > n // 10  # TF's op really drew (not one seed)
+    for name, p in report.items():
+        assert p > 0.01, f"{name}: KS p = {p:.3g}"
+
+
+# --- colour ops: batched with per-image factors vs TF's ops one image at a time --------------
+
+
+def _photo_crops() -> torch.Tensor:
+    foolbox = pytest.importorskip("foolbox")
+    files = sorted(glob.glob(os.path.join(os.path.dirname(foolbox.__file__), "data", "imagenet_*")))
+    crops = [decode_tf(open(f, "rb").read(), f)[100:164, 80:160] for f in files[:8]]
+    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() * (1.0 / 255.0)
+    return x.contiguous()
+
+
+def _tf_distort(img: np.ndarray, row: np.ndarray, order: str) -> np.ndarray:
+    ops = {
+        "b": lambda x: tf.image.adjust_brightness(x, float(row[1])),
+        "s": lambda x: tf.image.adjust_saturation(x, float(row[2])),
+        "h": lambda x: tf.image.adjust_hue(x, float(row[3])),
+        "c": lambda x: tf.image.adjust_contrast(x, float(row[4])),
+    }
+    x = tf.constant(img)
+    for op in order:
+        x = ops[op](x)
+    return tf.clip_by_value(x, 0.0, 1.0).numpy()
+
+
+@pytest.mark.parametrize("fast_mode", [True, False])
+def test_batched_distort_color_matches_tf_ops_per_image(fast_mode):
+    x = _photo_crops()
+    torch.manual_seed(5)
+    params = torch.stack([tf_color.draw_distortion(fast_mode) for _ in range(len(x))])
+    if not fast_mode:  # make sure every ordering is in the batch
+        params[:4, 0] = torch.arange(4, dtype=torch.float32)
+    ours = tf_color.apply_distortion(x.clone(), params, fast_mode).permute(0, 2, 3, 1).numpy()
+    orders = tf_color.ORDERS_FAST if fast_mode else tf_color.ORDERS_FULL
+    worst = 0.0
+    for i in range(len(x)):
+        img = x[i].permute(1, 2, 0).numpy()
+        ref = _tf_distort(img, params[i].numpy(), orders[int(params[i, 0])])
+        worst = max(worst, float(np.abs(ours[i] - ref).max()))
+    print(f"distort_color fast_mode={fast_mode}: max abs diff vs TF {worst:.2e}")
+    assert worst <= 1 / 255
+
+
+@pytest.mark.parametrize("factor", [0.5, 0.77, 1.31, 1.5])
+def test_batched_saturation_with_brightness_pushed_pixels_matches_tf(factor):
+    """Brightness runs first and does not clip: saturation sees values below 0 and above 1."""
+    x = _photo_crops() + 0.12
+    x[::2] -= 0.3
+    f = torch.full((len(x),), float(np.float32(factor)))
+    ours = tf_color.adjust_saturation(x, f).permute(0, 2, 3, 1).numpy()
+    ref = np.stack([tf.image.adjust_saturation(im.permute(1, 2, 0).numpy(), factor) for im in x])
+    assert np.abs(ours - ref).max() <= 1e-5
