@@ -23,7 +23,7 @@ from classzoo.data.transforms import EvalPreprocess, TrainAugment, build_transfo
 from classzoo.engine.distributed import DistEnv
 from classzoo.engine.resolve import Preprocess, SplitInfo
 from classzoo.models import registry
-from classzoo.models.weights import detect_format, load_checkpoint
+from classzoo.models.weights import LoadReport, load_checkpoint
 
 log = logging.getLogger("classzoo")
 
@@ -127,19 +127,18 @@ def build_model(
         init = "timm pretrained weights" if model.pretrained else "random init"
         return net, {"source": None, "init": init}
     report = load_checkpoint(net, model.name, model.checkpoint, exclude=model.exclude)
-    return net, weights_report(report, model.checkpoint, model.exclude)
+    return net, weights_report(report)
 
 
-def weights_report(report: Any, path: str | Path, exclude) -> dict[str, Any]:
+def weights_report(report: LoadReport) -> dict[str, Any]:
     """The load report as plain values for the Resolved record."""
-    if report is not None and hasattr(report, "__dataclass_fields__"):
-        import dataclasses
-
-        return {
-            k: list(v) if isinstance(v, (list, tuple)) else v
-            for k, v in dataclasses.asdict(report).items()
-        }
-    return {"source": str(path), "format": detect_format(path), "excluded": list(exclude)}
+    return {
+        "source": report.source,
+        "format": report.format,
+        "loaded": len(report.loaded),
+        "left_at_init": list(report.left_at_init),
+        "excluded": list(report.excluded),
+    }
 
 
 def _loader(dataset, batch_sampler, num_workers: int, device: torch.device, persistent: bool):

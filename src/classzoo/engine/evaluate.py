@@ -19,11 +19,11 @@ from classzoo.engine.logs import Progress
 from classzoo.engine.precision import autocast
 from classzoo.engine.run_log import RunLogger
 from classzoo.errors import UserError
+from classzoo.formats.torch_checkpoint import load_checkpoint_file
 from classzoo.models.weights import (
     detect_format,
     load_checkpoint,
     load_into,
-    load_torch_checkpoint,
     state_from_checkpoint,
 )
 
@@ -122,7 +122,7 @@ def evaluate_checkpoints(
 ) -> list[dict[str, Any]]:
     rows = []
     for path in paths:
-        ckpt = load_torch_checkpoint(path) if detect_format(path) == "classzoo" else None
+        ckpt = load_checkpoint_file(path) if detect_format(path) == "classzoo" else None
         if ckpt is None:
             load_checkpoint(model, model_name, path, use_ema=use_ema)
         else:  # read once: weights and progress come from the same file

@@ -17,16 +17,25 @@ import torch
 from torch import nn
 
 from classzoo.config import Config, from_dict, load_recipe, with_overrides, with_values
-from classzoo.engine.build import Split, build_model, eval_loader, model_defaults, open_split
+from classzoo.engine.build import (
+    Split,
+    build_model,
+    eval_loader,
+    model_defaults,
+    open_split,
+    weights_report,
+)
 from classzoo.engine.distributed import init_distributed
 from classzoo.engine.evaluate import evaluate
 from classzoo.engine.logs import setup_console_logging
 from classzoo.engine.resolve import Resolved, describe, resolve
 from classzoo.errors import UserError
+from classzoo.formats.torch_checkpoint import load_checkpoint_file
 from classzoo.models.weights import (
+    LoadReport,
     detect_format,
+    load_checkpoint,
     load_into,
-    load_torch_checkpoint,
     state_from_checkpoint,
 )
 
@@ -47,7 +56,7 @@ def read_source(path: str) -> CheckpointSource:
     fmt = detect_format(path)
     if fmt != "classzoo":
         return CheckpointSource(path, fmt, None, None)
-    ckpt = load_torch_checkpoint(path)
+    ckpt = load_checkpoint_file(path)
     raw = ckpt.get("resolved") if isinstance(ckpt, dict) else None
     stored = Resolved.from_dict(raw, path) if isinstance(raw, dict) else None
     return CheckpointSource(path, fmt, ckpt, stored)
@@ -95,16 +104,15 @@ def defaults_for(src: CheckpointSource, asked: Config) -> dict[str, Any]:
     }
 
 
-def load_weights(net: nn.Module, src: CheckpointSource, use_ema: bool = False) -> dict[str, Any]:
+def load_weights(net: nn.Module, model_name: str, src: CheckpointSource) -> dict[str, Any]:
     """Load ``src`` into ``net`` (a classzoo file from what was already read)."""
     if src.contents is None:
-        asked_model = getattr(net, "classzoo_name", None)
-        from classzoo.models.weights import load_checkpoint
-
-        load_checkpoint(net, asked_model or "", src.path)
+        report = load_checkpoint(net, model_name, src.path)
     else:
-        load_into(net, state_from_checkpoint(src.contents, src.path, use_ema), src.path)
-    return {"source": src.path, "format": src.format}
+        state = state_from_checkpoint(src.contents, src.path)
+        loaded, left = load_into(net, state, src.path)
+        report = LoadReport(src.path, src.format, loaded, left, [])
+    return weights_report(report)
 
 
 def head_size(asked: Config, src: CheckpointSource, split: Split | None) -> int | None:
@@ -146,7 +154,7 @@ def prepare(
         )
     n = head_size(asked, src, split)
     net, _ = build_model(asked.model, n, probe.preprocess.image_size, asked.train.seed)
-    weights = load_weights(net, src)
+    weights = load_weights(net, asked.model.name, src)
     stored_classes = src.stored.classes if src.stored is not None else None
     classes = list(stored_classes) if stored_classes else (split.classes if split else None)
     n = int(getattr(net, "num_classes", n or 0))

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 
 from classzoo.config import Config, DataConfig, ModelConfig
+from classzoo.data.transforms import EvalPreprocess
+from classzoo.data.transforms import describe as describe_pixels
 from classzoo.engine.precision import precision_name, resolve_amp
 from classzoo.errors import UserError
 
@@ -44,6 +46,9 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     decoder: str  # "tf": TensorFlow's JPEG pixels (IFAST DCT), "pil": PIL's
+    # exactly what the batch stage applies, in order, to what a worker returns (data.transforms)
+    sample: str = ""  # the worker's output: dtype, units
+    steps: list = field(default_factory=list)  # e.g. [["div", 255.0], ["sub", mean], ["div", std]]
 
     @property
     def formula(self) -> str:
@@ -84,7 +89,7 @@ class Resolved:
     classes: tuple[str, ...] | None
     device: str
     world_size: int
-    train_precision: str  # fp32 | bf16 | fp16 (autocast dtype of the training forward)
+    train_precision: str | None  # fp32 | bf16 | fp16 (training forward); None: an evaluation
     eval_precision: str  # classzoo eval, mode evaluate, a run's final evaluation
     periodic_eval_precision: str  # evaluations during training
     channels_last: bool
@@ -224,16 +229,22 @@ def preprocess_for(data: DataConfig, defaults: dict[str, Any]) -> Preprocess:
             raise UserError(
                 f"data.mean / data.std must be 3 values each, std > 0 (got {mean}, {std})"
             )
-    return Preprocess(
+    geometry = dict(
         preset=preset,
         image_size=int(data.image_size or defaults["input_size"][-1]),
         crop_pct=float(
             data.crop_pct if data.crop_pct is not None else defaults.get("crop_pct", 0.875)
         ),
         interpolation=data.interpolation or defaults.get("interpolation", "bilinear"),
-        mean=mean,  # type: ignore[arg-type]
-        std=std,  # type: ignore[arg-type]
+        mean=mean,
+        std=std,
+    )
+    pixels = describe_pixels(EvalPreprocess(**geometry))
+    return Preprocess(
+        **geometry,
         decoder="tf" if preset in SLIM_PRESETS else "pil",
+        sample=pixels["sample"],
+        steps=pixels["steps"],
     )
 
 
@@ -261,7 +272,9 @@ def resolve(
                 offset,
                 f"the {split} split ({info.location})",
             )
-    train = precision_name(resolve_amp(asked.train.amp, device))
+    # an evaluation record (no schedule) does not resolve the training precision: a checkpoint
+    # trained in fp16 on a GPU evaluates on a CPU, where fp16 autocast does not exist
+    train = precision_name(resolve_amp(asked.train.amp, device)) if schedule else None
     final = precision_name(resolve_amp(asked.eval.amp, device))
     return Resolved(
         model=asked.model.name,
@@ -272,7 +285,7 @@ def resolve(
         world_size=world_size,
         train_precision=train,
         eval_precision=final,
-        periodic_eval_precision=train if asked.eval.periodic_amp == "train" else final,
+        periodic_eval_precision=(train or final) if asked.eval.periodic_amp == "train" else final,
         channels_last=asked.train.channels_last,
         preprocess=preprocess_for(asked.data, model_defaults),
         data=data,
