@@ -22,6 +22,7 @@ from classzoo.data.sampling import EvalBatchSampler, SeededDataset, TrainBatchSa
 from classzoo.data.transforms import EvalPreprocess, TrainAugment, build_transform
 from classzoo.engine.distributed import DistEnv
 from classzoo.engine.resolve import Preprocess, SplitInfo
+from classzoo.engine.stop import worker_ignore_signals
 from classzoo.models import registry
 from classzoo.models.weights import LoadReport, load_checkpoint
 
@@ -148,6 +149,7 @@ def _loader(dataset, batch_sampler, num_workers: int, device: torch.device, pers
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=persistent and num_workers > 0,
+        worker_init_fn=worker_ignore_signals,  # the main process owns a graceful stop
         # A private generator: creating an iterator must not draw from the global RNG, which
         # drives dropout and must be the same in a resumed run as in an uninterrupted one.
         generator=torch.Generator(),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
+
+from classzoo.engine.stop import run_forwarding_signals
 
 
 def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
@@ -30,4 +31,4 @@ def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
         "classzoo",
         *rest,
     ]
-    return subprocess.call(cmd)
+    return run_forwarding_signals(cmd)  # a first SIGTERM / Ctrl-C stops the workers gracefully

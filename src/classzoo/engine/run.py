@@ -47,6 +47,7 @@ from classzoo.engine.resolve import (
 )
 from classzoo.engine.run_log import RunLogger
 from classzoo.engine.state import TrainState
+from classzoo.engine.stop import GracefulStop
 from classzoo.engine.sync_bn import convert_sync_batchnorm
 from classzoo.errors import UserError
 
@@ -227,28 +228,37 @@ def _evaluate_mode(asked: Config, s: Setup, env: DistEnv, logger: RunLogger) -> 
     return rows[-1]
 
 
-def _train_mode(
-    asked: Config, s: Setup, env: DistEnv, logger: RunLogger, run_dir: Path, resume: str | None
-) -> tuple[dict[str, Any], float, float]:
-    t, r, sched = asked.train, s.resolved, s.resolved.schedule
+def _training_state(
+    asked: Config, s: Setup, env: DistEnv, run_dir: Path, resume: str | None
+) -> tuple[TrainState, CheckpointManager]:
+    """Optimizer, schedule, EMA and scaler around the model; resumed when asked."""
+    t, r = asked.train, s.resolved
     model = s.model
     if t.sync_bn and env.distributed:
         model = convert_sync_batchnorm(model, env.device)
-    optimizer = build_optimizer(model, asked.optim, sched.lr)
-    scheduler = build_scheduler(optimizer, asked.sched, t.epochs, sched.steps_per_epoch)
+    optimizer = build_optimizer(model, asked.optim, r.schedule.lr)
+    scheduler = build_scheduler(optimizer, asked.sched, t.epochs, r.schedule.steps_per_epoch)
     ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema else None
-    amp = r.precision_dtype("train")
-    state = TrainState(model, optimizer, scheduler, make_scaler(env.device, amp), ema)
-    ckpts = CheckpointManager(run_dir / "checkpoints", t.keep_max)
+    scaler = make_scaler(env.device, r.precision_dtype("train"))
+    state = TrainState(model, optimizer, scheduler, scaler, ema)
+    ckpts = CheckpointManager(run_dir / "checkpoints", t.keep_max, t.keep_best, t.best_metric)
+    if env.is_main:
+        ckpts.clean_stale()
     _maybe_resume(state, ckpts, resume, env, t.seed)
-    _log_skipped_tail(len(s.train.dataset), asked.data.batch_size, env)
-    net = model
+    return state, ckpts
+
+
+def _train_mode(
+    asked: Config, s: Setup, env: DistEnv, logger: RunLogger, run_dir: Path, resume: str | None
+) -> tuple[dict[str, Any], float, float]:
+    t, d, r = asked.train, asked.data, s.resolved
+    state, ckpts = _training_state(asked, s, env, run_dir, resume)
+    _log_skipped_tail(len(s.train.dataset), d.batch_size, env)
+    net = state.model
     if env.distributed:
-        net = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-    d = asked.data
+        net = DDP(net, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     loader, sampler = build.train_loader(s.train.dataset, d.batch_size, d.num_workers, env, t.seed)
     extra = {"config": asked.to_dict(), "resolved": r.to_dict()}
-    hooks = Hooks(save=lambda: save(state, env, ckpts, extra), log_line=logger.train_step)
     evaluate_after = None
     if s.val is not None and t.mode == "train_and_evaluate":
         val_loader = build.eval_loader(
@@ -256,10 +266,31 @@ def _train_mode(
         )
 
         def evaluate_after(final: bool) -> dict[str, Any]:
-            return _eval_during(state, val_loader, r, env, logger, sampler, final, t.progress)
+            result = _eval_during(state, val_loader, r, env, logger, sampler, final, t.progress)
+            if env.is_main:  # ranks the checkpoint just saved for keep_best / best.pt
+                ckpts.record_metrics(state.pos.step, result)
+            return result
 
-    result = train(state, net, loader, sampler, _loop_config(asked, r), env, hooks, evaluate_after)
-    return result["eval"], result["images_per_sec"], state.pos.step / sched.steps_per_epoch
+    with GracefulStop() as stop:  # SIGTERM / SIGINT: finish the step, save, exit 0
+        hooks = Hooks(
+            save=lambda: save(state, env, ckpts, extra),
+            log_line=logger.train_step,
+            should_stop=lambda: stop.should_stop(env),
+        )
+        result = train(
+            state, net, loader, sampler, _loop_config(asked, r), env, hooks, evaluate_after
+        )
+    if result["stopped"]:
+        logger.marker(f"stopped by {stop.signal_name} at step {state.pos.step}")
+        log.warning(
+            "stopped by %s at step %d; checkpoint saved in %s; continue with: --output-dir %s "
+            "--resume auto",
+            stop.signal_name,
+            state.pos.step,
+            ckpts.directory,
+            run_dir,
+        )
+    return result["eval"], result["images_per_sec"], state.pos.step / r.schedule.steps_per_epoch
 
 
 def _eval_during(state, val_loader, r: Resolved, env, logger, sampler, final: bool, progress: bool):
