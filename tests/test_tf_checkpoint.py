@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from classzoo.errors import UserError
+from classzoo.formats.crc import crc32c, mask, masked_crc32c, unmask
 from classzoo.formats.snappy import snappy_decompress
 from classzoo.formats.sstable import SSTable
 from classzoo.formats.tf_checkpoint import (
@@ -23,59 +25,11 @@ from classzoo.formats.tf_checkpoint import (
     open_tf_checkpoint,
     slice_key,
 )
-from classzoo.errors import UserError
-from classzoo.formats.crc import crc32c, mask, masked_crc32c, unmask
 from classzoo.formats.wire import encode_varint as varint
 from classzoo.formats.wire import key, length_delimited
+from fuzz.builders import MAGIC, block, on_disk, table
 
-MAGIC = bytes.fromhex("57fb808b247547db")  # kTableMagicNumber 0xdb4775248b80fb57, LE words
-
-
-# ---------------------------------------------------------------------------------------------
-# A hand-made SSTable writer that follows the documented layout (block_builder.cc, format.cc)
-
-
-def _block(entries: list[tuple[bytes, bytes]], restart_interval: int = 16) -> bytes:
-    out = bytearray()
-    restarts: list[int] = []
-    prev = b""
-    for i, (k, v) in enumerate(entries):
-        shared = 0
-        if i % restart_interval == 0:
-            restarts.append(len(out))
-        else:
-            while shared < min(len(prev), len(k)) and prev[shared] == k[shared]:
-                shared += 1
-        out += varint(shared) + varint(len(k) - shared) + varint(len(v)) + k[shared:] + v
-        prev = k
-    restarts = restarts or [0]
-    return (
-        bytes(out) + struct.pack(f"<{len(restarts)}I", *restarts) + struct.pack("<I", len(restarts))
-    )
-
-
-def _on_disk(contents: bytes, kind: int = 0) -> bytes:
-    trailer = bytes([kind])
-    return contents + trailer + struct.pack("<I", mask(crc32c(contents + trailer)))
-
-
-def _table(blocks: list[list[tuple[bytes, bytes]]], snappy: bool = False) -> bytes:
-    out = bytearray()
-    index = []
-    for entries in blocks:
-        contents = _block(entries)
-        if snappy:  # one Snappy literal: varint length, tag 61<<2 = 2-byte (length - 1) follows
-            n = len(contents) - 1
-            contents = varint(len(contents)) + bytes([61 << 2]) + struct.pack("<H", n) + contents
-        index.append((entries[-1][0], len(out), len(contents)))
-        out += _on_disk(contents, 1 if snappy else 0)
-    meta_at, meta = len(out), _block([])
-    out += _on_disk(meta)
-    index_block = _block([(k, varint(o) + varint(n)) for k, o, n in index], restart_interval=1)
-    index_at = len(out)
-    out += _on_disk(index_block)
-    handles = varint(meta_at) + varint(len(meta)) + varint(index_at) + varint(len(index_block))
-    return bytes(out) + handles.ljust(40, b"\0") + MAGIC
+_block, _on_disk, _table = block, on_disk, table
 
 
 def test_hand_table_writer_matches_documented_bytes():
