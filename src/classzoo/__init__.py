@@ -1,5 +1,11 @@
 """classzoo: reproduce model-zoo image classifiers on any PyTorch device."""
 
+from __future__ import annotations
+
+import importlib.util
+import sys
+from importlib.abc import MetaPathFinder
+
 __version__ = "0.1.0"
 
 from classzoo.errors import UserError  # noqa: E402
@@ -11,5 +17,39 @@ def create_model(*args, **kwargs):
 
     return _create_model(*args, **kwargs)
 
+
+def _register_with_timm() -> None:
+    """Put classzoo's TF-slim models into timm's registry (``slim_resnet_v1_50`` ...)."""
+    from classzoo.models import timm_slim  # noqa: F401  (registers on import)
+
+
+class _AfterTimmImport(MetaPathFinder):
+    """Registers the slim models right after ``import timm`` finishes.
+
+    ``import classzoo`` stays cheap (the CLI's ``--version`` does not load torch), yet
+    ``import classzoo, timm; timm.create_model("slim_resnet_v1_50")`` works in either order.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "timm":
+            return None
+        sys.meta_path.remove(self)  # once; timm's own submodules import normally
+        spec = importlib.util.find_spec(name)  # the other finders (site-packages, editable)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module):
+            exec_module(module)
+            _register_with_timm()
+
+        spec.loader.exec_module = exec_then_register  # this spec's own loader instance
+        return spec
+
+
+if "timm" in sys.modules:
+    _register_with_timm()
+elif not any(isinstance(f, _AfterTimmImport) for f in sys.meta_path):
+    sys.meta_path.insert(0, _AfterTimmImport())
 
 __all__ = ["UserError", "create_model", "__version__"]

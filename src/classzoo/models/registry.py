@@ -79,7 +79,7 @@ def registry() -> dict[str, ModelEntry]:
 
 
 def is_known(name: str) -> bool:
-    return name in registry() or bool(timm.is_model(name))
+    return canonical_name(name) in registry() or bool(timm.is_model(name))
 
 
 def check_name(name: str) -> None:
@@ -91,17 +91,46 @@ def check_name(name: str) -> None:
     raise UserError(f"unknown model '{name}'{hint} (`classzoo models` lists them)")
 
 
-def build(name: str, num_classes: int | None, **kwargs: Any) -> nn.Module:
-    """Construct an untrained model; ``num_classes=None`` keeps the model's own head size."""
+def timm_alias(name: str) -> str | None:
+    """timm's name for one of classzoo's own models (``resnet_v1_50`` -> ``slim_resnet_v1_50``)."""
+    from classzoo.models.timm_slim import TIMM_NAMES
+
+    return TIMM_NAMES.get(name)
+
+
+def canonical_name(name: str) -> str:
+    """classzoo's name for a model: the timm alias of a slim layout maps back to it, so
+    ``slim_resnet_v1_50`` gets the same slim preprocessing and label offset as ``resnet_v1_50``."""
+    from classzoo.models.timm_slim import TIMM_NAMES
+
+    return {alias: ours for ours, alias in TIMM_NAMES.items()}.get(name, name)
+
+
+def build(name: str, num_classes: int | None, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Construct a model; ``num_classes=None`` keeps the model's own head size.
+
+    ``pretrained=True``: timm's pretrained weights from timm's own cache (downloaded there when
+    the hub is reachable; offline, one line naming the cache and model.checkpoint). classzoo's
+    slim layouts have no hub weights: their TF-slim checkpoints load through model.checkpoint.
+    """
+    name = canonical_name(name)
     check_name(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     entry = registry().get(name)
+    if pretrained and entry is not None:
+        raise UserError(
+            f"model.pretrained: timm hosts no weights for classzoo's TF-slim {name}; set "
+            f"model.checkpoint to the TF-slim checkpoint (e.g. {name}.ckpt), read directly"
+        )
     try:
         if entry is not None:
             return entry.build(**kwargs)
-        # classzoo never downloads weights: pretrained=False, load a local checkpoint instead.
+        if pretrained:
+            from classzoo.models.timm_pretrained import create_pretrained
+
+            return create_pretrained(name, **kwargs)
         return timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as exc:
         raise UserError(
@@ -111,7 +140,7 @@ def build(name: str, num_classes: int | None, **kwargs: Any) -> nn.Module:
 
 def data_defaults(name: str, model: nn.Module) -> dict[str, Any]:
     """Preprocessing defaults of a model: input_size, crop_pct, interpolation, mean, std, preset."""
-    entry = registry().get(name)
+    entry = registry().get(canonical_name(name))
     if entry is not None:
         out = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "label_offset": 0}
         out.update(entry.defaults)

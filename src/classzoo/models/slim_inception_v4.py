@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from timm.layers import ConvNormAct
+from timm.models._features import feature_take_indices  # what timm's own models use
 from timm.models.inception_v4 import (
     InceptionA,
     InceptionB,
@@ -30,7 +31,13 @@ from torch import nn
 
 from classzoo.models.slim_resnet import slim_variance_scaling_
 
-__all__ = ["SLIM_INCEPTION_V4_DEFAULTS", "SlimAuxHead", "SlimInceptionV4", "slim_inception_v4"]
+__all__ = [
+    "SLIM_INCEPTION_V4_DEFAULTS",
+    "SlimAuxHead",
+    "SlimInceptionV4",
+    "slim_inception_v4",
+    "slim_inception_v4_pretrained_cfg",
+]
 
 # inception preprocessing; 1001 logits, index 0 = background, so dataset labels 1..1000 as is.
 SLIM_INCEPTION_V4_DEFAULTS: dict[str, Any] = {
@@ -40,7 +47,39 @@ SLIM_INCEPTION_V4_DEFAULTS: dict[str, Any] = {
     "label_offset": 0,
     "crop_pct": 0.875,
     "interpolation": "bilinear",
+    # inception_preprocessing: convert_image_dtype to [0, 1], then (x - 0.5) * 2, i.e. [-1, 1]
+    "mean": (0.5, 0.5, 0.5),
+    "std": (0.5, 0.5, 0.5),
 }
+
+
+def slim_inception_v4_pretrained_cfg(num_classes: int = 1001) -> dict[str, Any]:
+    """timm ``pretrained_cfg`` describing the real input. inception_preprocessing eval:
+    ``central_crop(central_fraction=0.875)`` of each side, then a bilinear resize to 299 x 299
+    (aspect ratio not kept): timm's ``crop_mode='squash'`` (resize both edges to size / crop_pct,
+    then a centre crop). With 1001 logits, index 0 is slim's background class:
+    ``label_offset`` 1 in timm's sense (ImageNet class k is logit k + 1)."""
+    d = SLIM_INCEPTION_V4_DEFAULTS
+    return {
+        "input_size": d["input_size"],
+        "pool_size": (8, 8),
+        "crop_pct": d["crop_pct"],
+        "crop_mode": "squash",
+        "interpolation": d["interpolation"],
+        "mean": d["mean"],
+        "std": d["std"],
+        "num_classes": num_classes,
+        "label_offset": 1 if num_classes == 1001 else 0,
+        "first_conv": "features.0.conv",
+        "classifier": "last_linear",
+        "license": "apache-2.0",
+        "origin_url": "https://github.com/tensorflow/models/tree/master/research/slim",
+        "notes": (
+            "TF-slim inception_v4 with AuxLogits (forward_with_aux); weights: convert a "
+            "TF-slim checkpoint with `classzoo convert slim`",
+        ),
+    }
+
 
 BN_EPS = 1e-3  # inception_utils.inception_arg_scope: batch_norm_epsilon=0.001
 BN_MOMENTUM = 1.0 - 0.9997  # inception_arg_scope: batch_norm_decay=0.9997
@@ -110,7 +149,7 @@ class SlimInceptionV4(nn.Module):
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.num_features = self.head_hidden_size = NUM_FEATURES
-        self.default_cfg = dict(SLIM_INCEPTION_V4_DEFAULTS, num_classes=num_classes)
+        self.pretrained_cfg = self.default_cfg = slim_inception_v4_pretrained_cfg(num_classes)
         conv_block = partial(
             ConvNormAct,
             padding=0,  # VALID unless a block passes its symmetric 'SAME' padding
@@ -133,6 +172,18 @@ class SlimInceptionV4(nn.Module):
         features += [ReductionB(conv_block)]  # Mixed_7a
         features += [InceptionC(conv_block) for _ in range(3)]  # Mixed_7b..7d
         self.features = nn.Sequential(*features)
+        # timm feature_info: the same trunk as timm's InceptionV4, so the same taps
+        # (Conv2d_2b, Mixed_3a, Mixed_5e, Mixed_6h, Mixed_7d)
+        self.feature_info = [
+            {"num_chs": chs, "reduction": red, "module": f"features.{i}"}
+            for chs, red, i in (
+                (64, 2, 2),
+                (160, 4, 3),
+                (384, 8, 9),
+                (1024, 16, 17),
+                (1536, 32, 21),
+            )
+        ]
 
         self.aux_kernel = _valid(mixed_6h_size(img_size), 5, 3)
         self.aux_head: SlimAuxHead | None = None
@@ -192,6 +243,43 @@ class SlimInceptionV4(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's feature interface: the outputs of the ``feature_info`` blocks."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be NCHW, got {output_fmt}")
+        ends = [int(f["module"].split(".")[-1]) for f in self.feature_info]
+        take, max_index = feature_take_indices(len(ends), indices)
+        wanted = {ends[i] for i in take}
+        blocks = self.features[: ends[max_index] + 1] if stop_early else self.features
+        feats = []
+        for index, block in enumerate(blocks):
+            x = block(x)
+            if index in wanted:
+                feats.append(x)
+        if intermediates_only:
+            return feats
+        return x, feats
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Keep the trunk up to the last feature taken; drop the heads (timm's getter)."""
+        ends = [int(f["module"].split(".")[-1]) for f in self.feature_info]
+        take, max_index = feature_take_indices(len(ends), indices)
+        self.features = self.features[: ends[max_index] + 1]
+        if max_index < len(ends) - 1 or prune_head:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            self.reset_classifier(0)
+        return take
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean((2, 3))  # Logits/AvgPool_1a: kernel = the whole map, VALID

@@ -15,10 +15,13 @@ from typing import Any
 
 import torch
 from timm.layers.pool2d_same import MaxPool2dSame
+from timm.models._features import feature_take_indices  # what timm's own resnet.py uses
 from torch import nn
+from torch.nn import functional as F
 
 __all__ = [
     "SLIM_RESNET_DEFAULTS",
+    "slim_resnet_pretrained_cfg",
     "SlimBottleneck",
     "SlimResNetV1",
     "slim_resnet_v1_50",
@@ -35,7 +38,41 @@ SLIM_RESNET_DEFAULTS: dict[str, Any] = {
     "label_offset": 1,
     "crop_pct": 0.875,
     "interpolation": "bilinear",
+    # vgg_preprocessing: 0-255 pixels minus _R_MEAN, _G_MEAN, _B_MEAN, no scaling; in timm's
+    # units ((x / 255 - mean) / std) that is mean = means / 255, std = 1 / 255.
+    "mean": (123.68 / 255, 116.78 / 255, 103.94 / 255),
+    "std": (1 / 255, 1 / 255, 1 / 255),
 }
+
+
+def slim_resnet_pretrained_cfg(num_classes: int = 1000) -> dict[str, Any]:
+    """timm ``pretrained_cfg`` (timm/models/_pretrained.py ``PretrainedCfg`` fields) describing
+    the real input: vgg_preprocessing eval = aspect-preserving bilinear resize of the short side
+    to 256 then a central 224 crop, i.e. timm's ``crop_mode='center'`` with crop_pct 224 / 256.
+    ``label_offset`` in timm's sense (extra leading classes in the head) is 0: logit i is
+    ImageNet class i; slim's TFRecords store i + 1 (classzoo's ``data.label_offset`` 1)."""
+    d = SLIM_RESNET_DEFAULTS
+    return {
+        "input_size": d["input_size"],
+        "pool_size": (7, 7),
+        "crop_pct": d["crop_pct"],
+        "crop_mode": "center",
+        "interpolation": d["interpolation"],
+        "mean": d["mean"],
+        "std": d["std"],
+        "num_classes": num_classes,
+        "label_offset": 0,
+        "first_conv": "conv1",
+        "classifier": "fc",
+        "license": "apache-2.0",
+        "origin_url": "https://github.com/tensorflow/models/tree/master/research/slim",
+        "notes": (
+            "TF-slim resnet_v1 layout (stride on each block's last unit); weights: convert a "
+            "TF-slim checkpoint with `classzoo convert slim`",
+            "slim ImageNet TFRecords label classes 1..1000: subtract 1 for this head",
+        ),
+    }
+
 
 BN_EPS = 1e-5  # slim resnet_utils.resnet_arg_scope: batch_norm_epsilon=1e-5
 BN_MOMENTUM = 1.0 - 0.997  # resnet_arg_scope: batch_norm_decay=0.997; torch momentum = 1 - decay
@@ -86,6 +123,17 @@ class SlimBottleneck(nn.Module):
             )
         self.act3 = nn.ReLU(inplace=True)
 
+    def forward_unstrided(self, x: torch.Tensor) -> torch.Tensor:
+        """This unit at stride 1 (slim's ``store_non_strided_activations``)."""
+        shortcut = x
+        if self.downsample is not None:
+            conv, bn = self.downsample
+            shortcut = bn(F.conv2d(x, conv.weight, conv.bias))
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = F.conv2d(out, self.conv2.weight, None, 1, self.conv2.padding)
+        out = self.bn3(self.conv3(self.act2(self.bn2(out))))
+        return self.act3(out + shortcut)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.downsample is not None:
             shortcut = self.downsample(x)
@@ -119,7 +167,7 @@ class SlimResNetV1(nn.Module):
         self.layers = tuple(int(n) for n in layers)
         self.num_classes = num_classes
         self.drop_rate = drop_rate  # slim has no dropout here; 0 reproduces it
-        self.default_cfg = dict(SLIM_RESNET_DEFAULTS, num_classes=num_classes)
+        self.pretrained_cfg = self.default_cfg = slim_resnet_pretrained_cfg(num_classes)
 
         # conv1 = conv2d_same(x, 64, 7, stride=2): explicit pad 3/3 + VALID == padding=3.
         self.conv1 = nn.Conv2d(in_chans, 64, 7, 2, padding=3, bias=False)
@@ -140,6 +188,16 @@ class SlimResNetV1(nn.Module):
                 in_chs = base * EXPANSION
             self.add_module(f"layer{index}", nn.Sequential(*blocks))
         self.num_features = self.head_hidden_size = in_chs  # 2048
+        # timm feature_info, with slim's `store_non_strided_activations=True` end points
+        # (resnet_utils.stack_blocks_dense): each block's output before its last unit subsamples,
+        # so the reductions are 2, 4, 8, 16, 32 (see forward_intermediates).
+        self.feature_info = [
+            {"num_chs": 64, "reduction": 2, "module": "act1"},
+            *(
+                {"num_chs": base * EXPANSION, "reduction": 4 * 2**i, "module": f"layer{i + 1}"}
+                for i, base in enumerate(bases)
+            ),
+        ]
 
         self.head_drop = nn.Dropout(drop_rate)
         # slim logits: conv2d 1x1 with biases, no BN/ReLU, on the 1x1 pooled map == Linear.
@@ -183,6 +241,65 @@ class SlimResNetV1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's feature interface: act1 and the four blocks (``feature_info``).
+
+        A block's feature is slim's non-strided activation: its last unit run at stride 1. The
+        network then continues from that map subsampled ``[::s, ::s]``, which equals the strided
+        unit (a symmetric-padded stride-s conv samples the stride-1 conv's outputs), so the final
+        features are those of ``forward_features`` up to float rounding.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be NCHW, got {output_fmt}")
+        take, max_index = feature_take_indices(5, indices)
+        feats = []
+        x = self.act1(self.bn1(self.conv1(x)))
+        if 0 in take:
+            feats.append(x)
+        x = self.maxpool(x)
+        names = ("layer1", "layer2", "layer3", "layer4")
+        for index, name in enumerate(names[:max_index] if stop_early else names, start=1):
+            x, unstrided = _run_layer(getattr(self, name), x)
+            if index in take:
+                feats.append(unstrided)
+        if intermediates_only:
+            return feats
+        return x, feats
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last feature taken (and the head); timm's FeatureGetterNet."""
+        take, max_index = feature_take_indices(5, indices)
+        for name in ("layer1", "layer2", "layer3", "layer4")[max_index:]:
+            setattr(self, name, nn.Sequential())
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
+
+def _run_layer(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(output, non-strided output)`` of one block (an empty block passes x through)."""
+    units = list(layer)
+    if not units:
+        return x, x
+    for unit in units[:-1]:
+        x = unit(x)
+    last = units[-1]
+    if last.stride == 1:
+        x = last(x)
+        return x, x
+    full = last.forward_unstrided(x)
+    return full[:, :, :: last.stride, :: last.stride], full
 
 
 def slim_resnet_v1_50(**kwargs: Any) -> SlimResNetV1:

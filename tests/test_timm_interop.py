@@ -1,0 +1,192 @@
+"""classzoo's TF-slim models inside timm: registry names, pretrained_cfg values that describe the
+real input (checked against classzoo's TF-exact transforms), feature extraction, and pretrained
+weights through timm's own hub cache without a network."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import classzoo  # noqa: F401  (registers the slim models with timm)
+from classzoo.data.tf_presets import build_tf_transform
+
+SLIM = ["slim_resnet_v1_50", "slim_resnet_v1_101", "slim_resnet_v1_152", "slim_inception_v4"]
+VGG_MEANS = (123.68, 116.78, 103.94)  # slim vgg_preprocessing _R_MEAN, _G_MEAN, _B_MEAN
+RESNET_TRUTH = {
+    "input_size": (3, 224, 224),
+    "interpolation": "bilinear",
+    "crop_pct": 224 / 256,  # vgg eval: short side 256, central 224
+    "crop_mode": "center",
+    "mean": tuple(m / 255 for m in VGG_MEANS),  # 0-255 minus the VGG means, in timm's units
+    "std": (1 / 255,) * 3,
+}
+INCEPTION_TRUTH = {
+    "input_size": (3, 299, 299),
+    "interpolation": "bilinear",
+    "crop_pct": 0.875,  # central_fraction=0.875 of each side, then resize to 299 x 299
+    "crop_mode": "squash",
+    "mean": (0.5,) * 3,  # [-1, 1]
+    "std": (0.5,) * 3,
+}
+
+
+def _python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_import_classzoo_then_timm_creates_every_slim_model_with_true_data_config():
+    proc = _python(
+        f"""
+        import json, classzoo, timm, torch
+        out = {{}}
+        with torch.device("meta"):  # no weights to initialise: only the registry and configs
+            for name in {SLIM!r}:
+                m = timm.create_model(name)
+                cfg = timm.data.resolve_data_config(model=m)
+                out[name] = dict(cfg, num_classes=m.num_classes, kind=type(m).__name__,
+                                 label_offset=m.pretrained_cfg.get("label_offset"))
+        print(json.dumps(out))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout)
+    for name in SLIM:
+        truth = INCEPTION_TRUTH if "inception" in name else RESNET_TRUTH
+        cfg = got[name]
+        for key, value in truth.items():
+            if isinstance(value, tuple):
+                np.testing.assert_allclose(cfg[key], value, rtol=0, atol=1e-12, err_msg=key)
+            else:
+                assert cfg[key] == value, (name, key)
+        classes, offset = (1001, 1) if "inception" in name else (1000, 0)
+        assert (cfg["num_classes"], cfg["label_offset"]) == (classes, offset)
+    assert got["slim_inception_v4"]["kind"] == "SlimInceptionV4"
+    assert timm.create_model("inception_v4", pretrained=False).num_classes == 1000  # timm's own
+
+
+def _image(h: int, w: int) -> Image.Image:
+    rng = np.random.default_rng(7)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("name", "preset", "size"),
+    # sizes where both pipelines' resizes are identities, so only crop offsets and the pixel
+    # formula are compared: vgg short side already 256; inception 341 * 0.875 -> 299 (TF
+    # central_crop offset int(42.625 / 2) = 21) and timm's squash scale floor(299 / .875) = 341
+    [("slim_resnet_v1_50", "vgg", (256, 320)), ("slim_inception_v4", "inception", (341, 341))],
+)
+def test_timm_transform_from_the_config_equals_classzoos_slim_transform(name, preset, size):
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    cfg = timm.data.resolve_data_config(model=model)
+    theirs = timm.data.create_transform(**cfg)(_image(*size))
+    ours = build_tf_transform(preset, train=False)(_image(*size))
+    assert theirs.shape == ours.shape
+    scale = 255.0 if preset == "vgg" else 1.0  # vgg inputs span -123.7..151.1
+    assert (theirs - ours).abs().max().item() <= 1e-5 * scale
+
+
+@pytest.mark.slow  # initialises full-size networks: ~30-90 s on a busy 2-core CPU
+def test_features_only_gives_slim_end_points():
+    x = torch.randn(1, 3, 64, 64)
+    for name, channels in [
+        ("slim_resnet_v1_50", [64, 256, 512, 1024, 2048]),
+        ("slim_inception_v4", [64, 160, 384, 1024, 1536]),
+    ]:
+        torch.manual_seed(0)
+        feats = timm.create_model(name, features_only=True).eval()
+        assert feats.feature_info.channels() == channels
+        assert feats.feature_info.reduction() == [2, 4, 8, 16, 32]
+        if "inception" in name:
+            x = torch.randn(1, 3, 107, 107)  # the smallest size its VALID convs accept
+        with torch.no_grad():
+            out = feats(x)
+        assert [o.shape[1] for o in out] == channels
+
+
+@pytest.mark.slow
+def test_resnet_block_features_are_the_non_strided_activations():
+    """slim ``store_non_strided_activations``: block k's last unit at stride 1; subsampling it
+    gives exactly what the network passes on (the strided unit's output)."""
+    torch.manual_seed(0)
+    model = timm.create_model("slim_resnet_v1_50").eval()
+    x = torch.randn(1, 3, 96, 96)
+    seen = {}
+    hooks = [
+        getattr(model, n).register_forward_hook(lambda m, i, o, n=n: seen.setdefault(n, o))
+        for n in ("layer1", "layer2", "layer3", "layer4")
+    ]
+    with torch.no_grad():
+        final, feats = model.forward_intermediates(x)
+        logits = model(x)
+    for h in hooks:
+        h.remove()
+    for k, name in enumerate(("layer1", "layer2", "layer3"), start=1):
+        assert feats[k].shape[-1] == 2 * seen[name].shape[-1]
+        torch.testing.assert_close(feats[k][:, :, ::2, ::2], seen[name], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(feats[4], seen["layer4"])
+    torch.testing.assert_close(model.forward_head(final), logits, rtol=1e-5, atol=1e-4)
+
+
+def test_pretrained_loads_timms_hub_cache_file_and_fails_fast_without_it(tmp_path):
+    """A hub cache laid out as huggingface_hub writes it (refs/main -> snapshots/REV/FILE)."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    reference = timm.create_model("resnet10t")
+    repo = tmp_path / "hub" / "models--timm--resnet10t.c3_in1k"
+    snap = repo / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    save_file(reference.state_dict(), str(snap / "model.safetensors"))
+    torch.save(reference.state_dict(), tmp_path / "ref.pt")
+    code = f"""
+        import time, torch
+        from classzoo.models import registry
+        from classzoo.errors import UserError
+        net = registry.build("resnet10t", None, pretrained=True)
+        ref = torch.load({str(tmp_path / "ref.pt")!r})
+        print("same", all(torch.equal(v, ref[k]) for k, v in net.state_dict().items()))
+        t = time.monotonic()
+        try:
+            registry.build("resnet18", 10, pretrained=True)
+        except UserError as exc:
+            print("error", round(time.monotonic() - t, 2), exc)
+        """
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    proc = _python(code, env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == "same True"
+    _, seconds, message = lines[1].split(" ", 2)
+    assert float(seconds) < 5
+    assert str(tmp_path / "hub") in message and "model.checkpoint" in message
+
+
+def test_slim_layouts_refuse_pretrained_with_the_checkpoint_alternative():
+    from classzoo.errors import UserError
+    from classzoo.models import registry
+
+    for name in ("resnet_v1_50", "slim_inception_v4"):
+        with pytest.raises(UserError, match="model.checkpoint"):
+            registry.build(name, None, pretrained=True)
+    with pytest.raises(UserError, match="classzoo convert slim"):
+        timm.create_model("slim_resnet_v1_50", pretrained=True)
