@@ -157,7 +157,7 @@ def check(cmd: Command) -> None:
     if cmd.image_num is not None:
         evaluating = cmd.verb == "eval" or cfg.train.mode == "evaluate"
         split = cfg.data.val_split if evaluating else cfg.data.train_split
-        found = count_records(cfg.data.source, cfg.data.dir, split, cfg.data.synthetic_size)
+        found = count_records(cfg.data, split)
         if found != cmd.image_num:
             raise UserError(
                 f"--image_num {cmd.image_num} but the '{split}' data at {cfg.data.dir} holds "
@@ -165,23 +165,15 @@ def check(cmd: Command) -> None:
             )
 
 
-def count_records(source: str, location: str | None, split: str, synthetic_size: int = 0) -> int:
-    """Exact number of images of one split, as the run will read them (no decoding).
+def count_records(data, split: str) -> int:
+    """Exact number of images of one split (``data``: the recipe's data section), as the run
+    will read them: the data layer's own dataset, so the same files, shard patterns and feature
+    keys; TFRecords are counted from their record index, no image is decoded."""
+    from classzoo.data.datasets import build_dataset
 
-    The one place the translators look into the data layer: the same shard / folder discovery a
-    run uses, and the record index it builds (so the count costs nothing later)."""
-    if source == "synthetic":
-        return synthetic_size
-    if location is None:
+    if data.source != "synthetic" and data.dir is None:
         raise UserError("no data directory to count --image_num against")
-    if source == "imagefolder":
-        from classzoo.data.imagefolder import scan_imagefolder
-
-        return len(scan_imagefolder(Path(location) / split)[1])
-    from classzoo.data.tfrecord_dataset import TFRecordImageDataset
-    from classzoo.data.tfrecord_shards import find_shards
-
-    return len(TFRecordImageDataset(find_shards(location, split)))
+    return len(build_dataset(data, split, transform=None, num_classes=0, label_offset=0))
 
 
 def link_log(cmd: Command) -> None:
