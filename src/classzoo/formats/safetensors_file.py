@@ -118,10 +118,7 @@ def load_safetensors_file(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file: digest verified (when classzoo wrote it), header
     bounds checked, then safetensors' own reader, then the state-dict schema."""
     path = Path(path)
-    if verify_safetensors_file(path) is None:
-        log.info(
-            "weights file %s has no classzoo SHA-256 (not written by classzoo): unverified", path
-        )
+    digest = verify_safetensors_file(path)
     from safetensors.torch import load_file
 
     try:
@@ -130,4 +127,9 @@ def load_safetensors_file(path: str | Path) -> dict[str, torch.Tensor]:
         text = str(exc).strip().splitlines()
         reason = text[0][:200] if text else type(exc).__name__
         raise UserError(f"cannot read safetensors file {path}: {reason}") from None
-    return check_state_dict(state, f"safetensors file {path}")
+    checked = check_state_dict(state, f"safetensors file {path}")
+    if digest is None:  # logged once it loaded: a refused file gets its one error line only
+        log.info(
+            "weights file %s has no classzoo SHA-256 (not written by classzoo): unverified", path
+        )
+    return checked

@@ -327,15 +327,23 @@ def _check_zip_directory(path: Path, size: int) -> None:
             )
 
 
+_BOILERPLATE = ("Weights only load failed", "(1)", "(2)", "Please file", "Check the documentation")
+
+
 def _torch_reason(exc: Exception) -> str:
-    """The informative line of torch.load's message (weights_only errors are paragraphs)."""
+    """The informative line of torch.load's message. Weights-only refusals are paragraphs
+    ("Weights only load failed ... (1) In PyTorch 2.6 ... WeightsUnpickler error: <reason>",
+    then a documentation link); the reason is after the marker, or the first other line."""
     text = str(exc)
     marker = "WeightsUnpickler error:"
     if marker in text:
-        text = text.split(marker, 1)[1]
-        return "refused by the weights-only unpickler: " + text.strip().splitlines()[0][:200]
-    lines = [s for s in text.strip().splitlines() if s.strip()]
-    return (lines[0][:200] if lines else type(exc).__name__) or type(exc).__name__
+        after = [s.strip() for s in text.split(marker, 1)[1].splitlines() if s.strip()]
+        return "refused by the weights-only unpickler: " + (after[0][:200] if after else "?")
+    lines = [s.strip() for s in text.splitlines() if s.strip()]
+    if lines and lines[0].startswith(_BOILERPLATE[0]):
+        rest = [s for s in lines if not s.startswith(_BOILERPLATE)]
+        return "refused by the weights-only unpickler: " + (rest[0][:200] if rest else "?")
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def load_checkpoint_file(path: str | Path, *, require_digest: bool = False) -> dict[str, Any]:
@@ -347,15 +355,16 @@ def load_checkpoint_file(path: str | Path, *, require_digest: bool = False) -> d
     """
     path = Path(path)
     digest = verify_checkpoint_file(path)
-    if digest is None:
-        if require_digest:
-            raise UserError(f"checkpoint {path} carries no classzoo SHA-256 (not written by it)")
-        log.info(
-            "checkpoint %s has no classzoo SHA-256 (not written by classzoo): unverified", path
-        )
+    if digest is None and require_digest:
+        raise UserError(f"checkpoint {path} carries no classzoo SHA-256 (not written by it)")
     _check_zip_directory(path, regular_file_size(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zips, refused globals, bad storages, MemoryError...
         raise UserError(f"cannot read checkpoint {path}: {_torch_reason(exc)}") from None
-    return check_checkpoint(obj, f"checkpoint {path}")
+    checked = check_checkpoint(obj, f"checkpoint {path}")
+    if digest is None:  # logged once it loaded: a refused file gets its one error line only
+        log.info(
+            "checkpoint %s has no classzoo SHA-256 (not written by classzoo): unverified", path
+        )
+    return checked

@@ -1,0 +1,206 @@
+"""Graceful stop on SIGTERM / SIGINT: finish the step, save, exit 0; a second signal exits at once.
+
+Exit code convention: **0** after a clean stop (a checkpoint of the stop step is written; resume
+with ``--resume auto``). Chosen for torchrun: its elastic agent restarts the worker group when a
+worker exits non-zero and restarts are left (``--max-restarts``; torch/distributed/elastic/agent/
+server/api.py ``_invoke_run``: FAILED -> ``_restart_workers``), so the conventional 143 / 130
+would restart a job that was asked to stop. Workers that exit 0 make the group SUCCEEDED and
+torchrun exits 0. (When torchrun itself receives the signal it forwards it to the workers, waits
+up to 30 s for them, ``shutdown_timeout``, then raises SignalException and exits 1 with a
+traceback: the workers still stop cleanly; :func:`run_forwarding_signals` avoids that for
+``classzoo train --nproc-per-node``.) A second signal, at least ``repeat_window_s`` after the
+first, restores the default action and re-sends itself: the process dies by that signal (shell
+status 128 + signum). Nothing is corrupted: checkpoint writes are atomic and a temporary left
+behind is removed at the next start.
+
+A copy of the same Ctrl-C arrives twice when the terminal signals the whole process group and
+torchrun forwards it too; copies within ``repeat_window_s`` (1 s) count as one signal. Forked
+children (DataLoader workers) inherit the handler and ignore the signals: the main process owns
+the stop, and the workers end with the loader.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+log = logging.getLogger("classzoo")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+REPEAT_WINDOW_S = 1.0
+
+
+class GracefulStop:
+    """Handlers for SIGTERM and SIGINT; ``should_stop(env)`` once per optimizer step.
+
+    Use as a context manager (or ``install()`` / ``close()``) in the main thread::
+
+        with GracefulStop() as stop:
+            for step ...:
+                train_step(...)
+                if stop.should_stop(env):
+                    save(); log.info("stopped at step %d; resume with --resume auto", step)
+                    return stop.exit_code
+    """
+
+    exit_code = 0  # after a clean stop; see the module docstring for why not 128 + signum
+
+    def __init__(
+        self, signals: Sequence[int] = STOP_SIGNALS, repeat_window_s: float = REPEAT_WINDOW_S
+    ) -> None:
+        self.signals = tuple(signals)
+        self.repeat_window_s = repeat_window_s
+        self.signum: int | None = None
+        self._first_at = 0.0
+        self._pid = os.getpid()
+        self._previous: dict[int, Any] = {}
+        self._pending: tuple | None = None  # the all-reduce launched at the previous step
+
+    @property
+    def requested(self) -> bool:
+        """A signal arrived in this process (the loop stops at the step all ranks agree on)."""
+        return self.signum is not None
+
+    @property
+    def signal_name(self) -> str | None:
+        return signal.Signals(self.signum).name if self.signum is not None else None
+
+    def install(self) -> GracefulStop:
+        if threading.current_thread() is not threading.main_thread():
+            log.debug("graceful stop: not the main thread, signals keep their handlers")
+            return self
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def close(self) -> None:
+        """Restore the previous handlers; completes a pending all-reduce (all ranks launched it)."""
+        if self._pending is not None:
+            self._pending[0].wait()
+            self._pending = None
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __enter__(self) -> GracefulStop:
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if os.getpid() != self._pid:  # a forked DataLoader worker: the main process decides
+            return
+        now = time.monotonic()
+        name = signal.Signals(signum).name
+        if self.signum is None:
+            self.signum, self._first_at = signum, now
+            log.warning("stopping after this step (%s); a second signal exits at once", name)
+            return
+        if now - self._first_at < self.repeat_window_s:
+            return  # the same Ctrl-C, delivered by the terminal and forwarded by torchrun
+        log.warning("second signal (%s): exiting now", name)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    def should_stop(self, env: Any) -> bool:
+        """Whether to stop after the step just done; the same answer on every rank.
+
+        One process: the flag. Under torchrun: a MAX all-reduce of the flag, launched
+        asynchronously at one step and read at the next (no host sync on the step's own work),
+        so every rank stops at the same step, one step after the first rank saw a signal.
+        """
+        if not getattr(env, "distributed", False):
+            return self.requested
+        stop = False
+        if self._pending is not None:
+            work, buf, host, event = self._pending
+            self._pending = None
+            if event is not None:
+                event.synchronize()  # the copy queued after the previous step: done by now
+            else:
+                work.wait()
+            stop = bool(int((host if host is not None else buf).item()) > 0)
+        if not stop:
+            self._pending = _launch(self.requested, env.device)
+        return stop
+
+
+def _launch(flag: bool, device: torch.device) -> tuple:
+    """An async MAX all-reduce of ``flag``; on CUDA, its copy to pinned host memory is queued."""
+    import torch.distributed as dist
+
+    buf = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    work = dist.all_reduce(buf, op=dist.ReduceOp.MAX, async_op=True)
+    if device.type != "cuda":
+        return work, buf, None, None
+    work.wait()  # NCCL: makes the current stream wait for the collective, the host does not
+    host = torch.empty(1, dtype=torch.int32, pin_memory=True)
+    host.copy_(buf, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return work, buf, host, event
+
+
+def worker_ignore_signals(worker_id: int = 0) -> None:
+    """``worker_init_fn`` for DataLoaders: workers ignore SIGTERM / SIGINT sent to the whole
+    process group (a terminal's Ctrl-C, a scheduler); the main process stops them."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc; empty elsewhere)."""
+    out = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
+def run_forwarding_signals(cmd: Sequence[str]) -> int:
+    """Run ``cmd`` (torchrun) in its own session and return its exit code, forwarding signals.
+
+    The first SIGTERM / SIGINT goes to torchrun's workers, which stop at an agreed step, save
+    and exit 0, so torchrun exits 0 and restarts nothing. A later one (after the repeat window)
+    goes to torchrun itself, which shuts its workers down at once. Its own session keeps a
+    terminal's Ctrl-C from reaching the workers a second time.
+    """
+    proc = subprocess.Popen(list(cmd), start_new_session=True)
+    first: list[float] = []
+
+    def forward(signum: int, frame: object) -> None:
+        if proc.poll() is not None:
+            return
+        now = time.monotonic()
+        if first and now - first[0] < REPEAT_WINDOW_S:
+            return
+        targets = _child_pids(proc.pid) if not first else []
+        first.append(now)
+        for pid in targets or [proc.pid]:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
