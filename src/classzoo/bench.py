@@ -44,6 +44,20 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _time(step, device: torch.device, warmup: int, steps: int) -> tuple[float, float]:
+    """(FLOPs of one step, seconds for ``steps`` steps after ``warmup``)."""
+    with FlopCounterMode(display=False) as counter:
+        step()  # the first warm-up step, counted
+    for _ in range(warmup - 1):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return counter.get_total_flops(), time.perf_counter() - t0
+
+
 def bench_model(
     model_name: str,
     batch_size: int = 32,
@@ -84,17 +98,8 @@ def bench_model(
             with torch.no_grad(), autocast(dev, dtype):
                 model(x)
 
-    with FlopCounterMode(display=False) as counter:
-        step()  # the first warm-up step, counted
-    for _ in range(warmup - 1):
-        step()
-    _sync(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(dev)
-    dt = time.perf_counter() - t0
-    achieved = counter.get_total_flops() * steps / dt
+    flops, dt = _time(step, dev, warmup, steps)
+    achieved = flops * steps / dt
     peak = peak_matmul_flops(dev, dtype)
     return {
         "model": model_name,

@@ -9,15 +9,26 @@ from pathlib import Path
 
 from classzoo.cli.common import add_set_flag, add_verb
 
+# Flags that set one config key each: (flag, key, type, help); --set KEY=VALUE sets any key.
+SHORTCUTS = (
+    ("--data-dir", "data.dir", str, "dataset folder"),
+    ("--mode", "train.mode", str, "train | train_and_evaluate | evaluate"),
+    ("--device", "train.device", str, "auto | cpu | cuda | npu | mps"),
+    ("--amp", "train.amp", str, "training precision: auto | off | bf16 | fp16"),
+    ("--epochs", "train.epochs", float, "epochs"),
+    ("--batch-size", "data.batch_size", int, "images per device per step"),
+    ("--max-steps", "train.max_steps", int, "stop after this many optimizer steps"),
+    ("--grad-accum-steps", "train.grad_accum_steps", int, "micro-batches per optimizer step"),
+)
+
 
 def add_parser(subparsers) -> None:
     t = add_verb(subparsers, "train", "train / fine-tune / evaluate a recipe")
     t.add_argument(
         "--recipe", required=True, help="recipe name[:variant] or YAML file (`classzoo recipes`)"
     )
-    t.add_argument(
-        "--data-dir", default=None, help="dataset folder (data.dir; default: the recipe's)"
-    )
+    for flag, key, kind, text in SHORTCUTS:
+        t.add_argument(flag, type=kind, default=None, help=f"{text} ({key}; default: the recipe's)")
     t.add_argument(
         "--output-dir",
         default=None,
@@ -36,36 +47,6 @@ def add_parser(subparsers) -> None:
         help="'auto' (newest good checkpoint of the run folder) or a file (default: start fresh)",
     )
     t.add_argument(
-        "--mode",
-        choices=["train", "train_and_evaluate", "evaluate"],
-        default=None,
-        help="train.mode (default: the recipe's)",
-    )
-    t.add_argument(
-        "--device", default=None, help="auto|cpu|cuda|npu|mps (train.device; default: the recipe's)"
-    )
-    t.add_argument(
-        "--amp", default=None, help="auto|off|bf16|fp16 (train.amp; default: the recipe's)"
-    )
-    t.add_argument(
-        "--epochs", type=float, default=None, help="train.epochs (default: the recipe's)"
-    )
-    t.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="per device (data.batch_size; default: the recipe's)",
-    )
-    t.add_argument(
-        "--max-steps", type=int, default=None, help="train.max_steps (default: the recipe's)"
-    )
-    t.add_argument(
-        "--grad-accum-steps",
-        type=int,
-        default=None,
-        help="train.grad_accum_steps (default: the recipe's)",
-    )
-    t.add_argument(
         "--nproc-per-node",
         type=int,
         default=None,
@@ -81,16 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from classzoo.config import load_recipe, with_overrides, with_values
     from classzoo.engine.run import run as run_recipe
 
-    flags = {
-        "data.dir": args.data_dir,
-        "train.mode": args.mode,
-        "train.device": args.device,
-        "train.amp": args.amp,
-        "train.epochs": args.epochs,
-        "data.batch_size": args.batch_size,
-        "train.max_steps": args.max_steps,
-        "train.grad_accum_steps": args.grad_accum_steps,
-    }
+    flags = {key: getattr(args, flag[2:].replace("-", "_")) for flag, key, _, _ in SHORTCUTS}
     given = {key: value for key, value in flags.items() if value is not None}
     cfg = with_values(load_recipe(args.recipe), given, "command line")
     cfg = with_overrides(cfg, args.overrides)

@@ -23,6 +23,7 @@ from classzoo.data.transforms import EvalPreprocess, TrainAugment, build_transfo
 from classzoo.engine.distributed import DistEnv
 from classzoo.engine.resolve import Preprocess, SplitInfo
 from classzoo.engine.stop import worker_ignore_signals
+from classzoo.errors import UserError
 from classzoo.models import registry
 from classzoo.models.weights import LoadReport, load_checkpoint
 
@@ -74,6 +75,11 @@ def open_split(
     classes: list[str] | None = None,
 ) -> Split:
     """One split with its final transform, and what was found: files, counts, label range."""
+    if data.source != "tfrecord" and data.label_offset not in (None, 0):
+        raise UserError(
+            f"data.label_offset={data.label_offset} applies to TFRecord labels only; "
+            f"{data.source} labels are the class folders' order (0..N-1)"
+        )
     transform = build_transform(
         transform_preprocess(pre), train=train, aug=train_augment(data) if train else None
     )
@@ -81,13 +87,6 @@ def open_split(
         data, split, transform, synthetic_classes, label_offset, pre.image_size, classes
     )
     ds.decoder = pre.decoder  # TF's JPEG pixels for the slim presets
-    # class names come from ImageFolder folders; synthetic data keeps the model's own head
-    found = ds.classes if data.source == "imagefolder" else None
-    location = (
-        str(Path(data.dir) / split)
-        if data.dir and data.source == "imagefolder"
-        else (data.dir or "synthetic")
-    )
     if data.source == "tfrecord":
         lo, hi = ds.label_range()
         info = SplitInfo(
@@ -95,13 +94,16 @@ def open_split(
             data.dir or "",
             len(ds),
             tuple(str(s) for s in ds.shards),
-            tuple((str(f), why) for f, why in getattr(ds, "ignored", ())),
+            tuple((str(f), why) for f, why in ds.ignored),
             int(lo),
             int(hi),
         )
-    else:
-        n = len(found) if found else synthetic_classes
-        info = SplitInfo(data.source, location, len(ds), (), (), 0, n - 1)
+        return Split(ds, info, None)
+    # class names come from ImageFolder folders; synthetic data keeps the model's own head
+    found = ds.classes if data.source == "imagefolder" else None
+    location = str(Path(data.dir) / split) if found else "synthetic"
+    n = len(found) if found else synthetic_classes
+    info = SplitInfo(data.source, location, len(ds), (), (), 0, n - 1)
     return Split(ds, info, found)
 
 

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ from classzoo.engine.checkpoint import load as load_ckpt
 from classzoo.engine.distributed import (
     DistEnv,
     barrier,
-    broadcast_object,
     init_distributed,
     shutdown,
 )
@@ -45,6 +43,7 @@ from classzoo.engine.resolve import (
     preprocess_for,
     resolve,
 )
+from classzoo.engine.run_dir import claim_run_dir
 from classzoo.engine.run_log import RunLogger
 from classzoo.engine.state import TrainState
 from classzoo.engine.stop import GracefulStop
@@ -80,56 +79,6 @@ def run(
         return _run(asked, run_dir, resume, env, t0)
     finally:
         shutdown(env)
-
-
-def claim_run_dir(
-    run_dir: Path | None, recipe: str | None, resume: str | None, overwrite: bool, env: DistEnv
-) -> Path:
-    """The run folder, the same on every rank, checked by every rank before anything is written."""
-    if run_dir is None:
-        if resume == "auto":
-            raise UserError("--resume auto needs --output-dir: the run folder to continue")
-        stamp = [time.strftime("%Y%m%d-%H%M%S", time.gmtime())]
-        broadcast_object(stamp, env)  # rank 0's clock names the folder for every rank
-        run_dir = Path("runs") / f"{(recipe or 'run').replace(':', '-')}-{stamp[0]}"
-    run_dir = Path(run_dir)
-    taken = [n for n in RUN_FILES if (run_dir / n).exists()]
-    if taken and resume is None and not overwrite:
-        raise UserError(
-            f"{run_dir} already holds a run ({', '.join(taken[:3])}): continue it with --resume auto,"
-            " replace it with --overwrite, or choose another --output-dir"
-        )
-    barrier(env)  # every rank has looked before rank 0 writes
-    if env.is_main:
-        if overwrite and resume is None:
-            _remove_run_files(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    barrier(env)
-    return run_dir
-
-
-# What a run writes; --overwrite removes exactly these, nothing else of the folder.
-RUN_FILES = (
-    "config.yaml",
-    "resolved.yaml",
-    "summary.json",
-    "train.log",
-    "eval.log",
-    "metrics.jsonl",
-    "console.log",
-    "checkpoints",
-    "tensorboard",
-)
-
-
-def _remove_run_files(run_dir: Path) -> None:
-    for name in RUN_FILES:
-        path = run_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-    log.info("--overwrite: removed the previous run's files from %s", run_dir)
 
 
 def _run(
@@ -228,7 +177,7 @@ def _evaluate_mode(asked: Config, s: Setup, env: DistEnv, logger: RunLogger) -> 
     return rows[-1]
 
 
-def _training_state(
+def training_state(
     asked: Config, s: Setup, env: DistEnv, run_dir: Path, resume: str | None
 ) -> tuple[TrainState, CheckpointManager]:
     """Optimizer, schedule, EMA and scaler around the model; resumed when asked."""
@@ -252,7 +201,7 @@ def _train_mode(
     asked: Config, s: Setup, env: DistEnv, logger: RunLogger, run_dir: Path, resume: str | None
 ) -> tuple[dict[str, Any], float, float]:
     t, d, r = asked.train, asked.data, s.resolved
-    state, ckpts = _training_state(asked, s, env, run_dir, resume)
+    state, ckpts = training_state(asked, s, env, run_dir, resume)
     _log_skipped_tail(len(s.train.dataset), d.batch_size, env)
     net = state.model
     if env.distributed:
@@ -278,7 +227,7 @@ def _train_mode(
             should_stop=lambda: stop.should_stop(env),
         )
         result = train(
-            state, net, loader, sampler, _loop_config(asked, r), env, hooks, evaluate_after
+            state, net, loader, sampler, loop_config(asked, r), env, hooks, evaluate_after
         )
     if result["stopped"]:
         logger.marker(f"stopped by {stop.signal_name} at step {state.pos.step}")
@@ -314,7 +263,7 @@ def _eval_during(state, val_loader, r: Resolved, env, logger, sampler, final: bo
     return result
 
 
-def _loop_config(asked: Config, r: Resolved) -> LoopConfig:
+def loop_config(asked: Config, r: Resolved) -> LoopConfig:
     t = asked.train
     return LoopConfig(
         step=StepConfig(

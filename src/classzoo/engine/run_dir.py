@@ -1,0 +1,63 @@
+"""The run folder: named once for every rank, never silently shared by two runs."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from classzoo.engine.distributed import DistEnv, barrier, broadcast_object
+from classzoo.errors import UserError
+
+log = logging.getLogger("classzoo")
+
+
+def claim_run_dir(
+    run_dir: Path | None, recipe: str | None, resume: str | None, overwrite: bool, env: DistEnv
+) -> Path:
+    """The run folder, the same on every rank, checked by every rank before anything is written."""
+    if run_dir is None:
+        if resume == "auto":
+            raise UserError("--resume auto needs --output-dir: the run folder to continue")
+        stamp = [time.strftime("%Y%m%d-%H%M%S", time.gmtime())]
+        broadcast_object(stamp, env)  # rank 0's clock names the folder for every rank
+        run_dir = Path("runs") / f"{(recipe or 'run').replace(':', '-')}-{stamp[0]}"
+    run_dir = Path(run_dir)
+    taken = [n for n in RUN_FILES if (run_dir / n).exists()]
+    if taken and resume is None and not overwrite:
+        raise UserError(
+            f"{run_dir} already holds a run ({', '.join(taken[:3])}): continue it with --resume auto,"
+            " replace it with --overwrite, or choose another --output-dir"
+        )
+    barrier(env)  # every rank has looked before rank 0 writes
+    if env.is_main:
+        if overwrite and resume is None:
+            _remove_run_files(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    barrier(env)
+    return run_dir
+
+
+# What a run writes; --overwrite removes exactly these, nothing else of the folder.
+RUN_FILES = (
+    "config.yaml",
+    "resolved.yaml",
+    "summary.json",
+    "train.log",
+    "eval.log",
+    "metrics.jsonl",
+    "console.log",
+    "checkpoints",
+    "tensorboard",
+)
+
+
+def _remove_run_files(run_dir: Path) -> None:
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    log.info("--overwrite: removed the previous run's files from %s", run_dir)
