@@ -47,8 +47,9 @@ def _seed(seed: int) -> None:
 
 
 def test_timm_train_worker_stage_equals_timm_transform_pixels():
-    """No jitter: our uint8 sample == timm's use_prefetcher transform (its own RNG draws, PIL
-    crop + resize + flip) for the same seeds; random interpolation included."""
+    """No jitter: our uint8 sample is timm's use_prefetcher transform (its own RNG draws, PIL
+    crop + resize + flip) for the same seeds, random interpolation included, up to the 2 grey
+    levels between torch's and PIL's antialiased uint8 resize kernels."""
     aug = TrainAugment(interpolation="random", color_jitter=0.0)
     pipe = build_transform(TIMM, train=True, aug=aug)
     ref = create_transform(224, is_training=True, interpolation="random", color_jitter=None,
@@ -58,8 +59,9 @@ def test_timm_train_worker_stage_equals_timm_transform_pixels():
         _seed(k)
         ours = pipe.sample(img)
         _seed(k)
-        theirs = ref(img)  # CHW uint8
-        assert torch.equal(ours.permute(2, 0, 1), theirs)
+        theirs = ref(img).to(torch.int16)  # CHW uint8
+        d = (ours.permute(2, 0, 1).to(torch.int16) - theirs).abs()
+        assert int(d.max()) <= 2 and float(d.float().mean()) < 0.3  # a wrong draw: tens
 
 
 def test_timm_train_with_jitter_close_to_timm_float_transform():
@@ -91,6 +93,9 @@ def test_color_jitter_batch_equals_torchvision_per_image():
         ]
     )
     ours = color_jitter(x.clone(), params)
+    torch.testing.assert_close(
+        color_jitter(x.clone(), params, vectorised=True), ours, rtol=0, atol=0
+    )
     fns = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
     for i in range(len(x)):
         ref = x[i]

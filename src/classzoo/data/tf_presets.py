@@ -28,7 +28,13 @@ from classzoo.data.tf_crop import (
     smallest_size_at_least,
     uniform_int,
 )
-from classzoo.data.tf_resize import RESIZE_METHODS, bilinear_hwc, legacy_coords, resize_tf1
+from classzoo.data.tf_resize import (
+    RESIZE_METHODS,
+    bilinear_hwc,
+    bilinear_hwc_fast,
+    legacy_coords,
+    resize_tf1,
+)
 from classzoo.errors import UserError
 
 VGG_MEAN_RGB = (123.68, 116.78, 103.94)  # vgg_preprocessing _R_MEAN, _G_MEAN, _B_MEAN
@@ -148,7 +154,7 @@ class VggTrain(_VggBatch):
         x, _ = load_hwc(img, dct_denominator((h, w), (new_h, new_w)))
         ys = legacy_coords(x.shape[0], new_h, top, size)
         xs = legacy_coords(x.shape[1], new_w, left, size)
-        return bilinear_hwc(x, ys, xs.flip(0) if flip else xs)
+        return bilinear_hwc_fast(x, ys, xs.flip(0) if flip else xs)
 
     def __repr__(self) -> str:
         return (
@@ -239,11 +245,14 @@ class InceptionTrain(_Preset):
             ys = top / d + torch.arange(size, dtype=torch.float32) * (h / d / size)
             xs = left / d + torch.arange(size, dtype=torch.float32) * (w / d / size)
             region = None
-        return bilinear_hwc(x, ys, xs.flip(0) if flip else xs, region=region, prescale=_INV_255)
+        return bilinear_hwc_fast(
+            x, ys, xs.flip(0) if flip else xs, region=region, prescale=_INV_255
+        )
 
     def batch(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        img = apply_distortion(_nchw(x["image"]), x["color"], self.fast_mode)
-        return (img - 0.5) * 2.0
+        # planar NCHW first: the colour ops reduce over channels (~1.5x faster than strided)
+        img = apply_distortion(_nchw(x["image"]).contiguous(), x["color"], self.fast_mode)
+        return img.sub_(0.5).mul_(2.0)
 
     def __repr__(self) -> str:
         return (
