@@ -1,18 +1,33 @@
-"""Console logging and progress (the run folder's files are engine/run_log.py)."""
+"""Console logging and progress bars (the run folder's files are engine/run_log.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
+
+from tqdm import tqdm
 
 log = logging.getLogger("classzoo")
 
 
 def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """Plain lines on stderr that go above a live progress bar (tqdm.write clears and redraws
+    it), so the terminal's scrollback keeps every line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging's contract: report, never raise
+            self.handleError(record)
 
 
 def setup_console_logging(is_main: bool, log_file: Path | None = None) -> None:
@@ -23,7 +38,7 @@ def setup_console_logging(is_main: bool, log_file: Path | None = None) -> None:
     for h in list(root.handlers):
         if getattr(h, "_classzoo", False):
             root.removeHandler(h)
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers: list[logging.Handler] = [_ConsoleHandler(sys.stderr)]
     if log_file is not None and is_main:
         handlers.append(logging.FileHandler(log_file))
     for h in handlers:
@@ -32,31 +47,140 @@ def setup_console_logging(is_main: bool, log_file: Path | None = None) -> None:
         root.addHandler(h)
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "?"
+    return tqdm.format_interval(seconds)
+
+
 class Progress:
-    """A one-line progress bar on a terminal (stderr); silent when stderr is not a TTY."""
+    """Progress of one job (a run, an evaluation, a conversion), cheap enough to call every step.
 
-    def __init__(self, total: int, desc: str, enabled: bool = True) -> None:
-        self.total, self.desc = total, desc
-        self.enabled = enabled and sys.stderr.isatty()
-        self.start = time.perf_counter()
-        self.last = 0.0
+    On a terminal: one tqdm bar (count, percent, elapsed, ETA, rate, then loss and data wait
+    when given). Elsewhere (a log file, a pipe): a plain line every ``interval_s`` seconds and at
+    each tenth of the job, ``desc i/N (p%) elapsed E ETA T, data wait W%, loss L``. Nothing here
+    reads a device tensor: ``loss`` is a float the caller already has.
 
-    def update(self, done: int, extra: str = "") -> None:
+    ``update(done)`` takes the absolute count; the first call sets where the job starts (a
+    resumed run starts at its step), so the rate and ETA count only this process's work.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        enabled: bool = True,
+        *,
+        unit: str = "step",
+        interval_s: float = 30.0,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.total, self.desc, self.unit, self.interval_s = int(total), desc, unit, interval_s
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and self.total > 0
+        self.tty = self.enabled and _isatty(self.stream)
+        self._bar: tqdm | None = None
+        self._start_done: int | None = None
+        self._start_t = self._last_line_t = time.perf_counter()
+        self._done = 0
+        self._last_tenth = -1
+        self._loss: float | None = None
+        self._wait_frac: float | None = None
+        self._wait_t = self._start_t
+
+    def update(
+        self, done: int, loss: float | None = None, data_wait_s: float | None = None
+    ) -> None:
+        """``done`` items finished in all; ``loss`` the latest logged value; ``data_wait_s`` the
+        seconds spent waiting for data since the previous call that passed it."""
         if not self.enabled:
             return
         now = time.perf_counter()
-        if now - self.last < 0.2 and done < self.total:
-            return
-        self.last = now
-        frac = done / max(self.total, 1)
-        bar = "#" * int(frac * 30)
-        rate = done / max(now - self.start, 1e-9)
-        sys.stderr.write(
-            f"\r{self.desc} [{bar:<30}] {done}/{self.total} {rate:.1f} it/s {extra}\033[K"
-        )
-        sys.stderr.flush()
+        first = self._start_done is None
+        if first:
+            self._start_done, self._start_t, self._wait_t = done, now, now
+            self._last_tenth = self._tenth(done)
+        self._done = done
+        if loss is not None:
+            self._loss = loss
+        if data_wait_s is not None and not first:  # the first covers time before the start
+            self._wait_frac = data_wait_s / max(now - self._wait_t, 1e-9)
+            self._wait_t = now
+        if self.tty:
+            self._tick_bar(done, loss is not None or data_wait_s is not None)
+        elif now - self._last_line_t >= self.interval_s or self._tenth(done) > self._last_tenth:
+            self._write_line(now)
+
+    def set_description(self, desc: str) -> None:
+        self.desc = desc
+        if self._bar is not None:
+            self._bar.set_description_str(desc, refresh=False)
 
     def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
+        if self._bar is not None:
+            self._bar.close()  # leave=True: the finished bar stays on screen
+            self._bar = None
+        elif (
+            self.enabled and not self.tty and self._start_done is not None and self._last_tenth < 10
+        ):
+            self._write_line(time.perf_counter())  # where a job that stopped early ended
+        self.enabled = False
+
+    # ---- internals ---------------------------------------------------------------------
+    def _tenth(self, done: int) -> int:
+        return min(10, done * 10 // self.total)
+
+    def _extras(self) -> str:
+        parts = []
+        if self._wait_frac is not None:
+            parts.append(f"data wait {100 * min(self._wait_frac, 1.0):.0f}%")
+        if self._loss is not None:
+            parts.append(f"loss {self._loss:.4f}")
+        return ", ".join(parts)
+
+    def _tick_bar(self, done: int, new_extras: bool) -> None:
+        if self._bar is None:
+            self._bar = tqdm(
+                total=self.total,
+                initial=done,
+                desc=self.desc,
+                unit=self.unit,
+                file=self.stream,
+                # follow the window's width; a terminal reporting 0 columns (a bare pty) would
+                # make tqdm print nothing, so it gets a fixed width
+                dynamic_ncols=_columns(self.stream) > 0,
+                ncols=None if _columns(self.stream) > 0 else 100,
+                leave=True,
+            )
+        if new_extras:
+            self._bar.set_postfix_str(self._extras(), refresh=False)
+        self._bar.update(done - self._bar.n)  # tqdm redraws at most every mininterval (0.1 s)
+
+    def _write_line(self, now: float) -> None:
+        done, total = self._done, self.total
+        elapsed = now - self._start_t
+        rate = (done - (self._start_done or 0)) / elapsed if elapsed > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else None
+        line = (
+            f"{self.desc} {done}/{total} ({100 * done / total:.0f}%) "
+            f"elapsed {_duration(elapsed)} ETA {_duration(eta)}"
+        )
+        extras = self._extras()
+        self.stream.write(f"{line}, {extras}\n" if extras else f"{line}\n")
+        self.stream.flush()
+        self._last_line_t = now
+        self._last_tenth = self._tenth(done)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed or not a file
+        return False
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 0
