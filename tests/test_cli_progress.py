@@ -19,7 +19,7 @@ from classzoo.engine.logs import Progress, setup_console_logging
 
 def test_plain_lines_off_a_terminal_show_count_percent_eta_and_data_wait():
     buf = io.StringIO()
-    bar = Progress(4, "train epoch 1/2", stream=buf, interval_s=3600)
+    bar = Progress(4, "train epoch 1/2", stream=buf, interval_s=3600, quiet_s=0)
     bar.update(0)  # the start: a resumed run would pass its step here
     for done in (1, 2, 3, 4):
         time.sleep(0.3)
@@ -41,11 +41,24 @@ def test_plain_lines_off_a_terminal_show_count_percent_eta_and_data_wait():
 
 def test_a_stopped_job_prints_where_it_ended():
     buf = io.StringIO()
-    bar = Progress(100, "eval", stream=buf, interval_s=3600)
+    bar = Progress(100, "eval", stream=buf, interval_s=3600, quiet_s=0.2)
     bar.update(0)
-    bar.update(3)
+    bar.update(1)  # within quiet_s: no line
+    time.sleep(0.3)
+    bar.update(12)
+    bar.update(13)
     bar.close()
-    assert buf.getvalue().startswith("eval 3/100 (3%) elapsed")
+    lines = buf.getvalue().splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["eval 12/100", "eval 13/100"]
+
+
+def test_a_quick_job_leaves_no_lines():
+    buf = io.StringIO()
+    bar = Progress(3, "index", stream=buf)  # quiet_s 5 s by default
+    for done in range(4):
+        bar.update(done)
+    bar.close()
+    assert buf.getvalue() == ""
 
 
 def test_terminal_bar_has_elapsed_and_eta_and_log_lines_stay_above_it():

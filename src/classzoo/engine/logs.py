@@ -7,12 +7,14 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from tqdm import tqdm
 
 log = logging.getLogger("classzoo")
+T = TypeVar("T")
 
 
 def utc_now() -> str:
@@ -58,7 +60,8 @@ class Progress:
 
     On a terminal: one tqdm bar (count, percent, elapsed, ETA, rate, then loss and data wait
     when given). Elsewhere (a log file, a pipe): a plain line every ``interval_s`` seconds and at
-    each tenth of the job, ``desc i/N (p%) elapsed E ETA T, data wait W%, loss L``. Nothing here
+    each tenth of the job, ``desc i/N (p%) elapsed E ETA T, data wait W%, loss L``, once the job
+    has run ``quiet_s`` seconds (a quick job leaves no lines in a log). Nothing here
     reads a device tensor: ``loss`` is a float the caller already has.
 
     ``update(done)`` takes the absolute count; the first call sets where the job starts (a
@@ -73,9 +76,11 @@ class Progress:
         *,
         unit: str = "step",
         interval_s: float = 30.0,
+        quiet_s: float = 5.0,
         stream: TextIO | None = None,
     ) -> None:
         self.total, self.desc, self.unit, self.interval_s = int(total), desc, unit, interval_s
+        self.quiet_s = quiet_s
         self.stream = stream or sys.stderr
         self.enabled = enabled and self.total > 0
         self.tty = self.enabled and _isatty(self.stream)
@@ -87,6 +92,7 @@ class Progress:
         self._loss: float | None = None
         self._wait_frac: float | None = None
         self._wait_t = self._start_t
+        self._lines = 0
 
     def update(
         self, done: int, loss: float | None = None, data_wait_s: float | None = None
@@ -108,7 +114,9 @@ class Progress:
             self._wait_t = now
         if self.tty:
             self._tick_bar(done, loss is not None or data_wait_s is not None)
-        elif now - self._last_line_t >= self.interval_s or self._tenth(done) > self._last_tenth:
+        elif now - self._start_t >= self.quiet_s and (
+            now - self._last_line_t >= self.interval_s or self._tenth(done) > self._last_tenth
+        ):
             self._write_line(now)
 
     def set_description(self, desc: str) -> None:
@@ -120,9 +128,7 @@ class Progress:
         if self._bar is not None:
             self._bar.close()  # leave=True: the finished bar stays on screen
             self._bar = None
-        elif (
-            self.enabled and not self.tty and self._start_done is not None and self._last_tenth < 10
-        ):
+        elif self.enabled and not self.tty and self._lines and self._last_tenth < 10:
             self._write_line(time.perf_counter())  # where a job that stopped early ended
         self.enabled = False
 
@@ -170,6 +176,24 @@ class Progress:
         self.stream.flush()
         self._last_line_t = now
         self._last_tenth = self._tenth(done)
+        self._lines += 1
+
+
+def track(
+    items: Iterable[T], total: int, desc: str, unit: str = "item", enabled: bool = True
+) -> Iterator[T]:
+    """``items`` unchanged, with a :class:`Progress` over them: the one-line way to give a loop
+    (shards written, shards indexed, tensors converted) a bar or periodic lines."""
+    bar = Progress(total, desc, enabled, unit=unit)
+    bar.update(0)
+    done = 0
+    try:
+        for item in items:
+            yield item
+            done += 1
+            bar.update(done)
+    finally:
+        bar.close()
 
 
 def _isatty(stream: TextIO) -> bool:
