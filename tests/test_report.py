@@ -90,12 +90,13 @@ def runs(tmp_path: Path) -> list[Path]:
     return [slim, incep]
 
 
-def _rows(markdown: str, first_cell: str) -> list[list[str]]:
-    """Cells of the table rows whose first cell is ``first_cell``."""
+def _rows(markdown: str, first_cell: str, width: int = 8) -> list[list[str]]:
+    """Cells of the table rows whose first cell is ``first_cell``; ``width`` 8 picks the
+    paper-vs-ours table, 7 the results table."""
     rows = []
     for line in markdown.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] == first_cell:
+        if line.startswith("|") and cells[0] == first_cell and len(cells) == width:
             rows.append(cells)
     return rows
 
@@ -104,23 +105,26 @@ def test_paper_vs_ours_deltas(runs):
     text = build_report(runs, None)
     slim = _rows(text, "slim152_8p")
     # 75.9 - 76.8, 75.9 - 77.0, 75.9 - 78.57 (10-crop: shown in parentheses, marked)
-    assert [r[4:6] for r in slim] == [["76.80", "-0.90"], ["77.00", "-1.10"], ["78.57", "(-2.67)"]]
-    assert all(r[1:4] == ["resnet_v1_152", "75.90", "92.81"] for r in slim)
-    assert "TF-slim README" in slim[0][6] and "not comparable" in slim[2][6]
+    assert [r[5:7] for r in slim] == [["76.80", "-0.90"], ["77.00", "-1.10"], ["78.57", "(-2.67)"]]
+    assert all(r[1:5] == ["resnet_v1_152", "75.90", "75.90 (ep 4)", "92.81"] for r in slim)
+    assert "TF-slim README" in slim[0][7] and "not comparable" in slim[2][7]
     incep = _rows(text, "incep_1p (incomplete)")
     # last eval line 70.4: 70.4 - 80.2, 70.4 - 80.0, 70.4 - 74.9
-    assert [r[5] for r in incep] == ["-9.80", "-9.60", "-4.50"]
-    assert incep[0][2:4] == ["70.40", "89.10"]
+    assert [r[6] for r in incep] == ["-9.80", "-9.60", "-4.50"]
+    assert incep[0][2:5] == ["70.40", "70.40 (ep 2)", "89.10"]
     assert "incep_1p: no summary.json" in text
 
 
 def test_results_table_in_the_gluon_shape(runs):
     text = build_report(runs, None)
-    assert "| Name | Acc@1 | FPS | Epochs | AMP_Type |" in text
-    assert _rows(text, "8p-NPU") == [["8p-NPU", "75.90", "3100.50", "4", "bf16"]]
-    # no summary: world size and device unknown; FPS = median(400, 470, 469.5, 471) = 469.75;
-    # epochs reached 2.0 (of 100 configured); AMP from config.yaml
-    assert _rows(text, "?p-?") == [["?p-?", "70.40", "469.75", "2", "fp16"]]
+    assert "| Run | Name | Acc@1 | Acc@1 best | FPS | Epochs | AMP_Type |" in text
+    row = ["slim152_8p", "8p-NPU", "75.90", "75.90", "3100.50", "4", "bf16"]
+    assert _rows(text, "slim152_8p", 7) == [row]
+    # no summary nor resolved.yaml: world size and device unknown; FPS = median(400, 470,
+    # 469.5, 471) = 469.75; epochs reached 2.0 (of 100 configured); AMP from config.yaml
+    assert _rows(text, "incep_1p", 7) == [
+        ["incep_1p", "?p-?", "70.40", "70.40", "469.75", "2", "fp16"]
+    ]
 
 
 def test_gluon_alias_cpu_name_and_non_imagenet(tmp_path):
@@ -146,10 +150,10 @@ def test_gluon_alias_cpu_name_and_non_imagenet(tmp_path):
     )
     text = build_report([gluon, flowers], None)
     # 77.0 - 77.58 (timm), 77.0 - 77.22 (Gluon reference README)
-    assert [r[5] for r in _rows(text, "gluon")] == ["-0.58", "-0.22"]
-    assert _rows(text, "1p-CPU") == [["1p-CPU", "77.00", "12.50", "90", "off"]]
+    assert [r[6] for r in _rows(text, "gluon")] == ["-0.58", "-0.22"]
+    assert _rows(text, "gluon", 7) == [["gluon", "1p-CPU", "77.00", "77.00", "12.50", "90", "off"]]
     # 5 classes: a transfer-learning run, not comparable with ImageNet figures
-    assert [r[4:] for r in _rows(text, "flowers (incomplete)")] == [["-", "-", "-"]]
+    assert [r[5:] for r in _rows(text, "flowers (incomplete)")] == [["-", "-", "-"]]
 
 
 def test_same_folder_name_in_two_places(tmp_path):
@@ -165,7 +169,7 @@ def test_plots_written_and_linked(runs, tmp_path):
     out = tmp_path / "report"
     text = build_report(runs, out)
     assert (out / "report.md").read_text(encoding="utf-8") == text
-    for name in ("loss.png", "lr.png", "accuracy.png"):
+    for name in ("loss.png", "eval_loss.png", "lr.png", "accuracy.png", "fps.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
         with Image.open(out / name) as image:
@@ -219,7 +223,7 @@ def test_resumed_run_with_a_cut_off_line(tmp_path):
     assert loaded.bad_lines == [5]  # 4 lines of the first attempt, then the cut-off one
     text = build_report([run], None)
     # recipe variant ":8p" ignored for matching: 41.0 - 80.2 (TF-slim README)
-    assert _rows(text, "resumed (incomplete)")[0][4:6] == ["80.20", "-39.20"]
+    assert _rows(text, "resumed (incomplete)")[0][5:7] == ["80.20", "-39.20"]
     assert "resumed: skipped unreadable metrics.jsonl line(s) 5." in text
 
 
@@ -229,3 +233,56 @@ def test_metrics_file_with_nothing_readable(tmp_path):
     (run / "metrics.jsonl").write_text("loss went down\nthen up\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"notes/metrics.jsonl: no readable metrics line"):
         load_run(run)
+
+
+def test_best_and_last_differ_and_the_best_epoch_is_named(tmp_path):
+    run = _write_run(
+        tmp_path / "peaked",
+        {"recipe": "inception_v4", "model": {"name": "inception_v4", "num_classes": 1001}},
+        [_eval(10, 1.0, 78.0, 94.0), _eval(20, 2.0, 80.5, 95.1), _eval(30, 3.0, 79.9, 94.9)],
+        None,
+    )
+    text = build_report([run], None)
+    row = _rows(text, "peaked (incomplete)")[0]
+    # last 79.9, best 80.5 at epoch 2; delta last - 80.2 = -0.30
+    assert row[2:7] == ["79.90", "80.50 (ep 2)", "94.90", "80.20", "-0.30"]
+    assert _rows(text, "peaked", 7)[0][2:4] == ["79.90", "80.50"]
+
+
+def test_published_figures_for_another_model_are_flagged(tmp_path):
+    """The gluon recipe with model.name=resnet18: its figures are ResNet-50's."""
+    run = _write_run(
+        tmp_path / "r18",
+        {"recipe": "gluon_resnet50_v1b", "model": {"name": "resnet18", "num_classes": 1000}},
+        [_eval(10, 90.0, 70.0, 89.0)],
+        {"recipe": "gluon_resnet50_v1b", "model": "resnet18", "top1": 70.0, "top5": 89.0,
+         "count": 50000, "world_size": 1, "device": "cuda"},
+    )  # fmt: skip
+    text = build_report([run], None)
+    # 70.0 - 77.58 and 70.0 - 77.22, in parentheses: not the same network
+    assert [r[6] for r in _rows(text, "r18")] == ["(-7.58)", "(-7.22)"]
+    assert (
+        "WARNING r18: the run trains resnet18, but the published figures (matched by its recipe "
+        "gluon_resnet50_v1b) are for resnet50.gluon_in1k" in text
+    )
+    plain = build_report([tmp_path / "r18"], None)
+    assert plain == text  # deterministic
+
+
+def test_interrupted_run_is_labelled_from_resolved_yaml(tmp_path):
+    run = _write_run(
+        tmp_path / "incomplete8",
+        {
+            "recipe": "inception_v4:8p",
+            "model": {"name": "inception_v4"},
+            "train": {"device": "auto"},
+        },
+        [_train(10, 0.5, 6.0, 0.045, 900.0)],
+        None,
+    )
+    (run / "resolved.yaml").write_text(
+        yaml.safe_dump({"model": "inception_v4", "device": "cuda:0", "world_size": 8}),
+        encoding="utf-8",
+    )
+    text = build_report([run], None)
+    assert _rows(text, "incomplete8", 7)[0][1] == "8p-GPU"

@@ -17,7 +17,7 @@ import yaml
 
 from classzoo.errors import UserError
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "resolved.yaml")
 IMAGENET_VAL_COUNT = 50_000  # ILSVRC-2012 validation set; published figures are on all of it
 IMAGENET_CLASSES = (1000, 1001)  # 1001 = slim's background class 0 (inception_v4)
 
@@ -50,6 +50,13 @@ PUBLISHED: dict[str, tuple[Published, ...]] = {
         Published(77.22, None, "Gluon reference README (8p, 90 epochs)"),
     ),
 }
+# The model names that ARE each published network (classzoo's and timm's spellings); a run of
+# any other model matched to these figures (by its recipe's name) gets a warning.
+PUBLISHED_MODELS = {
+    "resnet_v1_152": ("resnet_v1_152", "slim_resnet_v1_152", "resnet_v1_152.tf_in1k"),
+    "inception_v4": ("inception_v4", "slim_inception_v4", "inception_v4.tf_in1k"),
+    "resnet50.gluon_in1k": ("resnet50", "resnet50.gluon_in1k", "gluon_resnet50_v1b"),
+}
 # Other names a recipe or model may carry for the same published network.
 ALIASES = {
     "gluon_resnet50_v1b": "resnet50.gluon_in1k",  # timm's pre-1.0 name; the seed's --model
@@ -69,6 +76,7 @@ class Run:
     evals: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] | None = None
     bad_lines: list[int] = field(default_factory=list)  # unreadable metrics.jsonl lines, 1-based
+    resolved: dict[str, Any] = field(default_factory=dict)  # resolved.yaml: device, world size
     name: str = ""  # the folder name; parent/name when two runs share a folder name
 
     def reported(self, key: str) -> Any:
@@ -97,6 +105,14 @@ class Run:
         """A final eval figure (top1, top5, count): summary.json, else the last eval line."""
         values = [self.reported(key)] + [line.get(key) for line in reversed(self.evals)]
         return next((v for v in values if v is not None), None)
+
+    def best(self, key: str = "top1") -> tuple[float | None, float | None]:
+        """(best value, its epoch) over every evaluation, the final one included."""
+        points = [(x[key], x.get("epoch")) for x in self.evals if x.get(key) is not None]
+        last = self.reported(key)
+        if last is not None:
+            points.append((last, self.epochs))
+        return max(points, key=lambda p: p[0], default=(None, None))
 
     @property
     def fps(self) -> float | None:
@@ -177,24 +193,31 @@ def load_run(path: Path | str) -> Run:
     metrics = path / "metrics.jsonl"
     train, evals, bad = _read_metrics(metrics) if metrics.is_file() else ([], [], [])
     summary = _read_mapping(path / "summary.json") if (path / "summary.json").is_file() else None
-    return Run(path, config, train, evals, summary, bad_lines=bad, name=path.name)
+    resolved = _read_mapping(path / "resolved.yaml") if (path / "resolved.yaml").is_file() else {}
+    return Run(path, config, train, evals, summary, bad, resolved, name=path.name)
 
 
-def published_for(recipe: str | None, model: str | None) -> tuple[Published, ...]:
-    """Published figures for a run, matched by recipe name (its variant ignored),
-    then model name; a recipe named after its network plus a suffix (``resnet_v1_152_finetune``)
-    matches too."""
+def published_key(recipe: str | None, model: str | None) -> str | None:
+    """Which published network a run is compared with: matched by recipe name (its variant
+    ignored), then model name; a recipe named after its network plus a suffix
+    (``resnet_v1_152_finetune``) matches too."""
     for name in (recipe, model):
         if not name:
             continue
         name = name.split(":")[0]  # recipe variant: "inception_v4:8p"
         key = ALIASES.get(name, name)
         if key in PUBLISHED:
-            return PUBLISHED[key]
+            return key
         for prefix in sorted([*PUBLISHED, *ALIASES], key=len, reverse=True):
             if name.startswith(prefix + "_") or name.startswith(prefix + "-"):
-                return PUBLISHED[ALIASES.get(prefix, prefix)]
-    return ()
+                return ALIASES.get(prefix, prefix)
+    return None
+
+
+def published_for(recipe: str | None, model: str | None) -> tuple[Published, ...]:
+    """Published figures for a run (see :func:`published_key`)."""
+    key = published_key(recipe, model)
+    return PUBLISHED[key] if key else ()
 
 
 def _num(value: Any, digits: int = 2) -> str:
@@ -206,9 +229,10 @@ def _epochs(value: Any) -> str:
 
 
 def run_label(run: Run) -> str:
-    """``8p-NPU``: world size and device type, as in the Gluon reference's result table."""
-    size = run.reported("world_size")
-    device = run.reported("device") or run.setting("train", "device")
+    """``8p-NPU``: world size and device type, as in the Gluon reference's result table, from
+    summary.json, else resolved.yaml (written at the start, so an interrupted run has it)."""
+    size = run.reported("world_size") or run.resolved.get("world_size")
+    device = run.reported("device") or run.resolved.get("device") or run.setting("train", "device")
     device = "?" if device in (None, "auto") else str(device).split(":")[0]  # "cuda:0" -> cuda
     return f"{size if size is not None else '?'}p-{DEVICE_NAMES.get(device, device.upper())}"
 
@@ -218,104 +242,78 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def _other_model(run: Run, key: str | None) -> bool:
+    """True when the run's model is not the network the published figures are for."""
+    return bool(key and run.model and run.model not in PUBLISHED_MODELS.get(key, (key,)))
+
+
+def _notes(run: Run, refs: tuple[Published, ...], key: str | None) -> list[str]:
+    """The qualifications of one run's comparison with the published figures."""
+    notes = []
+    classes = run.setting("model", "num_classes")
+    if classes is not None and classes not in IMAGENET_CLASSES:
+        notes.append(f"{run.name}: {classes} classes, not ImageNet-1k; no published match.")
+    if _other_model(run, key):
+        notes.append(
+            f"WARNING {run.name}: the run trains {run.model}, but the published figures "
+            f"(matched by its recipe {run.recipe}) are for {key}: the delta compares different "
+            "networks (shown in parentheses)."
+        )
+    count = run.final("count")
+    if refs and count is not None and count != IMAGENET_VAL_COUNT:
+        notes.append(
+            f"{run.name}: evaluated on {count} images, not the {IMAGENET_VAL_COUNT} "
+            "ImageNet validation images; the delta is not a like-for-like comparison."
+        )
+    if run.bad_lines:
+        lines = ", ".join(map(str, run.bad_lines))
+        notes.append(f"{run.name}: skipped unreadable metrics.jsonl line(s) {lines}.")
+    if not run.summary:
+        notes.append(f"{run.name}: no summary.json (interrupted?); figures from its last eval.")
+    return notes
+
+
 def paper_table(runs: list[Run]) -> tuple[list[str], list[str]]:
-    """Markdown lines of the paper-vs-ours table and the notes that qualify it."""
+    """Markdown lines of the paper-vs-ours table and the notes that qualify it.
+
+    "last" is the final evaluation (the model the run ends with), "best" the highest top-1 of
+    any evaluation (timm's model_best); the delta is last minus published."""
     rows, notes = [], []
     for run in runs:
         top1, top5 = run.final("top1"), run.final("top5")
+        best, best_epoch = run.best("top1")
         label = run.name if run.summary else f"{run.name} (incomplete)"
-        ours = [label, run.model or "-", _num(top1), _num(top5)]
+        at = "" if best is None or best_epoch is None else f" (ep {float(best_epoch):g})"
+        ours = [label, run.model or "-", _num(top1), _num(best) + at, _num(top5)]
+        key = published_key(run.recipe, run.model)
         classes = run.setting("model", "num_classes")
-        refs = published_for(run.recipe, run.model)
-        if classes is not None and classes not in IMAGENET_CLASSES:
-            refs = ()
-            notes.append(f"{run.name}: {classes} classes, not ImageNet-1k; no published match.")
-        count = run.final("count")
-        if refs and count is not None and count != IMAGENET_VAL_COUNT:
-            notes.append(
-                f"{run.name}: evaluated on {count} images, not the {IMAGENET_VAL_COUNT} "
-                "ImageNet validation images; the delta is not a like-for-like comparison."
-            )
-        if run.bad_lines:
-            lines = ", ".join(map(str, run.bad_lines))
-            notes.append(f"{run.name}: skipped unreadable metrics.jsonl line(s) {lines}.")
-        if not run.summary:
-            notes.append(f"{run.name}: no summary.json (interrupted?); figures from its last eval.")
+        refs = (
+            ()
+            if classes is not None and classes not in IMAGENET_CLASSES
+            else PUBLISHED.get(key, ())
+        )
+        notes += _notes(run, refs, key if refs else None)
         if not refs:
             rows.append([*ours, "-", "-", "-"])
         for ref in refs:
             delta = "-" if top1 is None else f"{top1 - ref.top1:+.2f}"
-            if not ref.comparable and top1 is not None:
+            if (not ref.comparable or _other_model(run, key)) and top1 is not None:
                 delta = f"({delta})"
             rows.append([*ours, _num(ref.top1), delta, ref.source])
-    header = ["Run", "Model", "top-1 ours", "top-5 ours", "top-1 published", "delta", "source"]
+    header = ["Run", "Model", "top-1 last", "top-1 best", "top-5 last", "top-1 published",
+              "delta", "source"]  # fmt: skip
     return _table(header, rows), notes
 
 
 def results_table(runs: list[Run]) -> list[str]:
-    """The Gluon reference's result table, same columns, one row per run."""
+    """The Gluon reference's result table (Name = devices, Acc@1, FPS, Epochs, AMP_Type), one
+    row per run, named after it, with the best top-1 next to the last."""
     rows = [
-        [run_label(r), _num(r.final("top1")), _num(r.fps), _epochs(r.epochs), r.amp or "-"]
+        [r.name, run_label(r), _num(r.final("top1")), _num(r.best("top1")[0]), _num(r.fps),
+         _epochs(r.epochs), r.amp or "-"]
         for r in runs
-    ]
-    return _table(["Name", "Acc@1", "FPS", "Epochs", "AMP_Type"], rows)
-
-
-# file, title, y label, curves: (kind, key, line style, legend suffix)
-PLOTS = (
-    ("loss.png", "Training loss", "loss", [("train", "loss", "-", "")]),
-    ("lr.png", "Learning rate", "learning rate", [("train", "lr", "-", "")]),
-    ("accuracy.png", "Evaluation accuracy", "accuracy (%)", [("eval", "top1", "-", " top-1"), ("eval", "top5", "--", " top-5")]),
-)  # fmt: skip
-LOG_SPREAD = 10  # peaks further apart than this (1e-4 fine-tune vs 0.045) -> log y axis
-
-
-def write_plots(runs: list[Run], out_dir: Path) -> list[tuple[str, str]]:
-    """Write one PNG per metric with every run on it; returns (file, title) of those written.
-
-    Uses ``Figure`` with an Agg canvas rather than pyplot: no display needed, and the global
-    backend of the caller (a notebook, say) is left alone.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    written = []
-    for filename, title, ylabel, curves in PLOTS:
-        fig = Figure(figsize=(7, 4.5), dpi=110, layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        peaks = []
-        for index, run in enumerate(runs):
-            for kind, key, style, suffix in curves:
-                lines = run.train if kind == "train" else run.evals
-                points = sorted(
-                    (x["epoch"], x[key]) for x in lines if None not in (x.get("epoch"), x.get(key))
-                )
-                if not points:
-                    continue
-                xs, ys = zip(*points)
-                marker = "o" if len(xs) <= 30 else None  # a few evals: show each one
-                ax.plot(
-                    xs,
-                    ys,
-                    style,
-                    color=f"C{index % 10}",
-                    marker=marker,
-                    ms=4,
-                    label=run.name + suffix,
-                )
-                peaks.append(max(ys))
-        if not peaks:
-            continue  # no run logged this metric
-        if min(peaks) > 0 and max(peaks) / min(peaks) > LOG_SPREAD:
-            ax.set_yscale("log", nonpositive="mask")  # a cosine ending at 0: drop that point
-            ylabel += " (log scale)"
-        ax.set(title=title, xlabel="epoch", ylabel=ylabel)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
-        fig.savefig(out_dir / filename)
-        written.append((filename, title))
-    return written
+    ]  # fmt: skip
+    return _table(["Run", "Name", "Acc@1", "Acc@1 best", "FPS", "Epochs", "AMP_Type"], rows)
 
 
 def build_report(run_dirs: list[Path], out_dir: Path | None = None) -> str:
@@ -336,6 +334,8 @@ def build_report(run_dirs: list[Path], out_dir: Path | None = None) -> str:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(f"{out_dir}: cannot create the folder ({err.strerror})") from None
+        from classzoo.report_plots import write_plots
+
         written = write_plots(runs, out_dir)
         parts += ["## Plots", ""]
         for filename, title in written:
