@@ -150,3 +150,111 @@ def test_slim_schema_shards_read_by_tf_and_by_us(tf, tmp_path):
     ours = [ds[i] for i in range(len(ds))]
     assert [(label, np.asarray(img).shape) for img, label in ours] == tf_rows
     assert sorted(label for label, _ in tf_rows) == [1, 1, 2, 2]
+
+
+# ---- hostile Examples: classzoo returns TF's value or refuses (never another value) -------------
+
+
+def _ours(blob: bytes, key: str, kind: str):
+    """What the dataset takes from a record: exactly one int64 / bytes value, else refused."""
+    from classzoo.formats.wire import WireError
+
+    try:
+        value = parse_example(blob, [key]).get(key)
+    except WireError:
+        return "ERR", None
+    if kind == "int" and isinstance(value, np.ndarray) and value.dtype == np.int64:
+        return ("OK", int(value[0])) if value.size == 1 else ("ERR", None)
+    if kind == "bytes" and isinstance(value, list):
+        return ("OK", value[0]) if len(value) == 1 else ("ERR", None)
+    return "ERR", None
+
+
+def _ex(*entries: bytes) -> bytes:
+    from classzoo.formats.wire import length_delimited as ld
+
+    return ld(1, b"".join(ld(1, e) for e in entries))
+
+
+def _entry(k: bytes, feature: bytes) -> bytes:
+    from classzoo.formats.wire import length_delimited as ld
+
+    return ld(1, k) + ld(2, feature)
+
+
+def _hand_cases() -> list[bytes]:
+    """The layouts where TF's fast parser and protobuf's merge rules part ways."""
+    from classzoo.formats.wire import encode_varint as v
+    from classzoo.formats.wire import length_delimited as ld
+
+    def i64(*vals):
+        return ld(3, ld(1, b"".join(v(x) for x in vals)))
+
+    lab = b"label"
+    return [
+        _ex(_entry(lab, i64(1)), _entry(lab, i64(2))),  # a key twice: the last wins
+        _ex(_entry(lab, i64(4)), _entry(lab, b"")),  # ... the last non-empty one
+        _ex(ld(1, lab) + ld(2, i64(1)) + ld(2, i64(2))),  # one entry, two values: TF refuses
+        _ex(ld(2, i64(3)) + ld(1, lab)),  # value before key
+        _ex(_entry(lab, i64(1) + i64(2))),  # two lists in a Feature (TF: the first)
+        _ex(_entry(lab, ld(3, ld(1, v(4)) + ld(1, v(5))))),  # two packed runs (TF: the first)
+        _ex(_entry(lab, ld(3, b"\x08\x07\x0a\x01\x08"))),  # unpacked then packed: TF refuses
+        _ex(_entry(lab, ld(3, b"\x0a\x0a" + b"\x85" + b"\x80" * 8 + b"\x02"))),  # 5 + 2**64
+        _ex(_entry(lab, ld(3, b"\x0a\x0b" + b"\xff" * 10 + b"\x01"))),  # 11-byte varint
+        _ex(_entry(lab, b"\x22\x00")),  # unknown Feature kind
+        ld(1, ld(1, _entry(lab, i64(1)))) + ld(1, ld(1, _entry(lab, i64(2)))),  # features twice
+        b"\x8a\x00" + v(len(ld(1, _entry(lab, i64(3))))) + ld(1, _entry(lab, i64(3))),  # long tag
+        _ex(_entry(lab, i64(3))) + b"\x10\x05",  # an unknown Example field
+        _ex(_entry(lab, i64(3) + b"\xff\xff")),  # bytes after the list (TF ignores them)
+    ]
+
+
+def test_example_edge_cases_match_tensorflow(tf):
+    spec = {"label": tf.io.FixedLenFeature([], tf.int64)}
+    stricter = 0
+    for blob in _hand_cases():
+        try:
+            theirs = ("OK", int(tf.io.parse_single_example(blob, spec)["label"]))
+        except Exception:  # noqa: BLE001 - TF refuses
+            theirs = ("ERR", None)
+        ours = _ours(blob, "label", "int")
+        if ours != theirs:
+            assert ours == ("ERR", None), (blob.hex(), ours, theirs)  # never another value
+            stricter += 1
+    assert stricter <= 3  # over-long tag, two lists, bytes after the list: refused, TF reads
+
+
+@pytest.mark.slow
+def test_example_differential_fuzz_against_tensorflow(tf):
+    """1,000 mutated Examples (seeds written by TF), 4 keys each: where classzoo returns a value
+    TF returns the same; where TF refuses (or crashes) classzoo refuses."""
+    import random
+
+    from fuzz.harness import mutate_bytes
+    from fuzz.targets import _seed, mutate_proto
+    from fuzz.tf_oracle import Oracle
+
+    seeds = [_seed("example_0.bin"), _seed("example_1.bin")]
+    keys = [("image/class/label", "int"), ("image/encoded", "bytes"), ("label", "int")]
+    keys.append(("image", "bytes"))
+    oracle = Oracle()
+    counts = {"same": 0, "stricter": 0, "tf_crash": 0}
+    try:
+        for i in range(1000):
+            rng = random.Random(i)
+            seed = rng.choice(seeds)
+            blob = mutate_proto(seed, rng) if rng.random() < 0.5 else mutate_bytes(seed, rng)
+            for key, kind in keys:
+                ours, theirs = _ours(blob, key, kind), oracle(blob, key, kind)
+                if theirs[0] == "CRASH":
+                    counts["tf_crash"] += 1
+                    assert ours[0] == "ERR", blob.hex()
+                elif ours == theirs:
+                    counts["same"] += 1
+                else:
+                    assert ours[0] == "ERR", (blob.hex(), key, ours, theirs)
+                    counts["stricter"] += 1
+    finally:
+        oracle.close()
+    print(counts)
+    assert counts["same"] > 3000
