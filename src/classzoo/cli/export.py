@@ -1,4 +1,5 @@
-"""``classzoo export``: a checkpoint as ONNX (dynamic batch, preprocessing metadata)."""
+"""``classzoo export``: a checkpoint as ONNX (dynamic batch, preprocessing metadata), verified
+with onnxruntime against PyTorch."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from classzoo.cli.common import add_verb
 
 
 def add_parser(subparsers) -> None:
-    ex = add_verb(subparsers, "export", "export a checkpoint (ONNX, dynamic batch)")
+    ex = add_verb(
+        subparsers,
+        "export",
+        "export a checkpoint as ONNX (dynamic batch), checked with onnxruntime against PyTorch",
+    )
     ex.add_argument("--checkpoint", required=True, help="classzoo .pt checkpoint")
     ex.add_argument("--format", choices=["onnx"], default="onnx", help="output format")
     ex.add_argument("output", help="output file")
@@ -17,7 +22,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from classzoo.export import export_onnx
+    from classzoo.export import CHECK_BATCH, MAX_DIFF, export_onnx
 
-    print(f"wrote {export_onnx(args.checkpoint, args.output, args.recipe, args.model)}")
+    r = export_onnx(args.checkpoint, args.output, args.recipe, args.model)
+    print(f"wrote {r.path}")
+    print(
+        f"onnxruntime check (fp32, batch {CHECK_BATCH}): max |diff| {r.max_abs_diff:.3g}, "
+        f"max |logit| {r.max_abs_logit:.3g}, relative {r.max_abs_diff / max(1.0, r.max_abs_logit):.3g} "
+        f"(limit {MAX_DIFF:g} x max(1, max |logit|))"
+    )
     return 0
