@@ -56,6 +56,7 @@ class Target:
     run: Callable[[bytes, Path], object]
     mutate: Callable[[bytes, random.Random], bytes] | None = None  # default: byte mutations
     allowed: tuple[type[BaseException], ...] = (UserError,)
+    setup: Callable[[], object] | None = None  # heavy imports (torch), run before the memory cap
 
 
 @dataclass
@@ -167,6 +168,8 @@ def run_child(ref: str, inputs: int, seconds: float, per_input_s: float, mem_mb:
     mutate = target.mutate or mutate_bytes
     shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # tmpfs: no disk in the loop
     folder = Path(tempfile.mkdtemp(prefix=f"fuzz-{target.name}-", dir=shm))
+    if target.setup is not None:
+        target.setup()
     _cap_memory(mem_mb)
     signal.signal(signal.SIGALRM, _alarm)
     start, cpu_start = time.monotonic(), time.process_time()

@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 from classzoo.config import load_recipe
-from classzoo.data.tfrecord_dataset import TFRecordImageDataset  # torch: before the memory cap
 from classzoo.errors import UserError
 from classzoo.formats.crc import masked_crc32c
 from classzoo.formats.example import parse_example, parse_example_sparse
@@ -184,7 +183,13 @@ def _parse_both(data: bytes):
         assert wanted == {k: v for k, v in full.items() if k in KEYS}, "keys= parse differs"
 
 
+def _import_dataset() -> None:
+    import classzoo.data.tfrecord_dataset  # noqa: F401 - torch, imported before the memory cap
+
+
 def _run_example(data: bytes, folder: Path) -> None:
+    from classzoo.data.tfrecord_dataset import TFRecordImageDataset
+
     _parse_both(data)
     path = folder / "one.tfrecord"
     for stale in folder.glob(".one.tfrecord*"):
@@ -201,10 +206,17 @@ def _run_example(data: bytes, folder: Path) -> None:
             call()
 
 
+def _mutate_example(data: bytes, rng: random.Random) -> bytes:
+    return mutate_proto(data, rng) if rng.random() < 0.5 else mutate_bytes(data, rng)
+
+
 EXAMPLE = Target(
-    "example", seeds=lambda: [_seed("example_0.bin"), _seed("example_1.bin")], run=_run_example,
-    mutate=lambda data, rng: mutate_proto(data, rng) if rng.random() < 0.5 else mutate_bytes(data, rng),
-)  # fmt: skip
+    "example",
+    seeds=lambda: [_seed("example_0.bin"), _seed("example_1.bin")],
+    run=_run_example,
+    mutate=_mutate_example,
+    setup=_import_dataset,
+)
 
 
 # ---- SSTable ----------------------------------------------------------------------------------
