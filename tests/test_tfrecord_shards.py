@@ -159,13 +159,22 @@ def test_reference_keys_image_and_label(tmp_path):
     assert ds.label_range() == (1, 3)
 
 
-def test_missing_label_key_is_named_before_reading_images(tmp_path):
+def test_missing_keys_are_named_before_reading_images(tmp_path):
     root = tmp_path / "d"
     root.mkdir()
     _shard(root / "s", [1, 2])
-    ds = TFRecordImageDataset([root / "s"], label_key="label")
-    with pytest.raises(UserError, match=r"record 0 in .*s \(byte 0\) has no single int64 feature "
-                       r"'label' \(data.label_key\)"):  # fmt: skip
+    with pytest.raises(UserError) as err:
+        TFRecordImageDataset([root / "s"], label_key="label")  # checked at construction
+    assert str(err.value) == (
+        f"record 0 in {root / 's'} (byte 0) has no feature 'label' (data.label_key); "
+        "its features: image/class/label, image/encoded"
+    )
+    with TFRecordWriter(root / "t") as w:  # record 1 alone lacks the label: found in the index
+        w.write(build_example({"image/encoded": b"x", "image/class/label": 1}))
+        w.write(build_example({"image/encoded": b"x", "other": 1}))
+    ds = TFRecordImageDataset([root / "t"])
+    with pytest.raises(UserError, match=r"record 1 in .*t \(byte \d+\) has no single int64 feature "
+                       r"'image/class/label' \(data.label_key\)"):  # fmt: skip
         ds.label_range()
 
 

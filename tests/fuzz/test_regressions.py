@@ -253,11 +253,12 @@ def test_missing_key_message_survives_a_malformed_neighbour(tmp_path):
         length_delimited(1, b"label") + length_delimited(2, _int64_feature(b"\x03")),
         length_delimited(1, b"junk") + length_delimited(2, b"\x22\x00"),  # unknown kind byte
     )
-    ds = TFRecordImageDataset([_record(tmp_path, example)], label_key="label")
+    path = _record(tmp_path, example)
     _one_line_error(
-        lambda: ds[0], "no feature 'image/encoded' (data.image_key); its features: junk, label",
+        lambda: TFRecordImageDataset([path], label_key="label"),
+        "no feature 'image/encoded' (data.image_key); its features: junk, label",
         UserError,
-    )  # fmt: skip
+    )
 
 
 # ---- recipes ------------------------------------------------------------------------------------

@@ -130,6 +130,30 @@ class TFRecordImageDataset(torch.utils.data.Dataset):
         self._rows = np.concatenate([ix.rows for ix in indexes])
         self._status = np.concatenate([ix.status for ix in indexes])
         self._files = _FdCache(max_open_files)
+        self._check_keys()
+
+    def _check_keys(self) -> None:
+        """Both feature keys in the first readable record: a wrong data.image_key /
+        data.label_key is named now, not at the first batch."""
+        readable = np.flatnonzero(self._status != EXAMPLE_BAD)
+        if not readable.size:
+            return
+        i = int(readable[0])
+        path, record, offset = self.where(i)
+        try:
+            data = read_record_at(
+                self._files.get(path), offset, int(self._rows[i, 1]), path=path, record=record
+            )
+        except CorruptRecordError:
+            return  # reported when read (or skipped)
+        feats = feature_names(data) or []
+        at = f"record {record} in {path} (byte {offset})"
+        for key, setting in (
+            (self.image_key, "data.image_key"),
+            (self.label_key, "data.label_key"),
+        ):
+            if key not in feats:
+                raise _missing_key(data, key, setting, at)
 
     @property
     def num_records(self) -> int:
