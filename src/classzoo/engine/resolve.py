@@ -151,10 +151,14 @@ def _plain(value: Any) -> Any:
 
 
 def label_offset_for(data: DataConfig, defaults: dict[str, Any]) -> int:
-    """data.label_offset, else the model's (slim ResNet-v1: 1, its logit i is dataset label i+1)."""
-    return (
-        data.label_offset if data.label_offset is not None else int(defaults.get("label_offset", 0))
-    )
+    """Subtracted from stored TFRecord labels: data.label_offset, else the model's (slim
+    ResNet-v1: 1, its logit i is slim label i + 1). ImageFolder and synthetic labels are class
+    indices 0..N-1 already (build.open_split refuses an offset for them)."""
+    if data.source != "tfrecord":
+        return 0
+    if data.label_offset is not None:
+        return data.label_offset
+    return int(defaults.get("label_offset", 0))
 
 
 def num_classes_for(

@@ -18,7 +18,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from classzoo.config import Config, save_config
+from classzoo.config import Config, save_config, with_values
 from classzoo.data.sampling import global_batches
 from classzoo.engine import build
 from classzoo.engine.checkpoint import CheckpointManager
@@ -87,7 +87,11 @@ def _run(
     if resume is not None and env.is_main:
         log.info("resuming in %s (--resume %s)", run_dir, resume)
     mode = asked.train.mode
-    s = set_up(asked, env, need_train=mode != "evaluate", need_val=mode != "train")
+    if mode == "evaluate":  # model.checkpoint names what to evaluate: each is loaded in turn
+        asked_build = with_values(asked, {"model.checkpoint": None}, "mode evaluate")
+        s = set_up(asked_build, env, need_train=False, need_val=True)
+    else:
+        s = set_up(asked, env, need_train=True, need_val=mode != "train")
     logger = RunLogger(run_dir, enabled=env.is_main)
     if resume is not None:
         logger.marker(f"resumed (--resume {resume})")
