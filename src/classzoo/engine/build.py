@@ -9,6 +9,7 @@ the model is built once, seeded, with its weights.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,10 @@ def train_augment(data: DataConfig) -> TrainAugment:
 
 @dataclass
 class Split:
-    dataset: torch.utils.data.Dataset
+    dataset: torch.utils.data.Dataset  # items: (what the pipeline's per-image stage returns, label)
     info: SplitInfo
     classes: list[str] | None
+    batch: Callable[[Any], torch.Tensor]  # collated samples on the device -> model input
 
 
 def open_split(
@@ -80,11 +82,12 @@ def open_split(
             f"data.label_offset={data.label_offset} applies to TFRecord labels only; "
             f"{data.source} labels are the class folders' order (0..N-1)"
         )
-    transform = build_transform(
+    # workers run the per-image stage; the loop runs the batch stage on the device
+    pipeline = build_transform(
         transform_preprocess(pre), train=train, aug=train_augment(data) if train else None
     )
     ds = build_dataset(
-        data, split, transform, synthetic_classes, label_offset, pre.image_size, classes
+        data, split, pipeline.sample, synthetic_classes, label_offset, pre.image_size, classes
     )
     ds.decoder = pre.decoder  # TF's JPEG pixels for the slim presets
     if data.source == "tfrecord":
@@ -98,13 +101,13 @@ def open_split(
             int(lo),
             int(hi),
         )
-        return Split(ds, info, None)
+        return Split(ds, info, None, pipeline.batch)
     # class names come from ImageFolder folders; synthetic data keeps the model's own head
     found = ds.classes if data.source == "imagefolder" else None
     location = str(Path(data.dir) / split) if found else "synthetic"
     n = len(found) if found else synthetic_classes
     info = SplitInfo(data.source, location, len(ds), (), (), 0, n - 1)
-    return Split(ds, info, found)
+    return Split(ds, info, found, pipeline.batch)
 
 
 def build_model(

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from classzoo.data.device import to_device
 from classzoo.engine.checkpoint import CKPT_RE
 from classzoo.engine.distributed import DistEnv, all_reduce_sum
 from classzoo.engine.logs import Progress
@@ -30,15 +33,19 @@ from classzoo.models.weights import (
 log = logging.getLogger("classzoo")
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """How to evaluate: precision (None = fp32), layout, a progress bar, and the pipeline's
+    batch stage (normalisation on the device) for loaders that return raw samples."""
+
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    progress: bool = False
+    batch_fn: Callable[[Any], torch.Tensor] | None = None
+
+
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader,
-    env: DistEnv,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    progress: bool = False,
-) -> dict[str, float]:
+def evaluate(model: nn.Module, loader, env: DistEnv, opts: EvalOptions = EvalOptions()) -> dict:
     """Top-1 / top-5 (percent), mean cross-entropy and the exact sample count over all ranks.
 
     Sums (not means) are reduced across ranks, so uneven shards give exact totals; the loader
@@ -48,13 +55,15 @@ def evaluate(
     model.eval()
     # correct@1, correct@5, loss sum, count; on the device: no host sync per batch
     sums = torch.zeros(4, dtype=torch.float64, device=env.device)
-    bar = Progress(len(loader), "eval", enabled=progress and env.is_main)
+    bar = Progress(len(loader), "eval", enabled=opts.progress and env.is_main)
     for i, (images, targets) in enumerate(loader):
-        images = images.to(env.device, non_blocking=True)
-        if channels_last:
+        images = to_device(images, env.device)
+        if opts.batch_fn is not None:  # the pipeline's batch stage on the device
+            images = opts.batch_fn(images)
+        if opts.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = targets.to(env.device, non_blocking=True)
-        with autocast(env.device, amp_dtype):
+        with autocast(env.device, opts.amp_dtype):
             logits = model(images)
         logits = logits.float()
         loss = F.cross_entropy(logits, targets, reduction="sum")
@@ -115,10 +124,8 @@ def evaluate_checkpoints(
     loader,
     env: DistEnv,
     logger: RunLogger,
-    amp_dtype,
-    channels_last: bool,
+    opts: EvalOptions,
     use_ema: bool,
-    progress: bool,
 ) -> list[dict[str, Any]]:
     rows = []
     for path in paths:
@@ -128,7 +135,7 @@ def evaluate_checkpoints(
         else:  # read once: weights and progress come from the same file
             load_into(model, state_from_checkpoint(ckpt, path, use_ema), str(path))
         step, epoch, when = _meta(path, ckpt)
-        result = evaluate(model, loader, env, amp_dtype, channels_last, progress=progress)
+        result = evaluate(model, loader, env, opts)
         logger.evaluation(step, epoch, result, checkpoint_time=when)
         log.info(
             "%s: step %d top1 %.3f top5 %.3f loss %.4f (%d images)",

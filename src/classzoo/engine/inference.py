@@ -26,7 +26,7 @@ from classzoo.engine.build import (
     weights_report,
 )
 from classzoo.engine.distributed import init_distributed
-from classzoo.engine.evaluate import evaluate
+from classzoo.engine.evaluate import EvalOptions, evaluate
 from classzoo.engine.logs import setup_console_logging
 from classzoo.engine.resolve import Resolved, describe, resolve
 from classzoo.errors import UserError
@@ -194,14 +194,10 @@ def eval_checkpoint(
     log.info("evaluating %s\n%s", checkpoint, describe(p.resolved))
     d = p.asked.data
     loader = eval_loader(p.split.dataset, d.eval_batch_size or d.batch_size, d.num_workers, env)
-    return evaluate(
-        p.net,
-        loader,
-        env,
-        p.resolved.precision_dtype("eval"),
-        p.resolved.channels_last,
-        progress=not quiet,
+    opts = EvalOptions(
+        p.resolved.precision_dtype("eval"), p.resolved.channels_last, not quiet, p.split.batch
     )
+    return evaluate(p.net, loader, env, opts)
 
 
 def load_for_inference(

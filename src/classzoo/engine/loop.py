@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from classzoo.data.device import to_device
 from classzoo.data.sampling import TrainBatchSampler, global_batches
 from classzoo.engine.distributed import DistEnv, all_reduce_sum
 from classzoo.engine.logs import Progress
@@ -78,7 +79,7 @@ def compute_loss(
     return ce, ce + aux_loss_weight * aux_ce
 
 
-def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+def channels_last_input(x: torch.Tensor, device: torch.device, channels_last: bool):
     x = x.to(device, non_blocking=True)
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -102,7 +103,7 @@ def train_step(
     batches = list(micro_batches)
     sums = torch.zeros(3, dtype=torch.float64, device=env.device)
     for i, (images, targets) in enumerate(batches):
-        images = to_device(images, env.device, cfg.channels_last)
+        images = channels_last_input(images, env.device, cfg.channels_last)
         targets = targets.to(env.device, non_blocking=True)
         last = i == len(batches) - 1
         # no_sync must cover the backward (it defers DDP's all-reduce to the last micro-batch);
@@ -164,6 +165,7 @@ def train_one_epoch(
     env: DistEnv,
     hooks: Hooks,
     bar: Progress,
+    batch_fn: Callable[[Any], torch.Tensor],
 ) -> tuple[str, int, float]:
     """Train from the current position to the end of the epoch (or the step limit, or a stop).
 
@@ -178,7 +180,7 @@ def train_one_epoch(
     for gi, group in enumerate(groups):
         step_total = sum(end - begin for begin, end in group)
         t_wait = time.perf_counter()
-        micro = [next(it) for _ in group]
+        micro = [(batch_fn(to_device(x, env.device)), y) for x, y in (next(it) for _ in group)]
         interval.data_wait += time.perf_counter() - t_wait
         interval.loss += train_step(state, net, micro, step_total, loop.step, env)
         state.pos.sample = group[-1][1]
@@ -234,6 +236,7 @@ def train(
     env: DistEnv,
     hooks: Hooks,
     evaluate_after_epoch: Callable[[bool], dict[str, Any]] | None,
+    batch_fn: Callable[[Any], torch.Tensor],
 ) -> dict[str, Any]:
     """Run until ``loop.total_steps`` (or a graceful stop); returns throughput and how it ended.
 
@@ -245,7 +248,9 @@ def train(
     bar = Progress(loop.total_steps, "train", loop.progress and env.is_main)
     bar.update(state.pos.step)
     while state.pos.step < loop.total_steps and reason != "stop":
-        reason, n, dt = train_one_epoch(state, net, loader, sampler, loop, env, hooks, bar)
+        reason, n, dt = train_one_epoch(
+            state, net, loader, sampler, loop, env, hooks, bar, batch_fn
+        )
         images, seconds = images + n, seconds + dt
         hooks.save()
         if reason == "stop" or evaluate_after_epoch is None:

@@ -29,7 +29,7 @@ from classzoo.engine.distributed import (
     init_distributed,
     shutdown,
 )
-from classzoo.engine.evaluate import checkpoints_in, evaluate, evaluate_checkpoints
+from classzoo.engine.evaluate import EvalOptions, checkpoints_in, evaluate, evaluate_checkpoints
 from classzoo.engine.logs import setup_console_logging
 from classzoo.engine.loop import Hooks, LoopConfig, StepConfig, steps_per_epoch, train
 from classzoo.engine.optim import build_optimizer, build_scheduler, scaled_lr
@@ -173,10 +173,13 @@ def _evaluate_mode(asked: Config, s: Setup, env: DistEnv, logger: RunLogger) -> 
         loader,
         env,
         logger,
-        s.resolved.precision_dtype("eval"),
-        s.resolved.channels_last,
+        EvalOptions(
+            s.resolved.precision_dtype("eval"),
+            s.resolved.channels_last,
+            asked.train.progress,
+            s.val.batch,
+        ),
         asked.train.ema,
-        asked.train.progress,
     )
     return rows[-1]
 
@@ -219,7 +222,9 @@ def _train_mode(
         )
 
         def evaluate_after(final: bool) -> dict[str, Any]:
-            result = _eval_during(state, val_loader, r, env, logger, sampler, final, t.progress)
+            result = _eval_during(
+                state, val_loader, s.val.batch, r, env, logger, sampler, final, t.progress
+            )
             if env.is_main:  # ranks the checkpoint just saved for keep_best / best.pt
                 ckpts.record_metrics(state.pos.step, result)
             return result
@@ -231,7 +236,15 @@ def _train_mode(
             should_stop=lambda: stop.should_stop(env),
         )
         result = train(
-            state, net, loader, sampler, loop_config(asked, r), env, hooks, evaluate_after
+            state,
+            net,
+            loader,
+            sampler,
+            loop_config(asked, r),
+            env,
+            hooks,
+            evaluate_after,
+            s.train.batch,
         )
     if result["stopped"]:
         logger.marker(f"stopped by {stop.signal_name} at step {state.pos.step}")
@@ -246,14 +259,14 @@ def _train_mode(
     return result["eval"], result["images_per_sec"], state.pos.step / r.schedule.steps_per_epoch
 
 
-def _eval_during(state, val_loader, r: Resolved, env, logger, sampler, final: bool, progress: bool):
+def _eval_during(state, val_loader, batch, r: Resolved, env, logger, sampler, final, progress):
     """Evaluate the EMA weights when EMA is on (timm's practice), else the trained weights; the
     final evaluation in the eval precision, periodic ones in the periodic precision."""
     from classzoo.engine.loop import epoch_float
 
     model = state.ema.module if state.ema is not None else state.model
     amp = r.precision_dtype("eval" if final else "periodic")
-    result = evaluate(model, val_loader, env, amp, r.channels_last, progress=progress)
+    result = evaluate(model, val_loader, env, EvalOptions(amp, r.channels_last, progress, batch))
     logger.evaluation(state.pos.step, epoch_float(state, sampler), result)
     log.info(
         "eval step %d (%s): top1 %.2f top5 %.2f loss %.4f over %d images",
