@@ -101,6 +101,8 @@ RECIPE_FACTS = {
         "data.preset": "vgg",  # slim's own eval preprocessing (the reference's gap)
         "data.batch_size": 128,  # reference run: batch 128
         "optim.lr": 1e-4,  # lr 1e-4
+        "optim.momentum": 0.0,  # run_resnet.py: GradientDescentOptimizer
+        "optim.weight_decay": 0.0,  # no regularization losses in its loss
         "optim.lr_base_batch": None,
         "sched.name": "const",
         "train.epochs": 4.0,  # 4 epochs
