@@ -1,14 +1,14 @@
 """Hostile checkpoint files through every entry point that takes a path: one line, exit 2, nothing
 written, bounded time and memory.
 
-Families built by :func:`build_hostile` (83 files, more with TensorFlow's seed checkpoints):
+Families built by :func:`build_hostile` (100 files; 96 without TensorFlow's fuzz seeds):
 
 * **pickle** (a torch zip around a crafted ``data.pkl``): GLOBAL + REDUCE of ``os.system``,
   ``builtins.eval``, ``subprocess.Popen``, ``torch.load``; INST / OBJ / NEWOBJ of a class;
   a text PERSID; a storage of 10^12 elements, of an unknown type, with a missing record; a
   tensor view beyond its storage, a negative stride, 2^62 sizes; 100,000-deep nested lists; a
-  memo read of a missing index; a 2,000-bit integer class count; no STOP; an empty pickle;
-  a list / int / string / None instead of a dict; a huge BINUNICODE length.
+  memo read of a missing index; a 2,000-bit integer class count; pickle protocol 99; no STOP;
+  an empty pickle; a list / int / string / None instead of a dict; a huge BINUNICODE length.
 * **archive**: a 2 MB zip bomb (entries declaring 2 GB), a 300 KB deflated pickle (300 MB
   inflated), bzip2 and lzma entries, an entry beyond the end, no data.pkl, two data.pkl, a
   truncated central directory, a ``PK`` header over noise, a foreign zip comment.
@@ -135,6 +135,7 @@ def pickle_family() -> dict[str, bytes]:
         "pickle-str.pt": torch_zip(_p(_str("model"))),
         "pickle-none.pt": torch_zip(_p(b"N")),
         "pickle-binunicode-4gb.pt": torch_zip(b"\x80\x02X\xff\xff\xff\xffabc."),
+        "pickle-protocol-99.pt": torch_zip(b"\x80\x63}."),
     }
 
 

@@ -31,6 +31,7 @@ import re
 import secrets
 import stat
 import struct
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -359,7 +360,9 @@ def load_checkpoint_file(path: str | Path, *, require_digest: bool = False) -> d
         raise UserError(f"checkpoint {path} carries no classzoo SHA-256 (not written by it)")
     _check_zip_directory(path, regular_file_size(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a crafted protocol byte: one error line, not a warning
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zips, refused globals, bad storages, MemoryError...
         raise UserError(f"cannot read checkpoint {path}: {_torch_reason(exc)}") from None
     checked = check_checkpoint(obj, f"checkpoint {path}")
