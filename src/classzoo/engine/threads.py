@@ -1,0 +1,106 @@
+"""Thread budget: the training process's compute threads and its DataLoader workers share cores.
+
+Why a busy CPU collapsed training (benchmarks/bench_threads.py; 2-core AMX VM shared with other
+jobs, load average ~10): PyTorch's OpenMP runtime (libgomp) lets a thread that reaches the end
+of a parallel region spin for GOMP_SPINCOUNT = 300,000 iterations before it sleeps, as long as
+there are no more threads than CPUs in its affinity mask; it does not look at the load. When
+another process (a DataLoader worker, another job) holds one of the two cores, the spinning
+thread keeps its own core while the thread it waits for has none, so every barrier costs a
+scheduler time slice: the quickstart network's fp32 step took 11-16 s wall and 2-2.7 s CPU
+with 2 threads, against ~1 s wall and 0.17 s CPU with 1 thread or with
+``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once), in the same minutes. bf16 autocast runs
+more, shorter parallel regions (oneDNN reorders to and from bf16 around each conv), so it
+collapsed first: the ~25 img/s against fp32's ~700 reported in issue 10.
+
+So: the wait policy is PASSIVE unless the user chose one (:func:`prefer_passive_wait`, which
+must run before ``import torch``: libgomp reads it when it loads), and :func:`plan_threads`
+splits the cores between the local processes; a CPU device keeps all of its share for compute
+(workers mostly wait for the step; passive threads give their cores back when they do), an
+accelerator leaves the workers the cores its host thread does not need. DataLoader workers run
+one torch thread each (PyTorch sets that in every worker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+log = logging.getLogger("classzoo")
+
+WAIT_POLICY = "PASSIVE"
+_USER_POLICY = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
+def prefer_passive_wait() -> bool:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the user set a wait policy. Call it before
+    anything imports torch (``classzoo/__init__.py``). Returns False when torch was already
+    imported (then it is too late for this process; DataLoader workers are forks of it)."""
+    if not any(v in os.environ for v in _USER_POLICY):
+        os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
+    return "torch" not in sys.modules
+
+
+def available_cores() -> int:
+    """CPUs this process may run on (its affinity mask: taskset, cgroup cpusets, SLURM)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    cores: int  # this process's share of the machine's cores
+    compute_threads: int  # torch intra-op threads of the training process
+    interop_threads: int
+    num_workers: int  # DataLoader workers, one torch thread each
+    wait_policy: str  # what libgomp runs with in this process
+    why: str  # one line for the start-of-run log
+
+
+def plan_threads(
+    num_workers: int, device, local_world_size: int | None = None, cores: int | None = None
+) -> ThreadPlan:
+    """How many compute threads the training process runs next to ``num_workers`` workers on
+    ``device`` (a torch.device or its type name). ``local_world_size``: processes on this node
+    (default: torchrun's LOCAL_WORLD_SIZE, else 1). ``OMP_NUM_THREADS`` set by the user wins."""
+    kind = getattr(device, "type", str(device))
+    local = local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    share = max(1, (cores or available_cores()) // max(1, local))
+    policy = os.environ.get("OMP_WAIT_POLICY", "(libgomp default: spin, then sleep)")
+    asked = os.environ.get("OMP_NUM_THREADS")
+    if asked and asked.isdigit() and int(asked) > 0:
+        n, why = int(asked), f"OMP_NUM_THREADS={asked}"
+    elif kind == "cpu":
+        n = share
+        why = f"cpu: all {share} cores of this process; {num_workers} workers mostly wait"
+    else:
+        n = max(1, min(share - num_workers, 4))
+        why = f"{kind}: {share} cores, {num_workers} for workers, the rest (<= 4) for the host"
+    return ThreadPlan(share, n, 1 if n <= 2 else 2, num_workers, policy, why)
+
+
+def apply(plan: ThreadPlan) -> None:
+    """Set torch's thread counts for this process and log the plan (once, at start)."""
+    import torch
+
+    torch.set_num_threads(plan.compute_threads)
+    with contextlib.suppress(RuntimeError):  # only before the process's first inter-op work
+        torch.set_num_interop_threads(plan.interop_threads)
+    log.info(
+        "threads: %d compute, %d workers (%s); OMP_WAIT_POLICY %s",
+        plan.compute_threads,
+        plan.num_workers,
+        plan.why,
+        plan.wait_policy,
+    )
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() != WAIT_POLICY and not any(
+        v in os.environ for v in _USER_POLICY
+    ):
+        log.warning(
+            "OMP_WAIT_POLICY is not PASSIVE: spinning OpenMP threads can slow training by "
+            "10x or more when other processes share the cores (benchmarks/bench_threads.py)"
+        )
