@@ -1,0 +1,66 @@
+"""The thread budget: how the cores are split, and the OpenMP wait policy set before torch loads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from classzoo.engine.threads import apply, plan_threads
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for var in ("OMP_NUM_THREADS", "LOCAL_WORLD_SIZE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_cpu_keeps_its_cores_an_accelerator_leaves_them_to_workers(clean_env):
+    cpu = plan_threads(2, torch.device("cpu"), cores=2)
+    assert (cpu.compute_threads, cpu.num_workers) == (2, 2)  # the quickstart: 2 + 2 on 2 cores
+    gpu = plan_threads(8, torch.device("cuda"), cores=16)
+    assert gpu.compute_threads == 4 and gpu.cores == 16  # 8 workers, the host needs few
+    assert plan_threads(16, "cuda", cores=16).compute_threads == 1
+    # torchrun with 4 local processes on 16 cores: 4 each
+    assert plan_threads(2, "cpu", local_world_size=4, cores=16).compute_threads == 4
+
+
+def test_user_settings_win(clean_env, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert plan_threads(2, "cpu", cores=16).compute_threads == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert plan_threads(1, "cpu", cores=16).compute_threads == 2
+
+
+def test_apply_sets_torch_threads(clean_env):
+    before = torch.get_num_threads()
+    try:
+        apply(plan_threads(0, "cpu", cores=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def _policy_in_child(env_extra: dict[str, str], torch_first: bool) -> str:
+    code = (
+        ("import torch\n" if torch_first else "")
+        + "import os\nfrom classzoo.engine.threads import prefer_passive_wait\n"
+        + "ok = prefer_passive_wait()\nprint(ok, os.environ.get('OMP_WAIT_POLICY'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(env_extra)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_passive_wait_is_set_before_torch_loads_unless_the_user_chose():
+    assert _policy_in_child({}, torch_first=False) == "True PASSIVE"
+    assert _policy_in_child({"OMP_WAIT_POLICY": "ACTIVE"}, torch_first=False) == "True ACTIVE"
+    assert _policy_in_child({"GOMP_SPINCOUNT": "1000"}, torch_first=False) == "True None"
+    # torch already loaded libgomp: too late for this process, and it says so
+    assert _policy_in_child({}, torch_first=True) == "False PASSIVE"
