@@ -45,3 +45,17 @@ def small_imagefolder(tmp_path: Path) -> Path:
     write_imagefolder(tmp_path / "data" / "train", dict.fromkeys(classes, 10), seed=1)
     write_imagefolder(tmp_path / "data" / "val", dict.fromkeys(classes, 5), seed=2)
     return tmp_path / "data"
+
+
+@pytest.fixture(autouse=True)
+def _classzoo_logging_reset():
+    """In-process CLI calls install classzoo's console handler (propagate off, so the terminal
+    does not print twice); undo it after each test so caplog sees the next test's records."""
+    yield
+    import logging
+
+    logger = logging.getLogger("classzoo")
+    for h in [h for h in logger.handlers if getattr(h, "_classzoo", False)]:
+        logger.removeHandler(h)
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)

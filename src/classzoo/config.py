@@ -224,7 +224,9 @@ def load_recipe(name_or_file: str, overrides: Sequence[str] = ()) -> Config:
     """Load a recipe (optionally ``NAME:VARIANT``), apply its variant and ``key=value`` overrides."""
     path, variant = recipe_path(name_or_file)
     try:
-        raw = parse_yaml(path.read_text()) or {}
+        raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise UserError(f"recipe {path} is not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise UserError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):

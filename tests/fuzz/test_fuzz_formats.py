@@ -20,18 +20,13 @@ from fuzz.harness import fuzz
 INPUTS = int(os.environ.get("CLASSZOO_FUZZ_INPUTS", "10000"))
 
 # (target, time box in seconds: ~3x the idle-machine time, a guard against hangs)
-RECIPE_FINDING = pytest.mark.xfail(
-    strict=True,
-    reason="config.py (another owner): a recipe file that is not UTF-8 raises UnicodeDecodeError "
-    "(tests/fuzz/test_regressions.py::test_recipe_that_is_not_utf8); XPASS once it is fixed",
-)
 TARGETS = [
     pytest.param("TFRECORD", 90, id="tfrecord"),
     pytest.param("EXAMPLE", 150, id="example"),
     pytest.param("SSTABLE", 90, id="sstable"),
     pytest.param("TF_V1", 90, id="tf_v1"),
     pytest.param("TF_V2", 90, id="tf_v2"),
-    pytest.param("RECIPE", 300, id="recipe", marks=RECIPE_FINDING),
+    pytest.param("RECIPE", 300, id="recipe"),
 ]
 
 

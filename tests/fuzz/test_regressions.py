@@ -13,8 +13,6 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import pytest
-
 from classzoo.errors import UserError
 from classzoo.formats.crc import masked_crc32c
 from classzoo.formats.errors import FormatError
@@ -264,11 +262,6 @@ def test_missing_key_message_survives_a_malformed_neighbour(tmp_path):
 # ---- recipes ------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fuzz finding for config.py (not this module's owner): load_recipe reads the file "
-    "with read_text() and lets UnicodeDecodeError escape; it should be one UserError line",
-)
 def test_recipe_that_is_not_utf8(tmp_path):
     from classzoo.config import load_recipe
 

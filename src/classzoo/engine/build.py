@@ -100,6 +100,7 @@ def open_split(
             tuple((str(f), why) for f, why in ds.ignored),
             int(lo),
             int(hi),
+            ds.distinct_labels(),
         )
         return Split(ds, info, None, pipeline.batch)
     # class names come from ImageFolder folders; synthetic data keeps the model's own head

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from classzoo.config import Config, DataConfig, ModelConfig
+from classzoo.data.labels import check_labels, infer_num_classes
 from classzoo.data.transforms import EvalPreprocess
 from classzoo.data.transforms import describe as describe_pixels
 from classzoo.engine.precision import precision_name, resolve_amp
@@ -66,6 +67,7 @@ class SplitInfo:
     ignored: tuple[tuple[str, str], ...] = ()  # (file, why not used)
     label_min: int | None = None  # stored labels, before the offset
     label_max: int | None = None
+    distinct_labels: int | None = None  # TFRecord: how many label values occur
 
 
 @dataclass(frozen=True)
@@ -162,53 +164,30 @@ def label_offset_for(data: DataConfig, defaults: dict[str, Any]) -> int:
 
 
 def num_classes_for(
-    model: ModelConfig,
-    source: str,
-    classes: list[str] | None,
-    labels: tuple[int, int] | None,
-    label_offset: int,
+    model: ModelConfig, classes: list[str] | None, tfrecord: SplitInfo | None, label_offset: int
 ) -> int | None:
     """The head size: model.num_classes, else the class folders found, else (TFRecord) the
-    largest stored label - offset + 1; None keeps the model's own head (synthetic data)."""
+    largest stored label - offset + 1 (data/labels.py says why); None keeps the model's own
+    head (synthetic data)."""
     if model.num_classes is not None:
         return model.num_classes
     if classes:
         return len(classes)
-    if source == "tfrecord" and labels is not None:
-        n = labels[1] - label_offset + 1
-        if labels[0] - label_offset > 0:
-            log.warning(
-                "no record has label %d (labels %d..%d, label_offset %d): class 0 gets no samples;"
-                " if these are slim labels (1..N, 0 = background) set data.label_offset=1",
-                label_offset,
-                labels[0],
-                labels[1],
-                label_offset,
-            )
-        return n
-    return None
-
-
-def check_label_range(
-    labels: tuple[int, int] | None, num_classes: int, label_offset: int, where: str
-) -> None:
-    """Before step 1: every stored label - offset must be a logit index."""
-    if labels is None:
-        return
-    lo, hi = labels[0] - label_offset, labels[1] - label_offset
-    if lo >= 0 and hi < num_classes:
-        return
-    bad = labels[1] if hi >= num_classes else labels[0]
-    hint = ""
-    if label_offset == 0 and labels[0] >= 1 and labels[1] == num_classes:
-        hint = (
-            f"; these look like slim labels (1..{labels[1]}, 0 = background): set "
-            f"data.label_offset=1, or model.num_classes={num_classes + 1}"
+    if tfrecord is None or tfrecord.label_min is None:
+        return None
+    lo, hi = tfrecord.label_min, tfrecord.label_max
+    count = infer_num_classes(lo, hi, tfrecord.distinct_labels or 0, label_offset)
+    log.info("model.num_classes %d, from the TFRecord labels: %s", count.num_classes, count.reason)
+    if lo - label_offset > 0:
+        log.warning(
+            "no record has label %d (labels %d..%d, label_offset %d): class 0 gets no samples;"
+            " if these are slim labels (1..N, 0 = background) set data.label_offset=1",
+            label_offset,
+            lo,
+            hi,
+            label_offset,
         )
-    raise UserError(
-        f"label {bad} in {where} is out of range for {num_classes} classes with data.label_offset "
-        f"{label_offset} (stored labels span {labels[0]}..{labels[1]}){hint}"
-    )
+    return count.num_classes
 
 
 def preprocess_for(data: DataConfig, defaults: dict[str, Any]) -> Preprocess:
@@ -270,8 +249,9 @@ def resolve(
     offset = label_offset_for(asked.data, model_defaults)
     for split, info in data.items():
         if info.label_min is not None:
-            check_label_range(
-                (info.label_min, info.label_max),
+            check_labels(  # before step 1: every stored label must be a logit index
+                info.label_min,
+                info.label_max,
                 num_classes,
                 offset,
                 f"the {split} split ({info.location})",

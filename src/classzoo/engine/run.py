@@ -127,8 +127,8 @@ def set_up(asked: Config, env: DistEnv, need_train: bool, need_val: bool) -> Set
         val = build.open_split(data, data.val_split, pre, False, offset, n_synth, classes)
         classes = classes or val.classes
     first = train or val
-    labels = (first.info.label_min, first.info.label_max) if data.source == "tfrecord" else None
-    num_classes = num_classes_for(m, data.source, classes, labels, offset)
+    tfrecord = first.info if data.source == "tfrecord" else None
+    num_classes = num_classes_for(m, classes, tfrecord, offset)
     model, weights = build.build_model(m, num_classes, pre.image_size, asked.train.seed)
     n = int(getattr(model, "num_classes", num_classes or 0))
     infos = {k: v.info for k, v in (("train", train), ("val", val)) if v is not None}
