@@ -311,17 +311,19 @@ def slim_to_state_dict_and_init(
             raise UserError(
                 f"exclude scope '{s}' matches no variable of {source} or of {model_name}"
             )
-
-    model_vars = {n: v for n, v in variables.items() if not _NOT_MODEL.search(n)}
-    if use_ema:
-        shadows = {n[: -len(_EMA)]: v for n, v in variables.items() if n.endswith(_EMA)}
-        if not shadows:
-            raise UserError(f"{source} has no ExponentialMovingAverage variables (use_ema=True)")
-        model_vars.update((n, v) for n, v in shadows.items() if n in model_vars or n in table)
-
+    model_vars = _model_variables(variables, table, use_ema, source)
     # Gamma may be absent only where slim's arg scope has none (Inception: scale=False), and
     # then from every BN: a ResNet checkpoint without gammas, or a half-gamma one, does not fit.
     gamma_optional = not has_gamma and not any(table[n].is_gamma for n in model_vars if n in table)
+    out, missing, mismatched, init = _convert(table, own, model_vars, exclude, top, gamma_optional)
+    unexpected = sorted(n for n in model_vars if n not in table and not _in_scope(n, exclude, top))
+    if missing or unexpected or mismatched:
+        _misfit(source, model_name, top, missing, unexpected, mismatched)
+    return out, init
+
+
+def _convert(table, own, model_vars, exclude, top: str, gamma_optional: bool):
+    """(state dict, missing names, mismatched descriptions, keys kept at init)."""
     out = {k: v.clone() for k, v in own.items()}
     missing, mismatched, init = [], [], []
     for name, var in table.items():
@@ -343,28 +345,41 @@ def slim_to_state_dict_and_init(
             )
             continue
         out[var.key] = _to_torch(var, value).to(target.dtype)
-    unexpected = sorted(n for n in model_vars if n not in table and not _in_scope(n, exclude, top))
+    return out, missing, mismatched, init
 
-    if missing or unexpected or mismatched:
-        parts = [
-            _listing(label, items)
-            for label, items in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("shape mismatches", mismatched),
-            )
-            if items
-        ]
-        tops = sorted({n.split("/", 1)[0] for n in unexpected if "/" in n} - {top})
-        hint = (
-            f"; the checkpoint's variables are under {', '.join(repr(t + '/') for t in tops)}"
-            if tops
-            else ""
+
+def _model_variables(variables, table, use_ema: bool, source: str) -> dict[str, np.ndarray]:
+    """The network's variables (no step counter, optimizer slots or EMA shadows); with
+    ``use_ema`` each replaced by its ExponentialMovingAverage shadow where there is one."""
+    model_vars = {n: v for n, v in variables.items() if not _NOT_MODEL.search(n)}
+    if use_ema:
+        shadows = {n[: -len(_EMA)]: v for n, v in variables.items() if n.endswith(_EMA)}
+        if not shadows:
+            raise UserError(f"{source} has no ExponentialMovingAverage variables (use_ema=True)")
+        model_vars.update((n, v) for n, v in shadows.items() if n in model_vars or n in table)
+    return model_vars
+
+
+def _misfit(source, model_name, top, missing, unexpected, mismatched) -> None:
+    """One UserError listing what is missing, unexpected or mis-shaped (and the scope hint)."""
+    parts = [
+        _listing(label, items)
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatches", mismatched),
         )
-        raise UserError(
-            f"{source} does not fit {model_name} (scope '{top}/'): " + "; ".join(parts) + hint
-        )
-    return out, init
+        if items
+    ]
+    tops = sorted({n.split("/", 1)[0] for n in unexpected if "/" in n} - {top})
+    hint = (
+        f"; the checkpoint's variables are under {', '.join(repr(t + '/') for t in tops)}"
+        if tops
+        else ""
+    )
+    raise UserError(
+        f"{source} does not fit {model_name} (scope '{top}/'): " + "; ".join(parts) + hint
+    )
 
 
 def state_dict_to_slim(
