@@ -84,3 +84,28 @@ def test_python_dash_m_and_user_error_exit_code():
         len(lines) == 1
         and lines[0] == "classzoo: error: convert slim: --output is required (or --list)"
     )
+
+
+def test_eval_json_is_strict_json_when_the_loss_is_nan(small_imagefolder, tmp_path, capsys):
+    """Finite weights that overflow: logits +inf and -inf, so the loss is NaN (inf - inf), which
+    `--json` must write as null."""
+    import timm
+    import torch
+
+    kw = {"channels": [8, 16, 32, 64], "stem_width": 8}
+    model = timm.create_model("resnet10t", num_classes=4, **kw)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.weight[0].fill_(3e38)  # pooled ReLU features are >= 0: their sum overflows
+        model.fc.weight[1].fill_(-3e38)
+    config = {
+        "model": {"name": "resnet10t", "num_classes": 4, "kwargs": kw},
+        "data": {"image_size": 16, "crop_pct": 1.0, "num_workers": 0},
+    }
+    ckpt = tmp_path / "nan.pt"
+    torch.save({"model": model.state_dict(), "config": config}, ckpt)
+    argv = ["eval", "--checkpoint", str(ckpt), "--data-dir", str(small_imagefolder), "--json"]
+    assert main([*argv, "--split", "val"]) == 0
+    text = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(text, parse_constant=lambda token: pytest.fail(f"not JSON: {token}"))
+    assert result["loss"] is None and result["count"] == 20
