@@ -8,7 +8,12 @@ from importlib.abc import MetaPathFinder
 
 __version__ = "0.1.0"
 
+from classzoo.engine.threads import prefer_passive_wait  # noqa: E402
 from classzoo.errors import UserError  # noqa: E402
+
+# libgomp reads its wait policy when torch loads it: spinning threads made a shared 2-core CPU
+# 10x slower (engine/threads.py), so this runs before anything of classzoo imports torch
+prefer_passive_wait()
 
 
 def create_model(*args, **kwargs):

@@ -48,6 +48,8 @@ from classzoo.engine.run_log import RunLogger
 from classzoo.engine.state import TrainState
 from classzoo.engine.stop import GracefulStop
 from classzoo.engine.sync_bn import convert_sync_batchnorm
+from classzoo.engine.threads import apply as apply_threads
+from classzoo.engine.threads import plan_threads
 from classzoo.errors import UserError
 
 log = logging.getLogger("classzoo")
@@ -73,6 +75,7 @@ def run(
     """
     t0 = time.perf_counter()
     env = init_distributed(asked.train.device)
+    apply_threads(plan_threads(asked.data.num_workers, env.device))  # torchrun: per local rank
     try:
         run_dir = claim_run_dir(run_dir, asked.recipe, resume, overwrite, env)
         setup_console_logging(env.is_main, run_dir / "console.log" if env.is_main else None)
