@@ -18,28 +18,31 @@ def clean_env(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-def test_cpu_keeps_its_cores_an_accelerator_leaves_them_to_workers(clean_env):
-    cpu = plan_threads(2, torch.device("cpu"), cores=2)
+def test_cpu_keeps_its_free_cores_an_accelerator_leaves_them_to_workers(clean_env):
+    cpu = plan_threads(2, torch.device("cpu"), cores=2, load=0.1)
     assert (cpu.compute_threads, cpu.num_workers) == (2, 2)  # the quickstart: 2 + 2 on 2 cores
+    # another process keeps a core busy: one thread (bf16 at 2 threads collapsed there)
+    assert plan_threads(2, "cpu", cores=2, load=1.2).compute_threads == 1
+    assert plan_threads(2, "cpu", cores=2, load=9.0).compute_threads == 1
     gpu = plan_threads(8, torch.device("cuda"), cores=16)
     assert gpu.compute_threads == 4 and gpu.cores == 16  # 8 workers, the host needs few
     assert plan_threads(16, "cuda", cores=16).compute_threads == 1
     # torchrun with 4 local processes on 16 cores: 4 each
-    assert plan_threads(2, "cpu", local_world_size=4, cores=16).compute_threads == 4
+    assert plan_threads(2, "cpu", local_world_size=4, cores=16, load=0).compute_threads == 4
 
 
 def test_user_settings_win(clean_env, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert plan_threads(2, "cpu", cores=16).compute_threads == 3
+    assert plan_threads(2, "cpu", cores=16, load=12).compute_threads == 3
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert plan_threads(1, "cpu", cores=16).compute_threads == 2
+    assert plan_threads(1, "cpu", cores=16, load=0).compute_threads == 2
 
 
 def test_apply_sets_torch_threads(clean_env):
     before = torch.get_num_threads()
     try:
-        apply(plan_threads(0, "cpu", cores=1))
+        apply(plan_threads(0, "cpu", cores=1, load=0))
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

@@ -12,12 +12,20 @@ with 2 threads, against ~1 s wall and 0.17 s CPU with 1 thread or with
 more, shorter parallel regions (oneDNN reorders to and from bf16 around each conv), so it
 collapsed first: the ~25 img/s against fp32's ~700 reported in issue 10.
 
+Passive waiting fixes fp32 (and saves the spinning CPU), but not bf16 with 2 threads: with one
+competing busy process, bf16 at 2 threads stayed at 5-22 img/s while 1 thread ran 330-480 img/s
+(fp32 ~200-320), same minutes: a thread woken at a barrier waits for a core the other process
+holds, and bf16's oneDNN kernels (AMX brgemm convolutions and their reorders) wait at more
+barriers per step. So a CPU device runs one compute thread per core that other processes do
+not keep busy (1-minute load average, scaled to this process's cores) - all of them on an idle
+machine, where 2 threads are ~2x faster.
+
 So: the wait policy is PASSIVE unless the user chose one (:func:`prefer_passive_wait`, which
 must run before ``import torch``: libgomp reads it when it loads), and :func:`plan_threads`
-splits the cores between the local processes; a CPU device keeps all of its share for compute
-(workers mostly wait for the step; passive threads give their cores back when they do), an
-accelerator leaves the workers the cores its host thread does not need. DataLoader workers run
-one torch thread each (PyTorch sets that in every worker).
+splits the cores between the local processes; a CPU device keeps the cores of its share that
+are free for compute (workers mostly wait for the step; passive threads give their cores back
+when they do), an accelerator leaves the workers the cores its host thread does not need.
+DataLoader workers run one torch thread each (PyTorch sets that in every worker).
 """
 
 from __future__ import annotations
@@ -51,6 +59,18 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def busy_cores(cores: int, load: float | None = None) -> int:
+    """How many of ``cores`` other processes keep busy. ``load``: the load on those cores;
+    default: the machine's 1-minute load average scaled from all its CPUs to ``cores`` (a
+    container sees the host's load)."""
+    if load is None:
+        try:
+            load = os.getloadavg()[0] * cores / max(os.cpu_count() or cores, cores)
+        except (AttributeError, OSError):  # Windows
+            return 0
+    return max(0, min(cores - 1, int(load + 0.5)))
+
+
 @dataclass(frozen=True)
 class ThreadPlan:
     cores: int  # this process's share of the machine's cores
@@ -62,11 +82,17 @@ class ThreadPlan:
 
 
 def plan_threads(
-    num_workers: int, device, local_world_size: int | None = None, cores: int | None = None
+    num_workers: int,
+    device,
+    local_world_size: int | None = None,
+    cores: int | None = None,
+    load: float | None = None,
 ) -> ThreadPlan:
     """How many compute threads the training process runs next to ``num_workers`` workers on
     ``device`` (a torch.device or its type name). ``local_world_size``: processes on this node
-    (default: torchrun's LOCAL_WORLD_SIZE, else 1). ``OMP_NUM_THREADS`` set by the user wins."""
+    (default: torchrun's LOCAL_WORLD_SIZE, else 1); ``cores`` / ``load``: the affinity mask's
+    CPUs and the load on them (:func:`busy_cores`), read from the machine by default.
+    ``OMP_NUM_THREADS`` set by the user wins."""
     kind = getattr(device, "type", str(device))
     local = local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     share = max(1, (cores or available_cores()) // max(1, local))
@@ -75,8 +101,9 @@ def plan_threads(
     if asked and asked.isdigit() and int(asked) > 0:
         n, why = int(asked), f"OMP_NUM_THREADS={asked}"
     elif kind == "cpu":
-        n = share
-        why = f"cpu: all {share} cores of this process; {num_workers} workers mostly wait"
+        busy = busy_cores(share, load)
+        n = max(1, share - busy)
+        why = f"cpu: {share} cores, ~{busy} busy with other processes; {num_workers} workers wait"
     else:
         n = max(1, min(share - num_workers, 4))
         why = f"{kind}: {share} cores, {num_workers} for workers, the rest (<= 4) for the host"
