@@ -24,6 +24,9 @@ def test_cpu_keeps_its_free_cores_an_accelerator_leaves_them_to_workers(clean_en
     # another process keeps a core busy: one thread (bf16 at 2 threads collapsed there)
     assert plan_threads(2, "cpu", cores=2, load=1.2).compute_threads == 1
     assert plan_threads(2, "cpu", cores=2, load=9.0).compute_threads == 1
+    # deterministic unless a load is passed: a resume must compute with the same count
+    assert plan_threads(2, "cpu", cores=2).compute_threads == 2
+    assert plan_threads(2, "cpu", cores=2, load=9.0, threads=2).compute_threads == 2
     gpu = plan_threads(8, torch.device("cuda"), cores=16)
     assert gpu.compute_threads == 4 and gpu.cores == 16  # 8 workers, the host needs few
     assert plan_threads(16, "cuda", cores=16).compute_threads == 1

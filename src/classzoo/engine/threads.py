@@ -14,11 +14,14 @@ collapsed first: the ~25 img/s against fp32's ~700 reported in issue 10.
 
 Passive waiting fixes fp32 (and saves the spinning CPU), but not bf16 with 2 threads: with one
 competing busy process, bf16 at 2 threads stayed at 5-22 img/s while 1 thread ran 330-480 img/s
-(fp32 ~200-320), same minutes: a thread woken at a barrier waits for a core the other process
-holds, and bf16's oneDNN kernels (AMX brgemm convolutions and their reorders) wait at more
-barriers per step. So a CPU device runs one compute thread per core that other processes do
-not keep busy (1-minute load average, scaled to this process's cores) - all of them on an idle
-machine, where 2 threads are ~2x faster.
+(fp32 ~200-320), same minutes. A likely cause (not verified in PyTorch's own oneDNN build):
+oneDNN's own barrier, ``simple_barrier`` (a sense-reversing barrier on volatile counters, used by
+``cpu_reducer`` for the reductions of some backward-weights convolutions), does not go through
+OpenMP's wait policy. Fewer compute threads than busy cores avoid it, but the thread count
+changes the float results (the quickstart network's gradients differ by up to 5e-4 between 1
+and 2 threads), so it must not change between a run and its resume: :func:`plan_threads` is
+deterministic unless the caller passes the load (:func:`machine_load`), which a run should do
+at its first start only, recording the count and passing it back (``threads``) on resume.
 
 So: the wait policy is PASSIVE unless the user chose one (:func:`prefer_passive_wait`, which
 must run before ``import torch``: libgomp reads it when it loads), and :func:`plan_threads`
@@ -59,16 +62,13 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def busy_cores(cores: int, load: float | None = None) -> int:
-    """How many of ``cores`` other processes keep busy. ``load``: the load on those cores;
-    default: the machine's 1-minute load average scaled from all its CPUs to ``cores`` (a
-    container sees the host's load)."""
-    if load is None:
-        try:
-            load = os.getloadavg()[0] * cores / max(os.cpu_count() or cores, cores)
-        except (AttributeError, OSError):  # Windows
-            return 0
-    return max(0, min(cores - 1, int(load + 0.5)))
+def machine_load(cores: int) -> float:
+    """The 1-minute load average scaled from all the machine's CPUs to ``cores`` (a container
+    sees its host's load); 0 where the platform has none."""
+    try:
+        return os.getloadavg()[0] * cores / max(os.cpu_count() or cores, cores)
+    except (AttributeError, OSError):  # Windows
+        return 0.0
 
 
 @dataclass(frozen=True)
@@ -86,13 +86,16 @@ def plan_threads(
     device,
     local_world_size: int | None = None,
     cores: int | None = None,
-    load: float | None = None,
+    load: float = 0.0,
+    threads: int | None = None,
 ) -> ThreadPlan:
     """How many compute threads the training process runs next to ``num_workers`` workers on
     ``device`` (a torch.device or its type name). ``local_world_size``: processes on this node
-    (default: torchrun's LOCAL_WORLD_SIZE, else 1); ``cores`` / ``load``: the affinity mask's
-    CPUs and the load on them (:func:`busy_cores`), read from the machine by default.
-    ``OMP_NUM_THREADS`` set by the user wins."""
+    (default: torchrun's LOCAL_WORLD_SIZE, else 1); ``cores``: default the affinity mask's CPUs.
+    ``load``: how many of those cores other processes keep busy (e.g. :func:`machine_load`);
+    a CPU device leaves them. ``threads``: a count recorded at the run's first start (a resume
+    must compute with the same count to give the same numbers). ``OMP_NUM_THREADS`` set by the
+    user wins over everything."""
     kind = getattr(device, "type", str(device))
     local = local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     share = max(1, (cores or available_cores()) // max(1, local))
@@ -100,10 +103,12 @@ def plan_threads(
     asked = os.environ.get("OMP_NUM_THREADS")
     if asked and asked.isdigit() and int(asked) > 0:
         n, why = int(asked), f"OMP_NUM_THREADS={asked}"
+    elif threads:
+        n, why = int(threads), "as recorded at the run's start"
     elif kind == "cpu":
-        busy = busy_cores(share, load)
-        n = max(1, share - busy)
-        why = f"cpu: {share} cores, ~{busy} busy with other processes; {num_workers} workers wait"
+        busy = max(0, min(share - 1, int(load + 0.5)))
+        n = share - busy
+        why = f"cpu: {share} cores, {busy} busy with other processes; {num_workers} workers wait"
     else:
         n = max(1, min(share - num_workers, 4))
         why = f"{kind}: {share} cores, {num_workers} for workers, the rest (<= 4) for the host"
