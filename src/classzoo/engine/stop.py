@@ -15,12 +15,15 @@ behind is removed at the next start.
 
 A copy of the same Ctrl-C arrives twice when the terminal signals the whole process group and
 torchrun forwards it too; copies within ``repeat_window_s`` (1 s) count as one signal. Forked
-children (DataLoader workers) inherit the handler and ignore the signals: the main process owns
-the stop, and the workers end with the loader.
+children (DataLoader workers) inherit the handler: they ignore SIGINT (the main process owns the
+stop; the workers end with the loader) and die by SIGTERM as usual, because the DataLoader
+itself ends workers with SIGTERM (``terminate()``) and one that ignored it would hang the exit.
+So send SIGTERM to classzoo's process (or torchrun's), not to its whole process group.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -97,7 +100,8 @@ class GracefulStop:
         self.close()
 
     def _handle(self, signum: int, frame: object) -> None:
-        if os.getpid() != self._pid:  # a forked DataLoader worker: the main process decides
+        if os.getpid() != self._pid:  # a forked DataLoader worker
+            _in_worker(signum)
             return
         now = time.monotonic()
         name = signal.Signals(signum).name
@@ -150,11 +154,22 @@ def _launch(flag: bool, device: torch.device) -> tuple:
     return work, buf, host, event
 
 
+def _in_worker(signum: int) -> None:
+    """A forked DataLoader worker ignores SIGINT (a terminal's Ctrl-C reaches the whole process
+    group; the main process owns the stop) but dies by SIGTERM as usual: the DataLoader shuts
+    down workers that do not exit with ``terminate()``, a SIGTERM, and a worker that ignored it
+    would keep the main process waiting for it at exit."""
+    if signum == signal.SIGTERM:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
 def worker_ignore_signals(worker_id: int = 0) -> None:
-    """``worker_init_fn`` for DataLoaders: workers ignore SIGTERM / SIGINT sent to the whole
-    process group (a terminal's Ctrl-C, a scheduler); the main process stops them."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    """``worker_init_fn`` for DataLoaders (also with the spawn start method, where the handler is
+    not inherited): ignore SIGINT, which a terminal sends to the whole process group. SIGTERM
+    keeps its default: the DataLoader ends its workers with it (see ``_in_worker``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _child_pids(pid: int) -> list[int]:
@@ -193,10 +208,8 @@ def run_forwarding_signals(cmd: Sequence[str]) -> int:
         targets = _child_pids(proc.pid) if not first else []
         first.append(now)
         for pid in targets or [proc.pid]:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # a worker that already ended
                 os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
 
     previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     try:
