@@ -262,7 +262,7 @@ def test_bn_moving_variance_change_matches_tensorflow(steps):
     assert value <= VAR_CHANGE_TOL, where
 
 
-def test_sync_bn_conversion_keeps_slims_trainable_variables(steps, request):
+def test_sync_bn_conversion_keeps_slims_trainable_variables(steps):
     """``train.sync_bn`` on a distributed run replaces every BatchNorm (engine/sync_bn.py);
     the trainable variables must stay TF's: slim's InceptionV4 BN has no gamma to train."""
     import torch
@@ -270,9 +270,6 @@ def test_sync_bn_conversion_keeps_slims_trainable_variables(steps, request):
     from classzoo.engine.sync_bn import convert_sync_batchnorm
 
     case, runs = steps
-    if case.model == "inception_v4":  # remove with the fix (strict: an unexpected pass fails)
-        reason = "sync_bn._replace builds new BN parameters: the frozen gamma becomes trainable"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     _, theirs = runs["float32"]
     model = convert_sync_batchnorm(copy.deepcopy(runs["model"]), torch.device("cpu"))
     trainable = {k for k, p in model.named_parameters() if p.requires_grad}

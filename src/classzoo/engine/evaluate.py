@@ -19,6 +19,7 @@ from classzoo.data.device import to_device
 from classzoo.engine.checkpoint import CKPT_RE
 from classzoo.engine.distributed import DistEnv, all_reduce_sum
 from classzoo.engine.logs import Progress
+from classzoo.engine.loop import batches_of
 from classzoo.engine.precision import autocast
 from classzoo.engine.run_log import RunLogger
 from classzoo.errors import UserError
@@ -56,27 +57,34 @@ def evaluate(model: nn.Module, loader, env: DistEnv, opts: EvalOptions = EvalOpt
     # correct@1, correct@5, loss sum, count; on the device: no host sync per batch
     sums = torch.zeros(4, dtype=torch.float64, device=env.device)
     bar = Progress(len(loader), "eval", enabled=opts.progress and env.is_main)
-    for i, (images, targets) in enumerate(loader):
-        images = to_device(images, env.device)
-        if opts.batch_fn is not None:  # the pipeline's batch stage on the device
-            images = opts.batch_fn(images)
-        if opts.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        targets = targets.to(env.device, non_blocking=True)
-        with autocast(env.device, opts.amp_dtype):
-            logits = model(images)
-        logits = logits.float()
-        loss = F.cross_entropy(logits, targets, reduction="sum")
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        hits = top.eq(targets[:, None])
-        sums += torch.stack(
-            [hits[:, 0].sum(), hits.any(dim=1).sum(), loss, loss.new_tensor(float(targets.numel()))]
-        ).double()
-        bar.update(i + 1)
+    with batches_of(loader) as it:
+        for i, (images, targets) in enumerate(it):
+            _accumulate(model, images, targets, env, opts, sums)
+            bar.update(i + 1)
     bar.close()
     model.train(was_training)
-    sums = all_reduce_sum(sums, env).cpu()
+    return _result(all_reduce_sum(sums, env).cpu())
+
+
+def _accumulate(model, images, targets, env: DistEnv, opts: EvalOptions, sums) -> None:
+    """Add one batch's (correct@1, correct@5, loss sum, count) to ``sums`` on the device."""
+    images = to_device(images, env.device)
+    if opts.batch_fn is not None:  # the pipeline's batch stage on the device
+        images = opts.batch_fn(images)
+    if opts.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    targets = targets.to(env.device, non_blocking=True)
+    with autocast(env.device, opts.amp_dtype):
+        logits = model(images)
+    logits = logits.float()
+    loss = F.cross_entropy(logits, targets, reduction="sum")
+    hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets[:, None])
+    sums += torch.stack(
+        [hits[:, 0].sum(), hits.any(dim=1).sum(), loss, loss.new_tensor(float(targets.numel()))]
+    ).double()
+
+
+def _result(sums: torch.Tensor) -> dict:
     count = int(sums[3].item())
     if count == 0:
         return {"top1": 0.0, "top5": 0.0, "loss": float("nan"), "count": 0}

@@ -175,44 +175,58 @@ def train_one_epoch(
     ranges = sampler.batches()
     groups = [ranges[i : i + loop.grad_accum] for i in range(0, len(ranges), loop.grad_accum)]
     interval = _Interval(env.device)
-    images_done, seconds = 0, 0.0
-    it = iter(loader)
-    for gi, group in enumerate(groups):
-        step_total = sum(end - begin for begin, end in group)
-        t_wait = time.perf_counter()
-        micro = [(batch_fn(to_device(x, env.device)), y) for x, y in (next(it) for _ in group)]
-        interval.data_wait += time.perf_counter() - t_wait
-        interval.loss += train_step(state, net, micro, step_total, loop.step, env)
-        state.pos.sample = group[-1][1]
-        interval.images += step_total
-        bar.update(1)
-        last_of_epoch = gi == len(groups) - 1
-        at_limit = state.pos.step >= loop.total_steps
-        if state.pos.step % loop.log_every == 0 or at_limit:
-            seconds += time.perf_counter() - interval.t
-            images_done += interval.images
-            _log_interval(interval, state, sampler, env, hooks)
-            interval = _Interval(env.device)
-        if hooks.should_stop():
-            reason = "stop"
-        elif at_limit and not last_of_epoch:
-            reason = "limit"
-        else:
-            reason = None
-            if loop.ckpt_every and state.pos.step % loop.ckpt_every == 0 and not last_of_epoch:
+    images_done, seconds, reason = 0, 0.0, "epoch"
+    with batches_of(loader) as it:
+        for gi, group in enumerate(groups):
+            step_total = sum(end - begin for begin, end in group)
+            t_wait = time.perf_counter()
+            micro = [(batch_fn(to_device(x, env.device)), y) for x, y in (next(it) for _ in group)]
+            interval.data_wait += time.perf_counter() - t_wait
+            interval.loss += train_step(state, net, micro, step_total, loop.step, env)
+            state.pos.sample = group[-1][1]
+            interval.images += step_total
+            bar.update(state.pos.step)  # absolute; no host sync (the loss comes at log lines)
+            last_of_epoch = gi == len(groups) - 1
+            at_limit = state.pos.step >= loop.total_steps
+            if state.pos.step % loop.log_every == 0 or at_limit:
+                seconds += time.perf_counter() - interval.t
+                images_done += interval.images
+                loss = _log_interval(interval, state, sampler, env, hooks)
+                bar.update(state.pos.step, loss=loss, data_wait_s=interval.data_wait)
+                interval = _Interval(env.device)
+            if hooks.should_stop():
+                reason = "stop"
+            elif at_limit and not last_of_epoch:
+                reason = "limit"
+            elif loop.ckpt_every and state.pos.step % loop.ckpt_every == 0 and not last_of_epoch:
                 hooks.save()
-        if reason is not None:
-            del it
-            return reason, images_done + interval.images, seconds + time.perf_counter() - interval.t
-    del it
-    state.pos.epoch += 1
-    state.pos.sample = 0
-    return "epoch", images_done + interval.images, seconds + time.perf_counter() - interval.t
+            if reason != "epoch":
+                break
+    if reason == "epoch":
+        state.pos.epoch += 1
+        state.pos.sample = 0
+    return reason, images_done + interval.images, seconds + time.perf_counter() - interval.t
+
+
+@contextlib.contextmanager
+def batches_of(loader) -> Iterator:
+    """The loader's iterator; its workers are shut down however the loop ends. An error raised
+    in a worker must not leave them to the exit-time terminate(): they ignore SIGTERM (the main
+    process owns a graceful stop), and joining them would hang."""
+    it = iter(loader)
+    try:
+        yield it
+    except BaseException:  # a normal end keeps persistent workers for the next epoch
+        shutdown = getattr(it, "_shutdown_workers", None)  # torch's multi-process iterator
+        if shutdown is not None:
+            shutdown()
+        raise
 
 
 def _log_interval(
     interval: _Interval, state: TrainState, sampler: TrainBatchSampler, env: DistEnv, hooks: Hooks
-) -> None:
+) -> float:
+    """Write one train.log line; returns the interval's mean loss (for the progress bar)."""
     dt_s = max(time.perf_counter() - interval.t, 1e-9)
     sums = all_reduce_sum(interval.loss, env)  # the only host sync: once per log line
     count = max(sums[2].item(), 1)
@@ -225,6 +239,7 @@ def _log_interval(
         state.optimizer.param_groups[0]["lr"],
         interval.data_wait / dt_s,
     )
+    return sums[0].item() / count
 
 
 def train(

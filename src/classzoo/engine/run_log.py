@@ -76,10 +76,7 @@ class RunLogger:
             return
         line = f"step: {step} epoch: {epoch:.3f} FPS: {fps:.1f} loss: {loss:.4f} total_loss: {total_loss:.4f} lr:{lr:.6g}"
         self.train_log.write(line + "\n")
-        if (
-            not sys.stderr.isatty()
-        ):  # on a terminal the progress bar shows it; in a log, plain lines
-            log.info(line)
+        log.info(line)  # also on a terminal: the bar stays below, the loss history in scrollback
         self._metric(
             {
                 "kind": "train",

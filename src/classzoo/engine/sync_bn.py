@@ -73,6 +73,9 @@ def _replace(module: nn.Module) -> nn.Module:
             device=module.weight.device if module.affine else None,
         )
         new.load_state_dict(module.state_dict())
+        if module.affine:  # keep frozen parameters frozen (slim InceptionV4 has no BN gamma)
+            new.weight.requires_grad_(module.weight.requires_grad)
+            new.bias.requires_grad_(module.bias.requires_grad)
         new.train(module.training)
         return new
     for name, child in module.named_children():
