@@ -23,8 +23,8 @@ import pytest
 from torch import nn
 
 from classzoo.config import load_recipe
-from classzoo.engine.optim import build_optimizer, build_scheduler, lr_at, scaled_lr
 from classzoo.engine.loop import steps_per_epoch
+from classzoo.engine.optim import build_optimizer, build_scheduler, lr_at, scaled_lr
 from classzoo.models.registry import registry
 from classzoo.models.slim_inception_v4 import SlimInceptionV4
 
