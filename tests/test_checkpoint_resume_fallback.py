@@ -63,7 +63,6 @@ def test_resume_auto_skips_empty_truncated_flipped_and_fifo_checkpoints(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="wiring: run() calls CheckpointManager.clean_stale()", strict=False)
 def test_stale_temporaries_are_removed_at_start_and_logged(tmp_path, small_imagefolder):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(RECIPE)

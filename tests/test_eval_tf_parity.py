@@ -193,13 +193,6 @@ def test_classzoo_eval_equals_tensorflow_logits_argmax(tf_truth, capsys):
     _assert_equals_tf(tf_truth, out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="defect: eval_checkpoint reads data.source before --set is applied, so a TFRecord "
-    "folder without a 'val/' subfolder gets data.val_split='.', and select_shards recurses "
-    "into root/'.' forever (engine/inference.py, data/tfrecord_shards.py _by_name)",
-)
 def test_classzoo_eval_without_split_flag_equals_tensorflow(tf_truth, capsys):
     """The same command without --split: the default val split finds validation-* shards."""
     out, _ = _classzoo_eval(capsys, tf_truth, TFRECORD + ["--json"])

@@ -154,7 +154,6 @@ optim: {name: adamw, lr: 0.01, weight_decay: 0.05}
 sched: {name: cosine, warmup_epochs: 0.4, warmup_lr: 0.001}
 train: {mode: train, epochs: 5, ema: true, ema_decay: 0.9, amp: "off", log_every: 2, progress: false}
 """
-WIRING = pytest.mark.xfail(reason="wiring", strict=False)
 
 
 def _cmd(recipe: Path, data: Path, out: Path, nproc: int, *extra: str) -> list[str]:
@@ -199,7 +198,6 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.slow
-@WIRING
 @pytest.mark.parametrize(
     ("sig", "nproc", "group"),
     [

@@ -563,16 +563,8 @@ def hostile_setup(tmp_path_factory):
     return root, files, values
 
 
-# `classzoo train` creates the run folder (config.yaml, logs, TensorBoard) and logs ~10 lines
-# before it reads --resume / model.checkpoint: reading the file first is the integrator's wiring.
-WIRING = pytest.mark.xfail(reason="wiring: train reads the checkpoint after creating the run "
-                           "folder", strict=False)  # fmt: skip
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "entry", [pytest.param(e, marks=WIRING) if e.startswith("train") else e for e in ENTRY_POINTS]
-)
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
 def test_hostile_files_one_line_exit_2_no_side_effect(entry, hostile_setup):
     root, files, values = hostile_setup
     assert len(files) >= 60

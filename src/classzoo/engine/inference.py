@@ -184,12 +184,18 @@ def eval_checkpoint(
         values["data.eval_batch_size"] = batch_size
     if asked.data.source == "synthetic":  # a smoke run's checkpoint on real images
         values["data.source"] = "imagefolder"
-    source = values.get("data.source", asked.data.source)
     if split is not None:
         values["data.val_split"] = split
-    elif source == "imagefolder" and not (Path(data_dir) / asked.data.val_split).is_dir():
-        values["data.val_split"] = "."  # the folder itself holds the class folders
     asked = with_overrides(with_values(asked, values, "eval"), list(overrides))
+    root = Path(data_dir)
+    if split is None and asked.data.source == "imagefolder":
+        if not (root / asked.data.val_split).is_dir():  # the folder itself holds the classes
+            asked = with_values(asked, {"data.val_split": "."}, "eval")
+        if root.is_dir() and not any(p.is_dir() for p in root.iterdir()):
+            raise UserError(
+                f"{root} holds files but no class folders: for TFRecord shards add "
+                "--set data.source=tfrecord (an ImageFolder is <dir>/<class>/<image>)"
+            )
     p = prepare(src, asked, env.device, env.world_size, with_data=True)
     log.info("evaluating %s\n%s", checkpoint, describe(p.resolved))
     d = p.asked.data

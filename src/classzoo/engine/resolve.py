@@ -156,8 +156,8 @@ def label_offset_for(data: DataConfig, defaults: dict[str, Any]) -> int:
     """Subtracted from stored TFRecord labels: data.label_offset, else the model's (slim
     ResNet-v1: 1, its logit i is slim label i + 1). ImageFolder and synthetic labels are class
     indices 0..N-1 already (build.open_split refuses an offset for them)."""
-    if data.source != "tfrecord":
-        return 0
+    if data.source != "tfrecord" and (data.dir or data.source == "synthetic"):
+        return 0  # a dataset's class indices; with no data (predict, export) the model decides
     if data.label_offset is not None:
         return data.label_offset
     return int(defaults.get("label_offset", 0))

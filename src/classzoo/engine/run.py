@@ -43,7 +43,7 @@ from classzoo.engine.resolve import (
     preprocess_for,
     resolve,
 )
-from classzoo.engine.run_dir import claim_run_dir
+from classzoo.engine.run_dir import claim_run_dir, create_run_dir
 from classzoo.engine.run_log import RunLogger
 from classzoo.engine.state import TrainState
 from classzoo.engine.stop import GracefulStop
@@ -78,23 +78,28 @@ def run(
     apply_threads(plan_threads(asked.data.num_workers, env.device))  # torchrun: per local rank
     try:
         run_dir = claim_run_dir(run_dir, asked.recipe, resume, overwrite, env)
+        setup_console_logging(env.is_main)  # the folder's console.log once it exists
+        if resume not in (None, "auto"):  # read and verified before anything is written
+            load_ckpt(Path(resume))
+        mode = asked.train.mode
+        if mode == "evaluate":  # model.checkpoint names what to evaluate: each loaded in turn
+            asked_build = with_values(asked, {"model.checkpoint": None}, "mode evaluate")
+            s = set_up(asked_build, env, need_train=False, need_val=True)
+        else:
+            s = set_up(asked, env, need_train=True, need_val=mode != "train")
+        create_run_dir(run_dir, resume, overwrite, env)
         setup_console_logging(env.is_main, run_dir / "console.log" if env.is_main else None)
-        return _run(asked, run_dir, resume, env, t0)
+        return _run(asked, s, run_dir, resume, env, t0)
     finally:
         shutdown(env)
 
 
 def _run(
-    asked: Config, run_dir: Path, resume: str | None, env: DistEnv, t0: float
+    asked: Config, s: Setup, run_dir: Path, resume: str | None, env: DistEnv, t0: float
 ) -> dict[str, Any]:
+    mode = asked.train.mode
     if resume is not None and env.is_main:
         log.info("resuming in %s (--resume %s)", run_dir, resume)
-    mode = asked.train.mode
-    if mode == "evaluate":  # model.checkpoint names what to evaluate: each is loaded in turn
-        asked_build = with_values(asked, {"model.checkpoint": None}, "mode evaluate")
-        s = set_up(asked_build, env, need_train=False, need_val=True)
-    else:
-        s = set_up(asked, env, need_train=True, need_val=mode != "train")
     logger = RunLogger(run_dir, enabled=env.is_main)
     if resume is not None:
         logger.marker(f"resumed (--resume {resume})")

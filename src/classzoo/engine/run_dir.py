@@ -30,13 +30,18 @@ def claim_run_dir(
             f"{run_dir} already holds a run ({', '.join(taken[:3])}): continue it with --resume auto,"
             " replace it with --overwrite, or choose another --output-dir"
         )
-    barrier(env)  # every rank has looked before rank 0 writes
+    barrier(env)  # every rank has looked before rank 0 writes anything
+    return run_dir
+
+
+def create_run_dir(run_dir: Path, resume: str | None, overwrite: bool, env: DistEnv) -> None:
+    """Make the folder once the run's inputs were read and checked: a bad checkpoint or data
+    folder ends the command before anything is written."""
     if env.is_main:
         if overwrite and resume is None:
             _remove_run_files(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     barrier(env)
-    return run_dir
 
 
 # What a run writes; --overwrite removes exactly these, nothing else of the folder.
