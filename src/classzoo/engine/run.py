@@ -51,6 +51,7 @@ from classzoo.engine.sync_bn import convert_sync_batchnorm
 from classzoo.engine.threads import apply as apply_threads
 from classzoo.engine.threads import plan_threads
 from classzoo.errors import UserError
+from classzoo.models.weights import load_into
 
 log = logging.getLogger("classzoo")
 
@@ -79,14 +80,15 @@ def run(
     try:
         run_dir = claim_run_dir(run_dir, asked.recipe, resume, overwrite, env)
         setup_console_logging(env.is_main)  # the folder's console.log once it exists
-        if resume not in (None, "auto"):  # read and verified before anything is written
-            load_ckpt(Path(resume))
+        early = load_ckpt(Path(resume)) if resume not in (None, "auto") else None
         mode = asked.train.mode
         if mode == "evaluate":  # model.checkpoint names what to evaluate: each loaded in turn
             asked_build = with_values(asked, {"model.checkpoint": None}, "mode evaluate")
             s = set_up(asked_build, env, need_train=False, need_val=True)
         else:
             s = set_up(asked, env, need_train=True, need_val=mode != "train")
+        if early is not None:  # it fits this model: checked before anything is written
+            load_into(s.model, early["model"], str(resume), allow_new_head=False)
         create_run_dir(run_dir, resume, overwrite, env)
         setup_console_logging(env.is_main, run_dir / "console.log" if env.is_main else None)
         return _run(asked, s, run_dir, resume, env, t0)
