@@ -14,6 +14,8 @@ distribution and colour ops (tests/test_tf_train_distribution.py).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 import torch
 from PIL import Image
@@ -84,12 +86,14 @@ def _nchw(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2)
 
 
-class _Preset:
-    def sample(self, img):
-        raise NotImplementedError
+class _Preset(ABC):
+    """A slim preset: ``sample`` per image in a worker, ``batch`` on the collated batch."""
 
-    def batch(self, x) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def sample(self, img): ...
+
+    @abstractmethod
+    def batch(self, x) -> torch.Tensor: ...
 
     def __call__(self, img) -> torch.Tensor:
         s = self.sample(img)
