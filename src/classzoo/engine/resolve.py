@@ -289,7 +289,7 @@ def describe(r: Resolved) -> str:
             if r.classes
             else ""
         ),
-        f"device {r.device} x{r.world_size}; precision train {r.train_precision}, eval "
+        f"device {r.device} x{r.world_size}; precision train {r.train_precision or 'n/a'}, eval "
         f"{r.eval_precision} (periodic {r.periodic_eval_precision}); channels_last {r.channels_last}",
         f"preprocess {p.preset} {p.image_size}px crop_pct {p.crop_pct:g} {p.interpolation}, "
         f"{p.decoder} JPEG decoder; {p.formula} with mean "
