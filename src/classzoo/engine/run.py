@@ -64,6 +64,7 @@ class Setup:
     model: nn.Module
     train: build.Split | None
     val: build.Split | None
+    resume_from: dict[str, Any] | None = None  # --resume FILE, read and checked once, early
 
 
 def run(
@@ -89,6 +90,7 @@ def run(
             s = set_up(asked, env, need_train=True, need_val=mode != "train")
         if early is not None:  # it fits this model: checked before anything is written
             load_into(s.model, early["model"], str(resume), allow_new_head=False)
+            s.resume_from = early
         create_run_dir(run_dir, resume, overwrite, env)
         setup_console_logging(env.is_main, run_dir / "console.log" if env.is_main else None)
         return _run(asked, s, run_dir, resume, env, t0)
@@ -210,7 +212,7 @@ def training_state(
     ckpts = CheckpointManager(run_dir / "checkpoints", t.keep_max, t.keep_best, t.best_metric)
     if env.is_main:
         ckpts.clean_stale()
-    _maybe_resume(state, ckpts, resume, env, t.seed)
+    _maybe_resume(state, ckpts, resume, s.resume_from, env, t.seed)
     return state, ckpts
 
 
@@ -322,8 +324,14 @@ def save(state: TrainState, env: DistEnv, ckpts: CheckpointManager, extra: dict[
 
 
 def _maybe_resume(
-    state: TrainState, ckpts: CheckpointManager, resume: str | None, env: DistEnv, seed: int
+    state: TrainState,
+    ckpts: CheckpointManager,
+    resume: str | None,
+    given: dict[str, Any] | None,
+    env: DistEnv,
+    seed: int,
 ) -> None:
+    """``resume``: "auto" (the newest good checkpoint) or a file, ``given`` as run() read it."""
     if resume is None:
         return
     if resume == "auto":
@@ -333,10 +341,7 @@ def _maybe_resume(
             return
         path, ckpt = found
     else:
-        path = Path(resume)
-        if not path.is_file():
-            raise UserError(f"--resume {resume}: no such checkpoint file")
-        ckpt = load_ckpt(path)
+        path, ckpt = Path(resume), given if given is not None else load_ckpt(Path(resume))
     try:
         state.restore(ckpt, env, seed)
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
