@@ -125,7 +125,6 @@ def _run(
 
 def set_up(asked: Config, env: DistEnv, need_train: bool, need_val: bool) -> Setup:
     """Resolve once and build the datasets and the model (see engine/build.py for the order)."""
-    torch.manual_seed(asked.train.seed + env.rank)
     data, m = asked.data, asked.model
     defaults = build.model_defaults(m.name, dict(m.kwargs))
     pre = preprocess_for(data, defaults)
@@ -142,6 +141,7 @@ def set_up(asked: Config, env: DistEnv, need_train: bool, need_val: bool) -> Set
     tfrecord = first.info if data.source == "tfrecord" else None
     num_classes = num_classes_for(m, classes, tfrecord, offset)
     model, weights = build.build_model(m, num_classes, pre.image_size, asked.train.seed)
+    torch.manual_seed(asked.train.seed + env.rank)  # after the (same) init: dropout per rank
     n = int(getattr(model, "num_classes", num_classes or 0))
     infos = {k: v.info for k, v in (("train", train), ("val", val)) if v is not None}
     schedule = _schedule(asked, len(train.dataset), env.world_size) if train is not None else None
