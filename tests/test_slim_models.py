@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from classzoo.convert.slim import slim_head_scopes, slim_to_state_dict, state_dict_to_slim
 from classzoo.errors import UserError
 from classzoo.models.slim_inception_v4 import SLIM_INCEPTION_V4_DEFAULTS, slim_inception_v4
+from classzoo.models.slim_names import slim_head_scopes, slim_to_state_dict, state_dict_to_slim
 from classzoo.models.slim_resnet import SLIM_RESNET_DEFAULTS, slim_resnet_v1_50, slim_resnet_v1_152
 
 

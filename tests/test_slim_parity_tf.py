@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import classzoo
-from classzoo.convert.slim import slim_to_state_dict, state_dict_to_slim
 from classzoo.models.slim_inception_v4 import slim_inception_v4
+from classzoo.models.slim_names import slim_to_state_dict, state_dict_to_slim
 from classzoo.models.slim_resnet import slim_resnet_v1_152
 from tf_compat import import_tf, import_tf_slim
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import classzoo
-from classzoo.convert.slim import state_dict_to_slim
 from classzoo.errors import UserError
 from classzoo.formats.torch_checkpoint import save_checkpoint_file, verify_checkpoint_file
+from classzoo.models.slim_names import state_dict_to_slim
 from classzoo.models.weights import load_checkpoint
 
 # ---- defect 9: a new head is reported, seeded by the caller, refusable -------------------------

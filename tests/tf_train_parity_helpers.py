@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from classzoo.convert.slim import state_dict_to_slim
+from classzoo.models.slim_names import state_dict_to_slim
 from tf_compat import import_tf, import_tf_slim
 
 tf = import_tf()

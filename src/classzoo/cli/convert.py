@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from classzoo.convert.command import convert_slim, list_checkpoint
+    from classzoo.convert_slim import convert_slim, list_checkpoint
 
     if args.list:
         print(list_checkpoint(args.checkpoint))

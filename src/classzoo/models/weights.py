@@ -217,9 +217,9 @@ def load_into(
 def _tf_state(model: nn.Module, model_name: str, path, exclude, use_ema: bool, allow: bool):
     """(state dict without the keys kept at init, those keys, the scopes excluded) from a TF
     checkpoint; heads of another class count are excluded by their classifier scopes only."""
-    from classzoo.convert.slim import slim_to_state_dict_and_init
-    from classzoo.convert.slim_heads import auto_head_excludes
     from classzoo.formats.tf_checkpoint import open_tf_checkpoint
+    from classzoo.models.slim_heads import auto_head_excludes
+    from classzoo.models.slim_names import slim_to_state_dict_and_init
 
     with open_tf_checkpoint(str(path)) as ckpt:
         variables = ckpt.read_all()

@@ -113,7 +113,7 @@ def _train(a: argparse.Namespace, recipe: str, class_num: int, batch: int) -> Co
     cmd.set("model.num_classes", class_num)
     if class_num != 1000 and a.model_path is not None:
         # Fine-tuning the 1000-class slim checkpoint to another head: its logits are not loaded.
-        from classzoo.convert.slim import slim_head_scopes
+        from classzoo.models.slim_names import slim_head_scopes
 
         cmd.set("model.exclude", list(slim_head_scopes("resnet_v1_152")))
     cmd.set("data.batch_size", batch)

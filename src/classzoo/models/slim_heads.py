@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from classzoo.convert.slim import default_scope
+from classzoo.models.slim_names import default_scope
 
 __all__ = ["auto_head_excludes", "slim_classifier_scopes"]
 

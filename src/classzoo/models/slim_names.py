@@ -1,12 +1,14 @@
 """TF-slim checkpoint variables <-> state dicts of classzoo's slim networks.
 
-A slim checkpoint is a flat ``{variable name: array}`` (read by ``convert.tf_checkpoint``, without
+A slim checkpoint is a flat ``{variable name: array}`` (read by ``formats.tf_checkpoint``, without
 TensorFlow). The names follow slim's scopes, e.g. ``resnet_v1_152/block3/unit_36/bottleneck_v1/
 conv2/weights`` or ``InceptionV4/Mixed_6b/Branch_1/Conv2d_0b_1x7/BatchNorm/beta``; the layouts
 are TF's: conv HWIO, fully_connected ``[in, out]``. This module holds the name table of each
 network and converts both ways, strictly: a checkpoint that does not fit is a ``UserError``
 listing what is missing, unexpected or mis-shaped, never a silently half-loaded model.
-Facts: shared/reference/tf_slim_compat.md sections 0-2.
+Names from tensorflow/models research/slim/nets/{resnet_v1.py, resnet_utils.py, inception_v4.py,
+nets_factory.py} and tf_slim/layers/layers.py (weights, biases, BatchNorm beta / gamma /
+moving_mean / moving_variance); tests/test_slim_parity_tf.py checks them against TF-slim.
 """
 
 from __future__ import annotations
