@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from classzoo.engine.inference import eval_checkpoint
-from classzoo.models.registry import register_model, registry
+from classzoo.models.registry import registered_model
 
 LEVELS = {"a": 30, "b": 128, "c": 220}  # grey levels of the three classes
 
@@ -25,18 +25,18 @@ def _probe(num_classes: int = 3) -> nn.Module:
     return model
 
 
-if "test_intensity_probe" not in registry():
-    register_model(
-        "test_intensity_probe",
-        _probe,
-        {
-            "input_size": (3, 8, 8),
-            "crop_pct": 1.0,
-            "mean": (0, 0, 0),
-            "std": (1, 1, 1),
-            "preset": "timm",
-        },
-    )
+@pytest.fixture(scope="module", autouse=True)
+def intensity_probe():
+    """``test_intensity_probe`` is a model name for this module's tests only."""
+    defaults = {
+        "input_size": (3, 8, 8),
+        "crop_pct": 1.0,
+        "mean": (0, 0, 0),
+        "std": (1, 1, 1),
+        "preset": "timm",
+    }
+    with registered_model("test_intensity_probe", _probe, defaults) as entry:
+        yield entry
 
 
 @pytest.fixture(scope="module")

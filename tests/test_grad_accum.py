@@ -3,12 +3,13 @@ also for an uneven last batch (the mean over the step's samples, not a mean of m
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from classzoo.config import load_recipe
 from classzoo.engine.run import run
-from classzoo.models.registry import register_model, registry
+from classzoo.models.registry import registered_model
 from conftest import write_imagefolder
 
 
@@ -20,8 +21,12 @@ def _linear_probe(num_classes: int = 3, **_) -> nn.Module:
     return model
 
 
-if "test_linear_probe" not in registry():
-    register_model("test_linear_probe", _linear_probe, {"input_size": (3, 16, 16), "crop_pct": 1.0})
+@pytest.fixture(scope="module", autouse=True)
+def linear_probe():
+    """``test_linear_probe`` is a model name for this module's tests only."""
+    defaults = {"input_size": (3, 16, 16), "crop_pct": 1.0}
+    with registered_model("test_linear_probe", _linear_probe, defaults) as entry:
+        yield entry
 
 
 def test_accumulation_equals_the_big_batch(tmp_path):

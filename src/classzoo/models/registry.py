@@ -7,7 +7,8 @@ timm's ``pretrained_cfg``; timm models use theirs.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,26 @@ def register_model(
     if name in registry():
         raise ValueError(f"model '{name}' is registered twice")
     _REGISTRY[name] = ModelEntry(name, build, dict(defaults), description)
+
+
+def unregister_model(name: str) -> None:
+    """Remove ``name``; afterwards ``create_model(name)`` is an unknown model again."""
+    if name not in registry():  # loads the builtins first, so they cannot come back over it
+        raise ValueError(f"model '{name}' is not registered")
+    del _REGISTRY[name]
+
+
+@contextmanager
+def registered_model(
+    name: str, build: Callable[..., nn.Module], defaults: dict[str, Any], description: str = ""
+) -> Iterator[ModelEntry]:
+    """``name`` is registered inside the ``with`` block and removed when it ends, however it
+    ends: a test's probe model does not outlive the test (nor show in ``classzoo models``)."""
+    register_model(name, build, defaults, description)
+    try:
+        yield registry()[name]
+    finally:
+        unregister_model(name)
 
 
 def _register_builtin() -> None:
