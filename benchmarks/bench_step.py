@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 
 from classzoo.config import OptimConfig
+from classzoo.engine.devices import make_scaler
 from classzoo.engine.distributed import DistEnv
 from classzoo.engine.loop import StepConfig, train_step
 from classzoo.engine.optim import build_optimizer
-from classzoo.engine.precision import make_scaler
 from classzoo.engine.state import TrainState
 from classzoo.models import create_model
 

@@ -167,6 +167,8 @@ PROBES = {
             and o.model.conv1[0].weight.is_contiguous(memory_format=torch.contiguous_format)
         ),
     ),
+    "train.compile": (True, lambda o, v: o.r.compile == "default"),
+    "train.compile_mode": ("max-autotune", "COMPILE"),
     "train.ema": (True, lambda o, v: o.ema is not None),
     "train.ema_decay": (0.5, "EMA"),
     "train.seed": (7, lambda o, v: o.sampler.seed == v == o.r.seed),
@@ -220,6 +222,9 @@ def _special(key: str, value, cfg: Config, tmp: Path, data: Path) -> bool:
         return (o.sched.decay_t, o.sched.decay_rate) == (
             (spe, 0.1) if key == "sched.decay_epochs" else (30 * spe, value)
         )
+    if key == "train.compile_mode":  # the mode is used when compiling is on
+        off = built(cfg, tmp).r.compile is None  # the device's default: off
+        return off and built(set_({"train.compile": True}), tmp).r.compile == value
     if key == "train.ema_decay":
         return built(set_({"train.ema": True}), tmp).ema.decay == value
     if key == "train.sync_bn":  # converts BatchNorm when there are ranks to synchronise

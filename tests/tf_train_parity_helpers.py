@@ -311,17 +311,19 @@ def classzoo_train_step(
     engine/run.py takes them; no autocast (the dtype of the model and batch, as in TF).
     """
     from classzoo.config import load_recipe
+    from classzoo.engine.devices import make_scaler
     from classzoo.engine.distributed import DistEnv
     from classzoo.engine.loop import StepConfig, train_step
     from classzoo.engine.optim import build_optimizer, scaled_lr
-    from classzoo.engine.precision import make_scaler
+    from classzoo.engine.resolve import or_device_default
     from classzoo.engine.state import TrainState
 
     cfg = load_recipe(recipe, overrides)
     assert model.training  # as build_model returns it; the loop relies on it
     model.to(torch.from_numpy(image).dtype)
     env = DistEnv()  # one CPU process
-    if cfg.train.channels_last:  # engine/run.py puts the model channels_last for training
+    channels_last = or_device_default(cfg.train.channels_last, env.device, "channels_last")
+    if channels_last:  # engine/run.py puts the model channels_last for training
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim, scaled_lr(cfg.optim, len(labels)))
     state = TrainState(model, optimizer, None, make_scaler(env.device, None))
@@ -330,7 +332,7 @@ def classzoo_train_step(
         aux_loss_weight=cfg.train.aux_loss_weight,
         clip_grad=cfg.optim.clip_grad,
         amp_dtype=None,
-        channels_last=cfg.train.channels_last,
+        channels_last=channels_last,
     )
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
     batch = (torch.from_numpy(image).permute(0, 3, 1, 2), torch.from_numpy(labels).long())

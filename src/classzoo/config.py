@@ -145,7 +145,17 @@ class TrainConfig:
     label_smoothing: float = 0.0
     aux_loss_weight: float = 0.4  # slim train_image_classifier.py weight of AuxLogits
     amp: str = field(default="auto", metadata=_choices("auto", "off", "bf16", "fp16"))
-    channels_last: bool = True  # NHWC: 1.2-1.6x faster training on CPU here (docs/benchmarks.md)
+    # NHWC memory format; None -> the device's default (engine/devices.py: CPU and CUDA yes)
+    channels_last: bool | None = None
+    # torch.compile of the training step's network (timm's --torchcompile); None -> the device's
+    # default (off: on this CPU compiling cost minutes and gained nothing, docs/benchmarks.md)
+    compile: bool | None = None
+    compile_mode: str = field(
+        default="default",
+        metadata=_choices(
+            "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+        ),
+    )
     ema: bool = False
     ema_decay: float = 0.9998
     seed: int = 0

@@ -1,4 +1,4 @@
-"""``classzoo bench``: model throughput on synthetic tensors."""
+"""``classzoo bench``: the trainer's step on synthetic tensors, or fed by the real loader."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from classzoo.cli.common import add_verb, print_json
 
 
 def add_parser(subparsers) -> None:
-    b = add_verb(subparsers, "bench", "model throughput on synthetic tensors")
+    b = add_verb(
+        subparsers, "bench", "training (or inference) throughput and MFU of the trainer's own step"
+    )
     b.add_argument("--model", required=True, help="model name (`classzoo models`)")
     b.add_argument("--batch-size", type=int, default=32, help="images per step")
     b.add_argument(
@@ -19,37 +21,90 @@ def add_parser(subparsers) -> None:
     b.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="NHWC memory format (training's default)",
+        default=None,
+        help="NHWC memory format (default: the device's, as training)",
+    )
+    b.add_argument(
+        "--compile", action="store_true", help="torch.compile the network (train.compile=true)"
     )
     b.add_argument("--steps", type=int, default=10, help="timed steps")
+    b.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile included)")
     b.add_argument("--device", default="auto", help="auto|cpu|cuda|npu|mps")
     b.add_argument("--num-classes", type=int, default=None, help="head size (default: the model's)")
+    data = b.add_argument_group("real data (instead of synthetic tensors)")
+    data.add_argument(
+        "--data-dir",
+        default=None,
+        help="ImageFolder root: time the step fed by classzoo's loader from its --split folder",
+    )
+    data.add_argument("--split", default="train", help="the folder under --data-dir")
+    data.add_argument("--num-workers", type=int, default=4, help="DataLoader workers")
+    data.add_argument(
+        "--preset", default=None, help="timm|vgg|inception (default: the model's preprocessing)"
+    )
     b.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def run(args: argparse.Namespace) -> int:
-    from classzoo.bench import bench_model
+def _data_overrides(args: argparse.Namespace) -> dict:
+    """The bench flags as config keys of the run the step is taken from."""
+    out = {
+        "data.train_split": args.split,
+        "data.num_workers": args.num_workers,
+        "data.preset": args.preset,
+        "data.image_size": args.image_size,
+        "model.num_classes": args.num_classes,
+        "train.amp": args.amp,
+        "train.channels_last": args.channels_last,
+        "train.compile": args.compile,
+        "train.device": args.device,
+    }
+    return {k: v for k, v in out.items() if v is not None}
 
-    r = bench_model(
-        args.model,
-        args.batch_size,
-        args.image_size,
-        args.mode,
-        args.amp,
-        args.channels_last,
-        args.steps,
-        device=args.device,
-        num_classes=args.num_classes,
-    )
+
+def run(args: argparse.Namespace) -> int:
+    from classzoo.bench import bench_data, bench_model
+    from classzoo.errors import UserError
+
+    if args.data_dir is not None:
+        if args.mode != "train":
+            raise UserError("classzoo bench --data-dir times training: drop --mode infer")
+        r = bench_data(
+            args.model,
+            args.data_dir,
+            args.batch_size,
+            _data_overrides(args),
+            args.steps,
+            args.warmup,
+        )
+    else:
+        r = bench_model(
+            args.model,
+            args.batch_size,
+            args.image_size,
+            args.mode,
+            args.amp,
+            args.channels_last,
+            args.steps,
+            args.warmup,
+            device=args.device,
+            num_classes=args.num_classes,
+            compile=args.compile,
+        )
     if args.json:
         print_json(r)
         return 0
+    source = (
+        f"{r['data']} ({r['workers']} workers), waiting for data {100 * r['data_wait']:.1f} % of "
+        "the time"
+        if "data" in r
+        else "synthetic tensors"
+    )
     print(
         f"{r['model']} {r['mode']} batch {r['batch_size']} {r['image_size']}px amp {r['amp']} "
-        f"channels_last {r['channels_last']} on {r['device']} ({r['threads']} threads): "
-        f"{r['images_per_sec']:.1f} images/s, {r['tflops']:.3f} TFLOP/s = MFU {100 * r['mfu']:.1f} % "
-        f"of the {r['peak_matmul_tflops']:.3f} TFLOP/s measured matmul peak; peak memory "
-        f"{r['peak_memory_mb']:.0f} MiB"
+        f"channels_last {r['channels_last']} compile {r['compile']} on {r['device']} "
+        f"({r['threads']} threads), {source}: {r['images_per_sec']:.1f} images/s, "
+        f"{r['tflops']:.3f} TFLOP/s = MFU {100 * r['mfu']:.1f} % of the "
+        f"{r['peak_matmul_tflops']:.3f} TFLOP/s measured matmul peak; peak memory "
+        f"{r['peak_memory_mb']:.0f} MiB; warm-up {r['warmup_s']:.1f} s"
     )
     return 0

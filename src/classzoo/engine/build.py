@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from classzoo.config import DataConfig, ModelConfig
 from classzoo.data.datasets import build_dataset
@@ -146,6 +147,23 @@ def weights_report(report: LoadReport) -> dict[str, Any]:
         "left_at_init": list(report.left_at_init),
         "excluded": list(report.excluded),
     }
+
+
+def training_network(model: nn.Module, env: DistEnv, compile_mode: str | None) -> nn.Module:
+    """What the loop calls: the model, in DDP over the ranks, compiled when ``compile_mode``
+    (torch.compile's mode, "default" for its default) is given.
+
+    torch.compile comes after DDP (timm's train.py does the same), so the DDP optimizer splits
+    the graph at the gradient buckets and the all-reduce overlaps the backward. Checkpoints and
+    evaluation use the plain ``model``: its state_dict keys carry no ``_orig_mod.`` prefix.
+    """
+    net = model
+    if env.distributed:
+        net = DDP(net, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    if compile_mode is not None:
+        log.info("torch.compile (mode %s): the first steps compile the network", compile_mode)
+        net = torch.compile(net, mode=None if compile_mode == "default" else compile_mode)
+    return net
 
 
 def _loader(dataset, batch_sampler, num_workers: int, device: torch.device, persistent: bool):

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from classzoo.engine.devices import accelerator_rng_state, set_accelerator_rng_state
 from classzoo.errors import UserError
 from classzoo.formats.torch_checkpoint import (
     atomic_write,
@@ -65,8 +66,7 @@ def rng_state() -> dict[str, Any]:
         # numpy's state holds an ndarray; store it as a tensor so weights_only loading accepts it
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    state.update(accelerator_rng_state())  # cuda / npu / mps: dropout draws from them
     return state
 
 
@@ -76,8 +76,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    set_accelerator_rng_state(state)
 
 
 def lower_is_better(metric: str) -> bool:

@@ -13,6 +13,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from classzoo.engine.devices import configure, set_device
 from classzoo.errors import UserError
 
 
@@ -75,8 +76,8 @@ def init_distributed(device_name: str) -> DistEnv:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    set_device(device)  # before NCCL/HCCL start
+    configure(device)
     if world > 1 and not dist.is_initialized():
         store = _attempt_store(rank, world)
         if store is None:

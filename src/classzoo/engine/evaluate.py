@@ -17,6 +17,7 @@ from torch import nn
 
 from classzoo.data.device import to_device
 from classzoo.engine.checkpoint import CKPT_RE
+from classzoo.engine.devices import traits
 from classzoo.engine.distributed import DistEnv, all_reduce_sum
 from classzoo.engine.logs import Progress
 from classzoo.engine.loop import batches_of
@@ -55,7 +56,7 @@ def evaluate(model: nn.Module, loader, env: DistEnv, opts: EvalOptions = EvalOpt
     was_training = model.training
     model.eval()
     # correct@1, correct@5, loss sum, count; on the device: no host sync per batch
-    sums = torch.zeros(4, dtype=torch.float64, device=env.device)
+    sums = torch.zeros(4, dtype=traits(env.device).sum_dtype, device=env.device)
     bar = Progress(len(loader), "eval", enabled=opts.progress and env.is_main)
     with batches_of(loader) as it:
         for i, (images, targets) in enumerate(it):
@@ -81,7 +82,7 @@ def _accumulate(model, images, targets, env: DistEnv, opts: EvalOptions, sums) -
     hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets[:, None])
     sums += torch.stack(
         [hits[:, 0].sum(), hits.any(dim=1).sum(), loss, loss.new_tensor(float(targets.numel()))]
-    ).double()
+    ).to(sums.dtype)
 
 
 def _result(sums: torch.Tensor) -> dict:

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from classzoo.data.device import to_device
+from classzoo.data.device import Prefetcher
 from classzoo.data.sampling import TrainBatchSampler, global_batches
+from classzoo.engine.devices import traits
 from classzoo.engine.distributed import DistEnv, all_reduce_sum
 from classzoo.engine.logs import Progress
 from classzoo.engine.precision import autocast
@@ -101,7 +102,7 @@ def train_step(
     """
     state.optimizer.zero_grad(set_to_none=True)
     batches = list(micro_batches)
-    sums = torch.zeros(3, dtype=torch.float64, device=env.device)
+    sums = torch.zeros(3, dtype=traits(env.device).sum_dtype, device=env.device)
     for i, (images, targets) in enumerate(batches):
         images = channels_last_input(images, env.device, cfg.channels_last)
         targets = targets.to(env.device, non_blocking=True)
@@ -115,7 +116,7 @@ def train_step(
             state.scaler.scale(total.sum() * (env.world_size / step_total)).backward()
         sums += torch.stack(
             [ce.detach().sum(), total.detach().sum(), ce.new_tensor(float(ce.numel()))]
-        ).double()
+        ).to(sums.dtype)
     if cfg.clip_grad is not None:
         state.scaler.unscale_(state.optimizer)
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.clip_grad)
@@ -140,7 +141,7 @@ class _Interval:
     loss: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.loss = torch.zeros(3, dtype=torch.float64, device=self.device)
+        self.loss = torch.zeros(3, dtype=traits(self.device).sum_dtype, device=self.device)
 
 
 @dataclass
@@ -177,10 +178,12 @@ def train_one_epoch(
     interval = _Interval(env.device)
     images_done, seconds, reason = 0, 0.0, "epoch"
     with batches_of(loader) as it:
+        # the copy and batch stage of batch k+1 overlap step k (a side stream on CUDA)
+        batches = iter(Prefetcher(it, env.device, batch_fn))
         for gi, group in enumerate(groups):
             step_total = sum(end - begin for begin, end in group)
             t_wait = time.perf_counter()
-            micro = [(batch_fn(to_device(x, env.device)), y) for x, y in (next(it) for _ in group)]
+            micro = [next(batches) for _ in group]
             interval.data_wait += time.perf_counter() - t_wait
             interval.loss += train_step(state, net, micro, step_total, loop.step, env)
             state.pos.sample = group[-1][1]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from classzoo.engine.devices import traits
 from classzoo.errors import UserError
 
 log = logging.getLogger("classzoo")
@@ -40,13 +41,12 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
         return torch.float16
     if amp != "auto":
         raise UserError(f"unknown amp '{amp}' (allowed: auto, off, bf16, fp16)")
+    rule = traits(device).amp_auto  # the per-device table (engine/devices.py)
+    if rule != "detect":
+        return resolve_amp(rule, device)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "npu":
-        return torch.float16
-    if device.type == "cpu" and cpu_has_amx():
-        return torch.bfloat16
-    return None
+    return torch.bfloat16 if cpu_has_amx() else None
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
@@ -58,8 +58,3 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def make_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
-    """A loss scaler, enabled only for fp16 (bf16 has fp32's exponent range)."""
-    return torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)

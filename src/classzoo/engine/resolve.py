@@ -20,6 +20,7 @@ from classzoo.config import Config, DataConfig, ModelConfig
 from classzoo.data.labels import check_labels, infer_num_classes
 from classzoo.data.transforms import EvalPreprocess
 from classzoo.data.transforms import describe as describe_pixels
+from classzoo.engine.devices import traits
 from classzoo.engine.precision import precision_name, resolve_amp
 from classzoo.errors import UserError
 
@@ -100,6 +101,7 @@ class Resolved:
     weights: dict[str, Any] = field(default_factory=dict)  # models.weights.LoadReport as a dict
     schedule: Schedule | None = None
     seed: int = 0
+    compile: str | None = None  # torch.compile mode of the training network; None: eager
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (lists, not tuples): YAML-safe and loadable with weights_only."""
@@ -270,13 +272,21 @@ def resolve(
         train_precision=train,
         eval_precision=final,
         periodic_eval_precision=(train or final) if asked.eval.periodic_amp == "train" else final,
-        channels_last=asked.train.channels_last,
+        channels_last=or_device_default(asked.train.channels_last, device, "channels_last"),
         preprocess=preprocess_for(asked.data, model_defaults),
         data=data,
         weights=weights,
         schedule=schedule,
         seed=asked.train.seed,
+        compile=asked.train.compile_mode
+        if schedule and or_device_default(asked.train.compile, device, "compile")
+        else None,
     )
+
+
+def or_device_default(value: bool | None, device: torch.device, name: str) -> bool:
+    """``value`` as asked, or the device type's default from engine/devices.py when None."""
+    return bool(getattr(traits(device), name)) if value is None else value
 
 
 def describe(r: Resolved) -> str:
@@ -290,7 +300,8 @@ def describe(r: Resolved) -> str:
             else ""
         ),
         f"device {r.device} x{r.world_size}; precision train {r.train_precision or 'n/a'}, eval "
-        f"{r.eval_precision} (periodic {r.periodic_eval_precision}); channels_last {r.channels_last}",
+        f"{r.eval_precision} (periodic {r.periodic_eval_precision}); channels_last "
+        f"{r.channels_last}; compile {r.compile or 'off'}",
         f"preprocess {p.preset} {p.image_size}px crop_pct {p.crop_pct:g} {p.interpolation}, "
         f"{p.decoder} JPEG decoder; {p.formula} with mean "
         f"{[round(m, 6) for m in p.mean]} std {[round(s, 6) for s in p.std]}",

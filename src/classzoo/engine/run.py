@@ -16,13 +16,13 @@ import torch
 import yaml
 from timm.utils import ModelEmaV3
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from classzoo.config import Config, save_config, with_values
 from classzoo.data.sampling import global_batches
 from classzoo.engine import build
 from classzoo.engine.checkpoint import CheckpointManager
 from classzoo.engine.checkpoint import load as load_ckpt
+from classzoo.engine.devices import make_scaler
 from classzoo.engine.distributed import (
     DistEnv,
     barrier,
@@ -33,7 +33,6 @@ from classzoo.engine.evaluate import EvalOptions, checkpoints_in, evaluate, eval
 from classzoo.engine.logs import setup_console_logging
 from classzoo.engine.loop import Hooks, LoopConfig, StepConfig, steps_per_epoch, train
 from classzoo.engine.optim import build_optimizer, build_scheduler, scaled_lr
-from classzoo.engine.precision import make_scaler
 from classzoo.engine.resolve import (
     Resolved,
     Schedule,
@@ -222,9 +221,7 @@ def _train_mode(
     t, d, r = asked.train, asked.data, s.resolved
     state, ckpts = training_state(asked, s, env, run_dir, resume)
     _log_skipped_tail(len(s.train.dataset), d.batch_size, env)
-    net = state.model
-    if env.distributed:
-        net = DDP(net, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    net = build.training_network(state.model, env, r.compile)
     loader, sampler = build.train_loader(s.train.dataset, d.batch_size, d.num_workers, env, t.seed)
     extra = {"config": asked.to_dict(), "resolved": r.to_dict()}
     evaluate_after = None
