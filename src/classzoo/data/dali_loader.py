@@ -38,6 +38,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 
 from classzoo.data.decode import EncodedImage, UnreadableImage, decode_pil, read_file
+from classzoo.data.imagefolder import ImageFolderDataset
 from classzoo.data.tf_color import draw_distortion
 from classzoo.data.tf_crop import sample_distorted_bounding_box, smallest_size_at_least
 from classzoo.data.tf_crop import uniform_int as _uniform_int
@@ -65,10 +66,7 @@ def _dali():
 
 @dataclass(frozen=True)
 class Plan:
-    """What the DALI graph does for one preset, and the per-image draw that drives it.
-
-    ``draw(h, w)`` -> (anchor (x, y), shape (w, h) of the decoded region, ROI start and end
-    (y, x) in it, interpolation, flip, extra parameters or None)."""
+    """What the DALI graph does for one preset; :func:`draw` makes its per-image inputs."""
 
     stage: Any
     size: int
@@ -111,7 +109,9 @@ def _refused(stage: Any) -> str:
 
 def draw(plan: Plan, h: int, w: int) -> tuple:
     """The per-image parameters for an h x w image, from the global generators (seeded per
-    sample by the caller), with the calls and in the order of the torch worker stage."""
+    sample by the caller), with the calls and in the order of the torch worker stage:
+    (anchor (x, y), shape (w, h) of the region to decode, ROI start and end (y, x) in it,
+    interpolation, flip, extra parameters or None)."""
     stage, size = plan.stage, plan.size
     if isinstance(stage, TimmTrain):
         (top, left, ch, cw), interp, flip, params = stage.draw(h, w)
@@ -305,13 +305,12 @@ class DaliTrainLoader:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[tuple[Any, torch.Tensor]]:
+        self.feed.start(iter(self.sampler))  # the sampler's epoch and start, read now
         if self.pipe is None:
-            self.feed.start(iter(self.sampler))
             self.pipe = build_pipeline(
                 self.feed.plan, self.feed, self.sampler.batch_size, self.num_threads, self.device_id
             )
         else:
-            self.feed.start(iter(self.sampler))
             self.pipe.reset()
         drained = False
         try:
@@ -373,12 +372,11 @@ def dali_train_loader(
     epoch, resume position); ``device``: the training device (CUDA: DALI on that GPU, else CPU
     only); ``num_threads``: DALI's CPU threads."""
     _dali()
-    files, targets = getattr(dataset, "files", None), getattr(dataset, "targets", None)
-    if files is None or targets is None:
+    if not isinstance(dataset, ImageFolderDataset):
         raise UserError(
             f"data.loader=dali reads ImageFolder splits only, not {type(dataset).__name__}; "
             f"{_USE_TORCH}"
         )
     plan = plan_for(dataset.transform)
-    feed = _Feed(files, targets, bool(getattr(dataset, "skip_corrupt", False)), plan)
+    feed = _Feed(dataset.files, dataset.targets, dataset.skip_corrupt, plan)
     return DaliTrainLoader(feed, sampler, max(1, int(num_threads)), torch.device(device))
