@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import simplejpeg
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from classzoo.errors import UserError
 
@@ -28,7 +28,18 @@ DCT_DENOMINATORS = (8, 4, 2)  # the power-of-two scales libjpeg's IDCT gives exa
 
 
 class UnreadableImage(UserError):
-    """An image that cannot be decoded (``skip_corrupt`` skips these, and only these)."""
+    """An image that cannot be decoded (``skip_corrupt`` skips these, and only these).
+    ``cause``: what is wrong, without the image's name (a TFRecord error names the record)."""
+
+    def __init__(self, message: str, cause: str | None = None) -> None:
+        super().__init__(message)  # args = (message,): pickles through DataLoader workers
+        self.cause = message if cause is None else cause
+
+
+def unreadable(name: str, exc: BaseException | str) -> UnreadableImage:
+    """The one-line error of an image ``name`` that ``exc`` says cannot be decoded."""
+    cause = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return UnreadableImage(f"unreadable image {name}: {cause}", cause)
 
 
 @dataclass(frozen=True)
@@ -46,8 +57,10 @@ class EncodedImage:
         try:
             with Image.open(io.BytesIO(self.data)) as img:  # lazy: reads the header only
                 return img.size[1], img.size[0]
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-            raise UnreadableImage(f"unreadable image {self.name}: {e}") from None
+        except MemoryError:
+            raise
+        except Exception as e:  # PIL on hostile bytes: see decode_pil
+            raise unreadable(self.name, e) from None
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -103,8 +116,11 @@ def decode_pil(data: bytes, name: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as img:
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise UnreadableImage(f"unreadable image {name}: {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # on bad bytes PIL's plugins raise OSError, ValueError,
+        # SyntaxError, EOFError, struct.error, DecompressionBombError...: all the file's fault
+        raise unreadable(name, exc) from None
 
 
 def decode_tf(data: bytes, name: str) -> np.ndarray:
@@ -125,4 +141,4 @@ def read_file(path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except OSError as exc:
-        raise UnreadableImage(f"unreadable image {path}: {exc.strerror}") from None
+        raise unreadable(path, exc.strerror or str(exc)) from None

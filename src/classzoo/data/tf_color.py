@@ -3,8 +3,13 @@
 Every op takes a float32 RGB image ``(3, H, W)`` or a batch ``(N, 3, H, W)``, and a factor that
 is a number or, for a batch, one value per image (a tensor of N). The training pipeline draws
 the factors per sample in the worker (:func:`draw_distortion`, the draws slim makes, in its
-order) and applies them to the whole batch on the device (:func:`apply_distortion`).
-Each op matches TF's CPU kernel within 1e-6 for fixed factors (tests/test_tf_preprocessing.py).
+order) and applies them to the whole batch (:func:`distort_batch`): vectorised on an
+accelerator (:func:`apply_distortion`), one image at a time on a CPU, where brightness then
+saturation (slim's fast_mode, its training default) is one fused pass over cached planes
+(:mod:`classzoo.data.tf_color_cpu`).
+Each op matches TF's CPU kernel within 1e-6 for fixed factors (tests/test_tf_preprocessing.py);
+the batch paths are within 1/255 of TF's ops (tests/test_tf_train_distribution.py,
+tests/test_tf_color_speed.py).
 """
 
 from __future__ import annotations
@@ -134,7 +139,8 @@ def draw_distortion(fast_mode: bool) -> torch.Tensor:
     return torch.tensor(row, dtype=torch.float32)
 
 
-def _distort(x: torch.Tensor, params: torch.Tensor, order: str) -> torch.Tensor:
+def distort(x: torch.Tensor, params: torch.Tensor, order: str) -> torch.Tensor:
+    """The ops of one ``order`` (e.g. "bshc") on ``x`` with the factors of ``params`` rows."""
     for op in order:
         x = _OPS[op](x, params[:, _COLUMN[op]])
     return x
@@ -147,9 +153,9 @@ def apply_distortion(x: torch.Tensor, params: torch.Tensor, fast_mode: bool) -> 
     images of that ordering are kept (fast_mode has one ordering)."""
     orders = _orders(fast_mode)
     if fast_mode:
-        return _distort(x, params, orders[0]).clamp_(0.0, 1.0)
+        return distort(x, params, orders[0]).clamp_(0.0, 1.0)
     ordering = params[:, 0].round().to(torch.int64).view(-1, 1, 1, 1)
     out = torch.zeros_like(x)
     for k, order in enumerate(orders):
-        out = torch.where(ordering == k, _distort(x, params, order), out)
+        out = torch.where(ordering == k, distort(x, params, order), out)
     return out.clamp_(0.0, 1.0)

@@ -22,7 +22,8 @@ from PIL import Image
 
 from classzoo.data.decode import EncodedImage, dct_denominator, decode_scaled
 from classzoo.data.device import device_const
-from classzoo.data.tf_color import apply_distortion, draw_distortion
+from classzoo.data.tf_color import draw_distortion
+from classzoo.data.tf_color_batch import distort_batch
 from classzoo.data.tf_crop import (
     central_crop_box,
     check_crop_ranges,
@@ -197,8 +198,11 @@ class InceptionTrain(_Preset):
     sample_distorted_bounding_box crop, resize to ``image_size`` (fast_mode: TF1 bilinear;
     else one of the 4 TF1 methods at random), random left-right flip, distort_color
     (fast_mode: brightness then saturation; else one of 4 orderings adding hue and contrast),
-    clip to [0, 1], (x - 0.5) * 2. The worker crops, resizes and flips; the colour ops run on
-    the batch with the factors the worker drew (:mod:`classzoo.data.tf_color`)."""
+    clip to [0, 1], (x - 0.5) * 2. The worker crops, resizes and flips, and returns the image
+    planar (``"image_chw"``: CHW float32, so collating is a plain copy and the colour ops read
+    whole planes); the colour ops run on the batch with the factors the worker drew
+    (:func:`~classzoo.data.tf_color_batch.distort_batch`). ``batch`` also takes HWC samples
+    under ``"image"`` (the layout of the other presets and of the DALI loader)."""
 
     def __init__(
         self,
@@ -231,7 +235,7 @@ class InceptionTrain(_Preset):
         method = RESIZE_METHODS[0 if self.fast_mode else uniform_int(4)]
         flip = torch.rand(()).item() < 0.5  # random_flip_left_right
         color = draw_distortion(self.fast_mode)
-        return {"image": self._crop_resize(img, box, method, flip), "color": color}
+        return {"image_chw": self._crop_resize(img, box, method, flip), "color": color}
 
     def _crop_resize(self, img, box, method: str, flip: bool) -> torch.Tensor:
         top, left, h, w = box
@@ -239,8 +243,8 @@ class InceptionTrain(_Preset):
         if method != "bilinear":
             x, _ = load_hwc(img)
             crop = x[top : top + h, left : left + w].to(torch.float32) * _INV_255
-            out = resize_tf1(crop, size, method, channels_last=True)
-            return out.flip(1) if flip else out
+            out = resize_tf1(crop, size, method, channels_last=True).permute(2, 0, 1)
+            return (out.flip(2) if flip else out).contiguous()
         x, d = load_hwc(img, dct_denominator((h, w), (size, size)))
         if d == 1:  # TF's own arithmetic on the crop
             ys, xs = legacy_coords(h, size, 0, size), legacy_coords(w, size, 0, size)
@@ -250,13 +254,17 @@ class InceptionTrain(_Preset):
             xs = left / d + torch.arange(size, dtype=torch.float32) * (w / d / size)
             region = None
         return bilinear_hwc_fast(
-            x, ys, xs.flip(0) if flip else xs, region=region, prescale=_INV_255
+            x, ys, xs.flip(0) if flip else xs, region=region, prescale=_INV_255, planar=True
         )
 
     def batch(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        # planar NCHW first: the colour ops reduce over channels (~1.5x faster than strided)
-        img = apply_distortion(_nchw(x["image"]).contiguous(), x["color"], self.fast_mode)
-        return img.sub_(0.5).mul_(2.0)
+        """distort_color, clip, ``(x - 0.5) * 2`` as ``2x - 1``; on a CPU written over the
+        collated images (consumed) as channels_last."""
+        planar = "image_chw" in x
+        img = x["image_chw"] if planar else x["image"]
+        return distort_batch(
+            img, x["color"], self.fast_mode, channels_first=planar, scale=2.0, offset=-1.0
+        )
 
     def __repr__(self) -> str:
         return (

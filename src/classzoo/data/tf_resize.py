@@ -93,11 +93,13 @@ def bilinear_hwc_fast(
     *,
     region: tuple[int, int, int, int] | None = None,
     prescale: torch.Tensor | None = None,
+    planar: bool = False,
 ) -> torch.Tensor:
     """:func:`bilinear_hwc` (same arguments, same sample positions, same edge clamping) by
     one ``grid_sample`` call: ~40% less CPU, and within 0.01 grey levels of TF's arithmetic
     (the normalised grid's float32 rounding), for the training presets, which keep TF's
-    kernel and distribution rather than its last bit. Returns an HWC view."""
+    kernel and distribution rather than its last bit. Returns an HWC view, or with ``planar``
+    the contiguous CHW tensor grid_sample made."""
     H, W, C = img.shape
     top, left, rh, rw = region if region is not None else (0, 0, H, W)
     y0, y1 = int(ys.min()), min(rh, int(ys.max()) + 2)
@@ -109,7 +111,8 @@ def bilinear_hwc_fast(
     out = torch.nn.functional.grid_sample(
         reg.to(torch.float32), grid, mode="bilinear", padding_mode="border", align_corners=True
     )[0]
-    return (out.mul_(prescale) if prescale is not None else out).permute(1, 2, 0)
+    out = out.mul_(prescale) if prescale is not None else out
+    return out if planar else out.permute(1, 2, 0)
 
 
 def _spatial_dims(channels_last: bool) -> tuple[int, int]:

@@ -17,9 +17,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
-from classzoo.data.decode import decode_pil, decode_tf
+from classzoo.data.decode import EncodedImage, UnreadableImage, decode_pil, decode_tf
 from classzoo.data.labels import check_labels
 from classzoo.data.tfrecord_index import index_shards
 from classzoo.data.tfrecord_shards import find_shards
@@ -91,11 +90,15 @@ def _missing_key(data, key: str, setting: str, where: str) -> UserError:
 class TFRecordImageDataset(torch.utils.data.Dataset):
     """Map-style dataset over TFRecord shards of ``tf.train.Example`` images.
 
-    ``ds[i]`` is ``(transform(RGB PIL image), label - label_offset)``; records are numbered
-    shard by shard in the given order; ``len`` (= :attr:`num_records`) is exact. Both features
-    must hold exactly one value, as slim's ``FixedLenFeature([])`` requires. Files are opened
+    ``ds[i]`` is ``(transform(image), label - label_offset)``; records are numbered shard by
+    shard in the given order; ``len`` (= :attr:`num_records`) is exact. Both features must
+    hold exactly one value, as slim's ``FixedLenFeature([])`` requires. Files are opened
     lazily in each process (at most ``max_open_files`` at a time), one ``pread`` per record,
-    both CRCs checked. ``decoder``: "pil" (default) or "tf" (TF's JPEG pixels, slim presets).
+    both CRCs checked. A transform with ``accepts_encoded`` (a pipeline's ``sample``) gets the
+    record's image bytes undecoded (:class:`~classzoo.data.decode.EncodedImage`, as
+    ImageFolderDataset gives them) and decodes them at the scale its crop needs; any other
+    transform gets the decoded image: ``decoder`` "pil" (default, an RGB PIL image) or "tf"
+    (TF's JPEG pixels, an HWC uint8 array).
 
     A corrupt record or undecodable image raises a UserError naming the shard and byte offset.
     With ``skip_corrupt=True`` it is logged and the next good record is returned instead, so the
@@ -169,8 +172,8 @@ class TFRecordImageDataset(torch.utils.data.Dataset):
 
     # ---- reading --------------------------------------------------------------------------
 
-    def _decode(self, data, i: int) -> tuple[Image.Image, int]:
-        path, record, offset = self.where(i)
+    def _fields(self, data, path: str, record: int, offset: int) -> tuple[bytes, int]:
+        """The image bytes and the label of one record's Example (one value each)."""
         at = f"record {record} in {path} (byte {offset})"
         try:
             feats = parse_example(data, (self.image_key, self.label_key))
@@ -191,21 +194,26 @@ class TFRecordImageDataset(torch.utils.data.Dataset):
             raise UserError(
                 f"feature '{self.image_key}' of {at} is not one bytes value (data.image_key)"
             )
-        try:
-            if self.decoder == "tf":  # TF's own JPEG pixels (IFAST DCT) for the slim presets
-                img = decode_tf(encoded[0], f"record {record} of {path}")
-            else:  # PIL's pixels; raises on truncated / garbage data
-                img = decode_pil(encoded[0], f"record {record} of {path}")
-        except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBomb...
-            reason = f"undecodable {self.image_key} ({type(e).__name__}: {e})"
-            raise CorruptRecordError(Corruption(path, record, offset, reason)) from None
-        return img, int(label[0]) - self.label_offset
+        return encoded[0], int(label[0]) - self.label_offset
 
-    def _load(self, i: int) -> tuple[Image.Image, int]:
+    def _sample(self, i: int):
+        """Record ``i`` through the transform; an image that cannot be decoded (by the
+        transform, for encoded input) is a CorruptRecordError naming shard, record, byte."""
         path, record, offset = self.where(i)
-        length = int(self._rows[i, 1])
-        data = read_record_at(self._files.get(path), offset, length, path=path, record=record)
-        return self._decode(data, i)
+        data = read_record_at(
+            self._files.get(path), offset, int(self._rows[i, 1]), path=path, record=record
+        )
+        encoded, label = self._fields(data, path, record, offset)
+        name = f"record {record} of {path}"
+        try:
+            if getattr(self.transform, "accepts_encoded", False):
+                return self.transform(EncodedImage(encoded, name)), label
+            # "tf": TF's own JPEG pixels (IFAST DCT) for the slim presets, else PIL's
+            img = (decode_tf if self.decoder == "tf" else decode_pil)(encoded, name)
+        except UnreadableImage as e:
+            reason = f"undecodable {self.image_key} ({e.cause})"
+            raise CorruptRecordError(Corruption(path, record, offset, reason)) from None
+        return (self.transform(img) if self.transform is not None else img), label
 
     def __getitem__(self, i: int):
         n = len(self)
@@ -215,17 +223,12 @@ class TFRecordImageDataset(torch.utils.data.Dataset):
             raise IndexError(f"record {i} out of range for {n} records")
         for step in range(n if self.skip_corrupt else 1):
             try:
-                img, label = self._load((i + step) % n)
-                break
+                return self._sample((i + step) % n)
             except CorruptRecordError as e:
                 if not self.skip_corrupt:
                     raise
                 log.warning("skipping %s", e)
-        else:
-            raise UserError(f"every record of {len(self.shards)} TFRecord shards is corrupt")
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, label
+        raise UserError(f"every record of {len(self.shards)} TFRecord shards is corrupt")
 
     # ---- labels, from the index (no image is read) ----------------------------------------
 

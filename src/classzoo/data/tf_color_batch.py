@@ -1,0 +1,135 @@
+"""slim's ``distort_color`` on a collated batch: vectorised on an accelerator, one image at a time
+on a CPU.
+
+Vectorised (:func:`classzoo.data.tf_color.apply_distortion`), every op streams the whole float
+batch through memory (34 MB at 32 x 299 px), the full mode runs all 4 orderings on every image,
+and the fresh 34 MB output (over glibc's 32 MiB mmap threshold) page-faults in every batch: on
+one CPU core that cost 4-5 ms per image, more than decoding and cropping it. On a CPU this
+module runs each image's own ordering on its planes while they are in the core's cache, and
+writes the result back into the batch's own memory as channels_last (the CPU's default layout):
+no new batch-sized allocation.
+
+Brightness then saturation (fast_mode's only ordering, slim's training default) is one fused
+pass. TF computes ``x' = x + delta``, then moves every channel towards the value ``v' = max(x')``:
+``x'' = v' - (v' - x') * rho`` with ``rho = min(f, v' / (v' - m'))``, ``0`` where ``v' <= 0``
+(:func:`~classzoo.data.tf_color.adjust_saturation`). Rounding is monotonic, so ``v' = v + delta``
+and ``m' = m + delta`` in float32, and ``x'' = x * rho + (v' - v * rho)``: per-pixel planes
+``rho`` and ``c``, one multiply-add per channel, and the clip and ``* scale + offset`` folded
+into it. The only difference from TF's arithmetic is the rounding of ``x + delta`` (under
+1e-6); TF's hue-wrap branch (a grey pixel where red is the maximum and blue exceeds green by
+under ~2e-7 of the range, ``_hue_wrap``) is found by a cheap bound and those few pixels are
+recomputed with TF's ops.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from classzoo.data import tf_color
+
+_TINY = 1e-30  # a range of 0 (grey pixel) gives a huge ratio, clipped to f: never 0 / 0
+# TF's wrap: hue h = (g' - b') / (6 * range') rounds h + 1 to 1.0 when -2**-25 <= h < 0, i.e.
+# 0 < b' - g' <= 6 * 2**-25 * range'; 1e-3 of slack for the rounding of h and 1 / (6 * range)
+_WRAP = 6.0 * 2.0**-25 * 1.001
+
+
+def distort_batch(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    fast_mode: bool,
+    *,
+    channels_first: bool,
+    scale: float = 1.0,
+    offset: float = 0.0,
+) -> torch.Tensor:
+    """``clip(distort_color(x), 0, 1) * scale + offset`` for a batch in [0, 1] with per-image
+    ``params`` rows (:func:`~classzoo.data.tf_color.draw_distortion`); ``x`` is
+    ``(N, 3, H, W)`` when ``channels_first`` (planar samples), else ``(N, H, W, 3)``.
+    Returns NCHW float32. On a CPU ``x`` is consumed: the result is a channels_last view of its
+    memory. Elsewhere vectorised, a new tensor (no host sync). ``scale`` must be positive."""
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    if x.device.type != "cpu":
+        nchw = x if channels_first else x.permute(0, 3, 1, 2)
+        out = tf_color.apply_distortion(nchw.contiguous(), params, fast_mode)
+        return out.mul_(scale).add_(offset)
+    orders = tf_color.ORDERS_FAST if fast_mode else tf_color.ORDERS_FULL
+    return _per_image_(x.contiguous(), params.tolist(), orders, channels_first, scale, offset)
+
+
+class _Scratch:
+    """One image's working planes, reused for every image of the batch (they stay cached)."""
+
+    def __init__(self, h: int, w: int, planar_input: bool) -> None:
+        self.v, self.m, self.t, self.d = (torch.empty(h, w) for _ in range(4))
+        self.out = torch.empty(3, h, w)
+        self.planes = None if planar_input else torch.empty(3, h, w)
+
+
+def _per_image_(x, rows, orders, channels_first: bool, scale: float, offset: float):
+    n = x.shape[0]
+    h, w = x.shape[2:] if channels_first else x.shape[1:3]
+    flat = x.view(n, -1)
+    s = _Scratch(h, w, channels_first)
+    for i, row in enumerate(rows):
+        block = flat[i]
+        if channels_first:
+            img = block.view(3, h, w)
+        else:  # de-interleave once: every op below reads whole planes
+            img = s.planes.copy_(block.view(h, w, 3).permute(2, 0, 1))
+        order = orders[int(round(row[0]))]
+        if order == "bs":
+            _brightness_saturation(img, row[1], row[2], s, scale, offset)
+        else:
+            y = tf_color.distort(img[None], torch.tensor([row]), order)[0]
+            s.out.copy_(y).mul_(scale).add_(offset)
+        dest = block.view(h, w, 3)  # img is read: the result goes over it, channels_last
+        for ch in range(3):  # clip(y, 0, 1) * s + o == clip(y * s + o, o, s + o)
+            torch.clamp(s.out[ch], offset, scale + offset, out=dest[..., ch])
+    return flat.view(n, h, w, 3).permute(0, 3, 1, 2)
+
+
+def _brightness_saturation(img, delta: float, factor: float, s: _Scratch, scale, offset):
+    """adjust_brightness(delta), adjust_saturation(factor) of one planar image, then
+    ``* scale + offset`` (not clipped), into ``s.out`` (the algebra: the module docstring)."""
+    r, g, b = img.unbind(0)
+    v = _max3(r, g, b, s.v)
+    m = _min3(r, g, b, s.m)
+    exact = _wrap_pixels(r, g, b, delta, float(v.max()), float(m.min()), s.d, s.t)
+    keep = img[:, exact] if exact is not None else None  # before anything is overwritten
+    rng = torch.sub(v, m, out=m).clamp_(min=_TINY)
+    vp = torch.add(v, delta, out=s.t)  # v' (float32 add: TF's brightness)
+    rho = torch.div(vp, rng, out=m).clamp_(0.0, max(factor, 0.0))  # 0 where v' <= 0
+    c = vp.addcmul_(v, rho, value=-1.0).mul_(scale).add_(offset)  # (v' - v rho) s + o
+    for ch in range(3):
+        torch.addcmul(c, img[ch], rho, value=scale, out=s.out[ch])
+    if exact is not None:  # TF's own ops on the few pixels that may take the wrap branch
+        y = tf_color.adjust_brightness(keep[:, :, None], delta)
+        y = tf_color.adjust_saturation(y, factor)[:, :, 0]
+        s.out[:, exact] = y.mul_(scale).add_(offset)
+
+
+def _max3(r, g, b, out):
+    return torch.maximum(torch.maximum(r, g, out=out), b, out=out)
+
+
+def _min3(r, g, b, out):
+    return torch.minimum(torch.minimum(r, g, out=out), b, out=out)
+
+
+def _wrap_pixels(r, g, b, delta: float, hi: float, lo: float, buf, buf2) -> torch.Tensor | None:
+    """A mask holding every pixel where TF's saturation, after brightness, may take the wrap
+    branch, or None when there is none (the usual case, found with float ops only).
+
+    Rounding is monotonic, so ``b' > g'`` needs ``b > g``; each ``x + delta`` rounds by at most
+    ``u`` (half an ulp of the largest magnitude), so ``b' - g' <= _WRAP * range'`` needs
+    ``b - g <= eps = _WRAP * (hi - lo + 2u) + 2u``. The test ``d * (eps - d) > 0`` for
+    ``d = clip(b - g, 0, eps)`` is exact down to ``b - g`` ~ 1e-38 (where the product
+    underflows; bilinear samples of 8-bit pixels never come close)."""
+    u = max(abs(hi + delta), abs(lo + delta)) * 2.0**-24
+    eps = _WRAP * (hi - lo + 2 * u) + 2 * u
+    d = torch.sub(b, g, out=buf).clamp_(0.0, eps)
+    if float(torch.sub(torch.tensor(eps), d, out=buf2).mul_(d).max()) <= 0.0:
+        return None
+    diff = b - g
+    return (diff > 0) & (diff <= eps)
