@@ -300,6 +300,7 @@ class DaliTrainLoader:
                 self.device.index if self.device.index is not None else torch.cuda.current_device()
             )
         self.pipe = None  # reused while every epoch is read to its end (then reset)
+        self.copy_stream = None  # CUDA only
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -342,11 +343,19 @@ class DaliTrainLoader:
         t = out.as_tensor()
         if self.device_id is None:
             return torch.from_dlpack(t)  # DALI's CPU buffer, kept alive by the tensor
-        # a torch-owned copy (the caching allocator then tracks its streams), host-synchronous
         from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
-        dst = torch.empty(t.shape(), dtype=to_torch_type[t.dtype], device=self.device)
-        return feed_ndarray(t, dst, cuda_stream=None)
+        # A torch-owned copy made on the loader's own stream, which the host waits for (that
+        # stream runs nothing else: no wait on the model's work). The caching allocator then
+        # owns the memory; a consumer on another stream marks it (record_stream).
+        if self.copy_stream is None:
+            self.copy_stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(self.copy_stream):
+            dst = torch.empty(t.shape(), dtype=to_torch_type[t.dtype], device=self.device)
+            feed_ndarray(t, dst, cuda_stream=self.copy_stream)
+        self.copy_stream.synchronize()
+        dst.record_stream(torch.cuda.current_stream(self.device))
+        return dst
 
 
 def _decode_error(exc: RuntimeError, pending: deque) -> UserError:
