@@ -62,7 +62,12 @@ def built(cfg: Config, tmp: Path, env: DistEnv = CPU) -> SimpleNamespace:
     s = set_up(cfg, env, need_train=True, need_val=True)
     state, ckpts = training_state(cfg, s, env, tmp / "run", None)
     loader, sampler = build.train_loader(
-        s.train.dataset, cfg.data.batch_size, cfg.data.num_workers, env, cfg.train.seed
+        s.train.dataset,
+        cfg.data.batch_size,
+        cfg.data.num_workers,
+        env,
+        cfg.train.seed,
+        s.resolved.loader,
     )
     d = cfg.data
     val_loader = build.eval_loader(s.val.dataset, d.eval_batch_size or d.batch_size, 0, env)
@@ -131,6 +136,7 @@ PROBES = {
     "data.auto_augment": ("rand-m9-mstd0.5", lambda o, v: "RandAug" in transform_text(o.train)),
     "data.re_prob": (0.25, lambda o, v: "RandomErasing" in transform_text(o.train)),
     "data.skip_corrupt": (True, lambda o, v: o.train.skip_corrupt is True),
+    "data.loader": ("dali", "DALI"),
     "data.synthetic_size": (7, "SYNTH"),
     "optim.name": ("rmsproptf", lambda o, v: type(o.opt).__name__ == "RMSpropTF"),
     "optim.lr": (0.5, lambda o, v: o.r.schedule.lr == v),
@@ -222,6 +228,15 @@ def _special(key: str, value, cfg: Config, tmp: Path, data: Path) -> bool:
         return (o.sched.decay_t, o.sched.decay_rate) == (
             (spe, 0.1) if key == "sched.decay_epochs" else (30 * spe, value)
         )
+    if key == "data.loader":  # the DALI loader when the extra is there, else one clear line
+        try:
+            import nvidia.dali  # noqa: F401
+        except ImportError:
+            with pytest.raises(UserError, match="needs the dali extra"):
+                built(cfg, tmp)
+            return True
+        o = built(cfg, tmp)
+        return o.r.loader == value and type(o.loader).__name__ == "DaliTrainLoader"
     if key == "train.compile_mode":  # the mode is used when compiling is on
         off = built(cfg, tmp).r.compile is None  # the device's default: off
         return off and built(set_({"train.compile": True}), tmp).r.compile == value

@@ -430,6 +430,36 @@ def test_unreadable_file_skipped_as_torch_path(tmp_path):
         assert torch.equal(xt["jitter"], xd["jitter"])
 
 
+@needs_dali
+def test_classzoo_train_with_dali_through_the_cli(tmp_path):
+    """``classzoo train --set data.loader=dali``: the run trains through the loop and records
+    the loader; a setting DALI cannot reproduce is one line before the run folder exists."""
+    import json
+    import subprocess
+
+    root = _photo_folder(tmp_path / "data" / "train")
+    _photo_folder(tmp_path / "data" / "val")
+    base = [
+        sys.executable, "-m", "classzoo", "train", "--recipe", "gluon_resnet50_v1b",
+        "--data-dir", str(tmp_path / "data"), "--max-steps", "2", "--amp", "off",
+        "--set", "model.name=resnet10t", "--set", "data.image_size=32",
+        "--set", "data.batch_size=4", "--set", "data.num_workers=1",
+        "--set", "train.log_every=1", "--set", "data.loader=dali",
+    ]  # fmt: skip
+    out = tmp_path / "run"
+    done = subprocess.run([*base, "--output-dir", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loader: dali" in (out / "resolved.yaml").read_text()
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r.get("kind") == "train"] == [1, 2]
+    assert root.exists()
+    refused = tmp_path / "refused"
+    bad = [*base, "--output-dir", str(refused), "--set", "data.re_prob=0.25"]
+    done = subprocess.run(bad, capture_output=True, text=True)
+    assert done.returncode == 2 and "use data.loader: torch" in done.stderr
+    assert len(done.stderr.strip().splitlines()[-1]) < 300 and not refused.exists()
+
+
 # ---------------------------------------------------------------- rough CPU time
 
 

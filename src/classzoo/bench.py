@@ -174,7 +174,7 @@ def bench_data(
     cfg = StepConfig(amp_dtype=dtype, channels_last=r.channels_last)
     net = build.training_network(s.model, env, r.compile)
     loader, sampler = build.train_loader(
-        s.train.dataset, batch_size, asked.data.num_workers, env, asked.train.seed
+        s.train.dataset, batch_size, asked.data.num_workers, env, asked.train.seed, r.loader
     )
     batches = _endless(loader, sampler, dev, s.train.batch)
     waited = [0.0]

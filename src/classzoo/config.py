@@ -83,6 +83,9 @@ class DataConfig:
     batch_size: int = field(default=256, metadata=_min(1))  # images per device per step
     eval_batch_size: int | None = field(default=None, metadata=_min(1))  # None -> batch_size
     num_workers: int = field(default=4, metadata=_min(0))  # DataLoader workers per device
+    # training loader: "torch" (DataLoader workers) or "dali" (NVIDIA DALI: decode and resize on
+    # the GPU; the extra `dali`; data/dali_loader.py). Evaluation always uses the torch loader.
+    loader: str = field(default="torch", metadata=_choices("torch", "dali"))
     preset: str | None = field(default=None, metadata=_choices("timm", "vgg", "inception"))
     image_size: int | None = None  # None -> the model's input size
     crop_pct: float | None = None  # eval centre crop; None -> the model's default

@@ -371,6 +371,18 @@ def _decode_error(exc: RuntimeError, pending: deque) -> UserError:
     return UserError(f"data.loader=dali: DALI failed: {first}; {_USE_TORCH} to find the cause")
 
 
+def check_supported(dataset) -> Plan:
+    """The plan for ``dataset``, or one UserError naming what DALI cannot reproduce (checked
+    before a run folder exists)."""
+    _dali()
+    if not isinstance(dataset, ImageFolderDataset):
+        raise UserError(
+            f"data.loader=dali reads ImageFolder splits only, not {type(dataset).__name__}; "
+            f"{_USE_TORCH}"
+        )
+    return plan_for(dataset.transform)
+
+
 def dali_train_loader(
     dataset, sampler, device: torch.device | str, num_threads: int
 ) -> DaliTrainLoader:
@@ -380,12 +392,6 @@ def dali_train_loader(
     stage, which names the preset); ``sampler``: its TrainBatchSampler (order, batch size,
     epoch, resume position); ``device``: the training device (CUDA: DALI on that GPU, else CPU
     only); ``num_threads``: DALI's CPU threads."""
-    _dali()
-    if not isinstance(dataset, ImageFolderDataset):
-        raise UserError(
-            f"data.loader=dali reads ImageFolder splits only, not {type(dataset).__name__}; "
-            f"{_USE_TORCH}"
-        )
-    plan = plan_for(dataset.transform)
+    plan = check_supported(dataset)
     feed = _Feed(dataset.files, dataset.targets, dataset.skip_corrupt, plan)
     return DaliTrainLoader(feed, sampler, max(1, int(num_threads)), torch.device(device))

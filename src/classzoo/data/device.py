@@ -65,7 +65,10 @@ class Prefetcher:
         samples, targets = item
         ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
         with ctx:
-            images = self.batch(to_device(samples, self.device))
+            on_device = to_device(samples, self.device)
+            if stream is not None:  # a loader that hands over device memory (DALI): the side
+                _record(on_device, stream)  # stream reads it, so it is not reused before
+            images = self.batch(on_device)
             targets = to_device(targets, self.device)
         return images, targets
 

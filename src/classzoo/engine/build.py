@@ -180,8 +180,24 @@ def _loader(dataset, batch_sampler, num_workers: int, device: torch.device, pers
     )
 
 
-def train_loader(dataset, batch_size: int, num_workers: int, env: DistEnv, seed: int):
+def check_loader(dataset, loader: str) -> None:
+    """Refuse (one line) a training loader that cannot serve ``dataset`` as the torch path."""
+    if loader == "dali":
+        from classzoo.data.dali_loader import check_supported
+
+        check_supported(dataset)
+
+
+def train_loader(
+    dataset, batch_size: int, num_workers: int, env: DistEnv, seed: int, loader: str = "torch"
+):
+    """(loader, sampler): DataLoader workers, or DALI with ``num_workers`` threads; both in
+    the sampler's order and giving the same samples to the pipeline's batch stage."""
     sampler = TrainBatchSampler(len(dataset), batch_size, env.rank, env.world_size, seed)
+    if loader == "dali":
+        from classzoo.data.dali_loader import dali_train_loader
+
+        return dali_train_loader(dataset, sampler, env.device, max(1, num_workers)), sampler
     return _loader(dataset, sampler, num_workers, env.device, persistent=True), sampler
 
 

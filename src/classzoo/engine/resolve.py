@@ -102,6 +102,7 @@ class Resolved:
     schedule: Schedule | None = None
     seed: int = 0
     compile: str | None = None  # torch.compile mode of the training network; None: eager
+    loader: str = "torch"  # the training loader: torch | dali
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (lists, not tuples): YAML-safe and loadable with weights_only."""
@@ -278,6 +279,7 @@ def resolve(
         weights=weights,
         schedule=schedule,
         seed=asked.train.seed,
+        loader=asked.data.loader,
         compile=asked.train.compile_mode
         if schedule and or_device_default(asked.train.compile, device, "compile")
         else None,
@@ -301,7 +303,7 @@ def describe(r: Resolved) -> str:
         ),
         f"device {r.device} x{r.world_size}; precision train {r.train_precision or 'n/a'}, eval "
         f"{r.eval_precision} (periodic {r.periodic_eval_precision}); channels_last "
-        f"{r.channels_last}; compile {r.compile or 'off'}",
+        f"{r.channels_last}; compile {r.compile or 'off'}; training loader {r.loader}",
         f"preprocess {p.preset} {p.image_size}px crop_pct {p.crop_pct:g} {p.interpolation}, "
         f"{p.decoder} JPEG decoder; {p.formula} with mean "
         f"{[round(m, 6) for m in p.mean]} std {[round(s, 6) for s in p.std]}",

@@ -87,6 +87,8 @@ def run(
             s = set_up(asked_build, env, need_train=False, need_val=True)
         else:
             s = set_up(asked, env, need_train=True, need_val=mode != "train")
+        if s.train is not None and asked.data.loader == "dali":  # before the folder exists
+            build.check_loader(s.train.dataset, asked.data.loader)
         if early is not None:  # it fits this model: checked before anything is written
             load_into(s.model, early["model"], str(resume), allow_new_head=False)
             s.resume_from = early
@@ -222,7 +224,9 @@ def _train_mode(
     state, ckpts = training_state(asked, s, env, run_dir, resume)
     _log_skipped_tail(len(s.train.dataset), d.batch_size, env)
     net = build.training_network(state.model, env, r.compile)
-    loader, sampler = build.train_loader(s.train.dataset, d.batch_size, d.num_workers, env, t.seed)
+    loader, sampler = build.train_loader(
+        s.train.dataset, d.batch_size, d.num_workers, env, t.seed, r.loader
+    )
     extra = {"config": asked.to_dict(), "resolved": r.to_dict()}
     evaluate_after = None
     if s.val is not None and t.mode == "train_and_evaluate":

@@ -151,7 +151,7 @@ class SlimResNetV1(nn.Module):
     """slim ``resnet_v1`` with ``global_pool=True``; ``layers`` = units per block.
 
     Module names follow timm's ResNet (conv1/bn1/layer1../fc) so tools that know timm work;
-    ``classzoo.convert.slim`` maps them to slim's variable names.
+    ``classzoo.models.slim_names`` maps them to slim's variable names.
     """
 
     def __init__(
