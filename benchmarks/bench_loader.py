@@ -1,21 +1,31 @@
 """Input pipeline per CPU core: torchvision ImageFolder + PIL vs classzoo, per training preset.
 
-    python benchmarks/bench_loader.py [--rounds 3] [--passes 5] [--sizes 500x375 1000x750]
+    python benchmarks/bench_loader.py                      # 500x375 and 1000x750 JPEGs, 5 rounds
+    python benchmarks/bench_loader.py --sizes 500x375 --rounds 3 --presets inception
+    python benchmarks/bench_loader.py --dataloader         # workers as real DataLoader processes
 
-What a DataLoader worker does, timed as CPU time (``time.process_time``) in this one process
-with one torch thread: read the file, decode, augment, and collate batches of 32 (the worker
-collates). Peer and classzoo alternate, each round over the same files; medians of the rounds.
+Timed as CPU time with one torch thread (a DataLoader worker's setting): what a worker does per
+image (read the file, decode, augment, collate batches of 32) and, for classzoo, what the batch
+stage (``pipeline.batch``: conversion, normalisation, colour ops) costs when the device is this
+CPU, i.e. what a CPU-only trainer pays. Each round times the peer, then classzoo, over the same
+files; the table shows medians over the rounds and three per-core ratios (> 1: classzoo is
+cheaper):
 
-* peer: ``torchvision.datasets.ImageFolder`` (PIL loader) with RandomResizedCrop(224),
-  RandomHorizontalFlip, ToTensor, Normalize, the ImageNet example's training transform;
-* classzoo: ``ImageFolderDataset`` + ``SeededDataset`` (per-sample seeding included) with
-  ``build_transform(...).sample`` of the preset: timm (the gluon_resnet50_v1b recipe: random
-  resized crop, random interpolation, flip, colour jitter 0.4), slim vgg train, slim inception
-  train (299 px).
+* ``worker``: worker stage only (what a GPU trainer's loader workers do);
+* ``+batch``: classzoo's worker + batch stage against the peer's worker (a CPU-only trainer);
+* ``+layout``: the same, the peer also paying the copy to channels_last that a CPU trainer
+  makes of its NCHW batch (classzoo's batches are channels_last already; CPU default).
 
-classzoo moves conversion, normalisation and colour ops to ``pipeline.batch``, which runs on the
-device; its CPU cost when the device is this CPU is printed too (per image, same thread), with
-the ratio a CPU-only trainer sees (worker + batch stage).
+The peer is ``torchvision.datasets.ImageFolder`` (PIL loader) with RandomResizedCrop(224),
+RandomHorizontalFlip, ToTensor, Normalize (the ImageNet example's training transform). classzoo
+is ``ImageFolderDataset`` + ``SeededDataset`` (per-sample seeding included) with the preset's
+``build_transform(...)``: timm (the gluon_resnet50_v1b recipe: random resized crop, random
+interpolation, flip, colour jitter 0.4), slim vgg train (224), slim inception train (299, the
+InceptionV4 recipe's fast_mode distort_color).
+
+By default the worker stage runs in this process (``time.process_time``). ``--dataloader`` runs
+it in one real DataLoader worker process (collating into shared memory, as training does) and
+reads that process's CPU time from ``getrusage(RUSAGE_CHILDREN)``, less a measured start-up.
 
 Images: the 20 real ImageNet JPEGs that foolbox ships (progressive 512 px), resized and
 re-encoded (PIL, quality 90, baseline) to each ``--sizes`` (ImageNet's typical 500x375, and a
@@ -27,6 +37,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
+import os
+import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -34,10 +47,11 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 BATCH = 32
+PRESETS = ("timm", "vgg", "inception")
 
 
 def foolbox_jpegs() -> list[Path]:
@@ -92,71 +106,148 @@ def classzoo_dataset(root: Path, pipeline):
     return SeededDataset(ImageFolderDataset(root, transform=pipeline.sample))
 
 
-def worker_pass(dataset, keys: list, passes: int) -> tuple[float, list]:
-    """CPU seconds per image to load ``keys`` ``passes`` times and collate batches."""
-    # SeededDataset's worker path (seed, then load); its main-process path also saves and
-    # restores the RNG states, which a DataLoader worker does not do
-    get = dataset._load if hasattr(dataset, "_load") else dataset.__getitem__
+class Passes(Dataset):
+    """``passes`` passes over a dataset's items; classzoo's items carry a per-sample seed."""
+
+    def __init__(self, dataset, passes: int, seeded: bool) -> None:
+        self.dataset, self.n, self.seeded = dataset, len(dataset), seeded
+        self.total = passes * self.n
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, i: int):
+        if self.seeded:  # SeededDataset's worker path: seed, then load (no RNG save/restore)
+            return self.dataset._load(i % self.n, 1000 + i)
+        return self.dataset[i % self.n]
+
+
+def in_process(items: Passes) -> tuple[float, list]:
+    """CPU seconds per image to load the items here and collate batches of 32."""
     t0 = time.process_time()
-    batches = []
-    for _ in range(passes):
-        items = [get(*k) if isinstance(k, tuple) else get(k) for k in keys]
-        batches = [default_collate(items[i : i + BATCH]) for i in range(0, len(items), BATCH)]
-    return (time.process_time() - t0) / (passes * len(keys)), batches
+    loaded = [items[i] for i in range(len(items))]
+    batches = [default_collate(loaded[i : i + BATCH]) for i in range(0, len(loaded), BATCH)]
+    return (time.process_time() - t0) / len(items), batches
 
 
-def batch_stage(pipeline, batches: list, repeat: int = 3) -> float:
-    """CPU seconds per image of ``pipeline.batch`` on collated batches (the device = CPU)."""
-    n = sum(len(y) for _, y in batches) * repeat
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def in_worker(items: Passes, startup: float = 0.0) -> tuple[float, list]:
+    """CPU seconds per image of one DataLoader worker process loading and collating the items
+    (into shared memory, as in training), less ``startup``; the batches it sent."""
+    c0 = _children_cpu()
+    loader = DataLoader(items, batch_size=BATCH, num_workers=1, worker_init_fn=_one_thread)
+    batches = list(loader)
+    del loader  # joins the worker: its CPU time is now in RUSAGE_CHILDREN
+    return (_children_cpu() - c0 - startup) / max(len(items), 1), batches
+
+
+def worker_startup(dataset, seeded: bool) -> float:
+    """CPU seconds a DataLoader worker spends starting and exiting, loading nothing."""
+    none = Passes(dataset, 0, seeded)
+    return statistics.median(in_worker(none)[0] for _ in range(3))
+
+
+def batch_stage(pipeline, batches: list) -> float:
+    """CPU seconds per image of ``pipeline.batch`` on the collated batches (device = CPU).
+    The slim inception batch stage writes over its input: each batch is copied first
+    (outside the timing)."""
+    total, n = 0.0, 0
+    for x, y in batches:
+        x = {k: v.clone() for k, v in x.items()} if isinstance(x, dict) else x.clone()
+        t0 = time.process_time()
+        pipeline.batch(x)
+        total += time.process_time() - t0
+        n += len(y)
+    return total / n
+
+
+def to_channels_last(batches: list) -> float:
+    """CPU seconds per image of the copy a channels_last CPU trainer makes of an NCHW batch."""
     t0 = time.process_time()
-    for _ in range(repeat):
-        for x, _ in batches:
-            pipeline.batch(x)
-    return (time.process_time() - t0) / n
+    for x, _ in batches:
+        x.contiguous(memory_format=torch.channels_last)
+    return (time.process_time() - t0) / sum(len(y) for _, y in batches)
 
 
-def bench_size(root: Path, presets: list[str], rounds: int, passes: int) -> list[dict]:
+def bench_preset(root: Path, preset: str, rounds: int, passes: int, dataloader: bool) -> dict:
     peer = peer_dataset(root)
-    n = len(peer)
-    rows = []
-    for preset in presets:
-        pipe = classzoo_pipeline(preset)
-        ours = classzoo_dataset(root, pipe)
-        ours_keys = [(i, 1000 + i) for i in range(n)]  # (index, per-sample seed)
-        worker_pass(peer, list(range(n)), 1)  # warm-up: page cache, lazy imports
-        worker_pass(ours, ours_keys, 1)
-        t_peer, t_ours, t_batch = [], [], []
-        for _ in range(rounds):  # alternate peer / classzoo
-            t_peer.append(worker_pass(peer, list(range(n)), passes)[0])
-            t, batches = worker_pass(ours, ours_keys, passes)
-            t_ours.append(t)
-            t_batch.append(batch_stage(pipe, batches))
-        p, o, b = (statistics.median(v) for v in (t_peer, t_ours, t_batch))
-        rows.append({"preset": preset, "peer": p, "ours": o, "batch": b})
-    return rows
+    pipe = classzoo_pipeline(preset)
+    ours = classzoo_dataset(root, pipe)
+    peer_items, our_items = Passes(peer, passes, False), Passes(ours, passes, True)
+    if dataloader:
+        starts = (worker_startup(peer, False), worker_startup(ours, True))
+
+        def load(items, k):
+            return in_worker(items, starts[k])
+    else:
+
+        def load(items, k):
+            return in_process(items)
+
+    in_process(Passes(peer, 1, False))  # warm-up: page cache, lazy imports
+    in_process(Passes(ours, 1, True))
+    t = {k: [] for k in ("peer", "layout", "ours", "batch")}
+    for _ in range(rounds):  # alternate: peer, classzoo, peer, classzoo, ...
+        sec, batches = load(peer_items, 0)
+        t["peer"].append(sec)
+        t["layout"].append(to_channels_last(batches))
+        sec, batches = load(our_items, 1)
+        t["ours"].append(sec)
+        t["batch"].append(batch_stage(pipe, batches))
+    return {k: statistics.median(v) for k, v in t.items()}
+
+
+def header(args) -> str:
+    load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    where = "one DataLoader worker process" if args.dataloader else "this process"
+    return (
+        f"bench_loader: CPU time per image, torch threads {torch.get_num_threads()} "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), worker stage in "
+        f"{where}, medians of {args.rounds} alternating rounds x {args.passes} passes over 20 "
+        f"JPEGs\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} "
+        f"CPUs, load average {load} (1/5/15 min); torch {torch.__version__}\n"
+        "ratio > 1: classzoo is cheaper per core. worker: worker stage only; +batch: classzoo "
+        "also runs its batch stage on this CPU; +layout: the peer also copies its NCHW batch "
+        "to channels_last, as a CPU trainer does"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--passes", type=int, default=5, help="passes over the 20 images per round")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (>= 3)")
+    ap.add_argument("--passes", type=int, default=8, help="passes over the 20 images per round")
     ap.add_argument("--sizes", nargs="+", default=["500x375", "1000x750"])
-    ap.add_argument("--presets", nargs="+", default=["timm", "vgg", "inception"])
+    ap.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    ap.add_argument("--dataloader", action="store_true", help="worker stage in a DataLoader")
     args = ap.parse_args(argv)
+    if args.rounds < 3:
+        ap.error("--rounds must be at least 3 (medians of alternating rounds)")
     torch.set_num_threads(1)  # a DataLoader worker's setting
-    print(f"CPU time per image, one process, torch threads 1, medians of {args.rounds} rounds")
-    print(f"{'images':>9} {'preset':>10} {'torchvision':>12} {'classzoo':>9} {'ratio':>6}"
-          f" {'+batch on CPU':>14} {'ratio':>6}")  # fmt: skip
+    print(header(args))
+    cols = ("images", "preset", "torchvision", "classzoo", "worker", "+batch", "+layout")
+    print("{:>9} {:>10} {:>12} {:>20} {:>7} {:>7} {:>8}".format(*cols))
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.sizes:
             w, h = (int(v) for v in spec.split("x"))
             root = write_folder(Path(tmp) / spec, (w, h))
-            for r in bench_size(root, args.presets, args.rounds, args.passes):
+            for preset in args.presets:
+                r = bench_preset(root, preset, args.rounds, args.passes, args.dataloader)
                 both = r["ours"] + r["batch"]
+                ours = f"{r['ours'] * 1e3:.2f} + {r['batch'] * 1e3:.2f} ms"
                 print(
-                    f"{spec:>9} {r['preset']:>10} {r['peer'] * 1e3:9.2f} ms {r['ours'] * 1e3:6.2f} ms"
-                    f" {r['peer'] / r['ours']:5.2f}x {both * 1e3:11.2f} ms {r['peer'] / both:5.2f}x"
+                    f"{spec:>9} {preset:>10} {r['peer'] * 1e3:9.2f} ms {ours:>20}"
+                    f" {r['peer'] / r['ours']:6.2f}x {r['peer'] / both:6.2f}x"
+                    f" {(r['peer'] + r['layout']) / both:7.2f}x"
                 )
+    print("classzoo column: worker stage + batch stage, ms per image")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ recomputed with TF's ops.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from classzoo.data import tf_color
@@ -58,19 +60,30 @@ def distort_batch(
 
 
 class _Scratch:
-    """One image's working planes, reused for every image of the batch (they stay cached)."""
+    """One image's working planes, reused for every image (they stay in the core's cache)."""
 
-    def __init__(self, h: int, w: int, planar_input: bool) -> None:
+    def __init__(self, h: int, w: int) -> None:
         self.v, self.m, self.t, self.d = (torch.empty(h, w) for _ in range(4))
-        self.out = torch.empty(3, h, w)
-        self.planes = None if planar_input else torch.empty(3, h, w)
+        self.out, self.planes = torch.empty(3, h, w), torch.empty(3, h, w)
+
+
+_LOCAL = threading.local()  # per thread: the scratch planes of the last image size
+
+
+def _scratch(h: int, w: int) -> _Scratch:
+    """Reused across calls: fresh planes of this size would page-fault on every call (glibc
+    maps allocations over 128 KiB afresh until its threshold adapts)."""
+    s = getattr(_LOCAL, "scratch", None)
+    if s is None or s.out.shape[1:] != (h, w):
+        s = _LOCAL.scratch = _Scratch(h, w)
+    return s
 
 
 def _per_image_(x, rows, orders, channels_first: bool, scale: float, offset: float):
     n = x.shape[0]
     h, w = x.shape[2:] if channels_first else x.shape[1:3]
     flat = x.view(n, -1)
-    s = _Scratch(h, w, channels_first)
+    s = _scratch(h, w)
     for i, row in enumerate(rows):
         block = flat[i]
         if channels_first:
@@ -96,17 +109,19 @@ def _brightness_saturation(img, delta: float, factor: float, s: _Scratch, scale,
     v = _max3(r, g, b, s.v)
     m = _min3(r, g, b, s.m)
     exact = _wrap_pixels(r, g, b, delta, float(v.max()), float(m.min()), s.d, s.t)
-    keep = img[:, exact] if exact is not None else None  # before anything is overwritten
+    if exact is not None:  # read before anything is overwritten
+        keep = img.view(3, -1).index_select(1, exact)
     rng = torch.sub(v, m, out=m).clamp_(min=_TINY)
     vp = torch.add(v, delta, out=s.t)  # v' (float32 add: TF's brightness)
     rho = torch.div(vp, rng, out=m).clamp_(0.0, max(factor, 0.0))  # 0 where v' <= 0
-    c = vp.addcmul_(v, rho, value=-1.0).mul_(scale).add_(offset)  # (v' - v rho) s + o
+    c = torch.add(torch.tensor(offset), vp, alpha=scale, out=vp)  # o + s v'
+    c.addcmul_(v, rho, value=-scale)  # (v' - v rho) s + o
     for ch in range(3):
         torch.addcmul(c, img[ch], rho, value=scale, out=s.out[ch])
     if exact is not None:  # TF's own ops on the few pixels that may take the wrap branch
         y = tf_color.adjust_brightness(keep[:, :, None], delta)
         y = tf_color.adjust_saturation(y, factor)[:, :, 0]
-        s.out[:, exact] = y.mul_(scale).add_(offset)
+        s.out.view(3, -1).index_copy_(1, exact, y.mul_(scale).add_(offset))
 
 
 def _max3(r, g, b, out):
@@ -118,18 +133,20 @@ def _min3(r, g, b, out):
 
 
 def _wrap_pixels(r, g, b, delta: float, hi: float, lo: float, buf, buf2) -> torch.Tensor | None:
-    """A mask holding every pixel where TF's saturation, after brightness, may take the wrap
-    branch, or None when there is none (the usual case, found with float ops only).
+    """The flat indices of every pixel where TF's saturation, after brightness, may take the
+    wrap branch, or None when there is none (the usual case, found with float ops only).
 
     Rounding is monotonic, so ``b' > g'`` needs ``b > g``; each ``x + delta`` rounds by at most
     ``u`` (half an ulp of the largest magnitude), so ``b' - g' <= _WRAP * range'`` needs
-    ``b - g <= eps = _WRAP * (hi - lo + 2u) + 2u``. The test ``d * (eps - d) > 0`` for
-    ``d = clip(b - g, 0, eps)`` is exact down to ``b - g`` ~ 1e-38 (where the product
-    underflows; bilinear samples of 8-bit pixels never come close)."""
+    ``b - g <= eps = _WRAP * (hi - lo + 2u) + 2u``: the pixels with
+    ``min(b - g, eps - (b - g)) > 0``."""
     u = max(abs(hi + delta), abs(lo + delta)) * 2.0**-24
     eps = _WRAP * (hi - lo + 2 * u) + 2 * u
-    d = torch.sub(b, g, out=buf).clamp_(0.0, eps)
-    if float(torch.sub(torch.tensor(eps), d, out=buf2).mul_(d).max()) <= 0.0:
+    d = torch.sub(b, g, out=buf)
+    q = torch.minimum(d, torch.sub(torch.tensor(eps), d, out=buf2), out=buf2)
+    rows = q.amax(dim=1)  # per row: a flat nonzero() would cost 6 of these reductions
+    if float(rows.max()) <= 0.0:
         return None
-    diff = b - g
-    return (diff > 0) & (diff <= eps)
+    hit = rows.nonzero().squeeze(1)
+    at = q.index_select(0, hit).nonzero()
+    return hit[at[:, 0]] * q.shape[1] + at[:, 1]
