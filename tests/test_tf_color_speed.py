@@ -162,3 +162,18 @@ def _best_cpu_time(fn, x: torch.Tensor, repeats: int = 3) -> float:
         fn(batch)
         best = min(best, time.process_time() - t0)
     return best
+
+
+def test_wrap_candidates_are_only_pixels_with_blue_a_hair_over_green():
+    """The pixels recomputed with TF's ops are the few where blue exceeds green by less than
+    the bound (not, say, every pixel with a nonzero difference): the fast path stays fast."""
+    from classzoo.data.tf_color_batch import _wrap_pixels
+
+    x = _near_wrap_image(1)
+    r, g, b = x.unbind(0)
+    bufs = torch.empty_like(r), torch.empty_like(r)
+    idx = _wrap_pixels(r, g, b, 0.01, float(x.max()), float(x.min()), *bufs)
+    d = (b - g).reshape(-1)
+    want = torch.nonzero((d > 0) & (d < 1e-6)).squeeze(1)
+    assert idx is not None and torch.equal(idx.sort().values, want)
+    assert _wrap_pixels(r, r + 0.01, r, 0.01, float(x.max()), 0.0, *bufs) is None  # b < g

@@ -147,6 +147,6 @@ def _wrap_pixels(r, g, b, delta: float, hi: float, lo: float, buf, buf2) -> torc
     rows = q.amax(dim=1)  # per row: a flat nonzero() would cost 6 of these reductions
     if float(rows.max()) <= 0.0:
         return None
-    hit = rows.nonzero().squeeze(1)
-    at = q.index_select(0, hit).nonzero()
+    hit = (rows > 0).nonzero().squeeze(1)
+    at = (q.index_select(0, hit) > 0).nonzero()
     return hit[at[:, 0]] * q.shape[1] + at[:, 1]
