@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,12 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tf_compat.py and other test helpers
+
+# Runs started by tests compute with a fixed thread count: a run measures the cores other
+# processes keep busy at its first start (engine/threads.py), and a load blip during one of two
+# runs a test compares bit for bit would change its float results. tests/test_loader_threads.py
+# tests the measurement with this variable removed.
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 
 def write_imagefolder(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +42,13 @@ from classzoo.engine.resolve import (
     preprocess_for,
     resolve,
 )
-from classzoo.engine.run_dir import claim_run_dir, create_run_dir
+from classzoo.engine.run_dir import claim_run_dir, create_run_dir, recorded_threads
 from classzoo.engine.run_log import RunLogger
 from classzoo.engine.state import TrainState
 from classzoo.engine.stop import GracefulStop
 from classzoo.engine.sync_bn import convert_sync_batchnorm
 from classzoo.engine.threads import apply as apply_threads
-from classzoo.engine.threads import plan_threads
+from classzoo.engine.threads import plan_for_run
 from classzoo.errors import UserError
 from classzoo.models.weights import load_into
 
@@ -76,11 +76,13 @@ def run(
     """
     t0 = time.perf_counter()
     env = init_distributed(asked.train.device)
-    apply_threads(plan_threads(asked.data.num_workers, env.device))  # torchrun: per local rank
     try:
         run_dir = claim_run_dir(run_dir, asked.recipe, resume, overwrite, env)
         setup_console_logging(env.is_main)  # the folder's console.log once it exists
         early = load_ckpt(Path(resume)) if resume not in (None, "auto") else None
+        threads = recorded_threads(run_dir, resume, early)
+        plan = plan_for_run(asked.data.num_workers, env.device, env.world_size, threads)
+        apply_threads(plan)  # torchrun: per local rank
         mode = asked.train.mode
         if mode == "evaluate":  # model.checkpoint names what to evaluate: each loaded in turn
             asked_build = with_values(asked, {"model.checkpoint": None}, "mode evaluate")
@@ -89,6 +91,7 @@ def run(
             s = set_up(asked, env, need_train=True, need_val=mode != "train")
         if s.train is not None and asked.data.loader == "dali":  # before the folder exists
             build.check_loader(s.train.dataset, asked.data.loader)
+        s.resolved = replace(s.resolved, threads=plan.compute_threads)
         if early is not None:  # it fits this model: checked before anything is written
             load_into(s.model, early["model"], str(resume), allow_new_head=False)
             s.resume_from = early

@@ -7,6 +7,8 @@ import shutil
 import time
 from pathlib import Path
 
+import yaml
+
 from classzoo.engine.distributed import DistEnv, barrier, broadcast_object
 from classzoo.errors import UserError
 
@@ -66,3 +68,20 @@ def _remove_run_files(run_dir: Path) -> None:
         elif path.exists() or path.is_symlink():
             path.unlink()
     log.info("--overwrite: removed the previous run's files from %s", run_dir)
+
+
+def recorded_threads(run_dir: Path, resume: str | None, checkpoint: dict | None) -> int | None:
+    """The compute-thread count a resumed run must reuse (the thread count changes float
+    results): from ``checkpoint`` (``--resume FILE``) or the folder's resolved.yaml (``--resume
+    auto``); None for a new run or a record made before threads were recorded."""
+    if checkpoint is not None:
+        return (checkpoint.get("resolved") or {}).get("threads")
+    path = run_dir / "resolved.yaml"
+    if resume != "auto" or not path.is_file():
+        return None
+    try:
+        record = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None  # the checkpoint's own record is checked when it is restored
+    threads = record.get("threads") if isinstance(record, dict) else None
+    return threads if isinstance(threads, int) and threads > 0 else None
