@@ -1,8 +1,9 @@
 """TF-slim's ``vgg_preprocessing`` and ``inception_preprocessing`` as two-stage pipelines.
 
-Each preset has ``sample(img)`` (per image, in a DataLoader worker: crop and resize, float32 HWC)
-and ``batch(x)`` (per collated batch, on the device: colour ops and scaling, NCHW float32);
-calling the preset does both for one image (CHW). ``img`` is an
+Each preset has ``sample(img)`` (per image, in a DataLoader worker: crop and resize, float32 HWC;
+inception training: planar CHW) and ``batch(x)`` (per collated batch, on the device: colour ops
+and scaling, NCHW float32, channels_last on a CPU); calling the preset does both for one image
+(CHW). ``img`` is an
 :class:`~classzoo.data.decode.EncodedImage` (decoded here with TF's pixels; training decodes at
 a reduced DCT scale when the sampled crop allows it), a PIL image or an HWC uint8 array.
 

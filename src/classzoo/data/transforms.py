@@ -81,8 +81,12 @@ class Stage:
 @dataclass(frozen=True)
 class Pipeline:
     """``sample``: image -> what a worker returns (a uint8 or float32 HWC tensor, or a dict of
-    the image and its per-sample parameters); ``batch``: the collated samples, on the device
-    -> float NCHW model input (channels_last memory when the samples were HWC)."""
+    the image and its per-sample parameters: ``"image"`` HWC, or ``"image_chw"`` planar CHW
+    for slim inception training, whose colour ops read whole planes); ``batch``: the collated
+    samples, on the device -> float NCHW model input (channels_last memory when the samples
+    were HWC, and on a CPU for every training preset but timm's random erasing). ``batch``
+    may write over the collated tensors it is given (slim inception training on a CPU does:
+    no batch-sized temporaries); callers pass each collated batch once."""
 
     sample: Callable[[Any], Any]
     batch: Callable[[Any], torch.Tensor]
