@@ -55,12 +55,11 @@ def _params(n: int, fast_mode: bool, seed: int) -> torch.Tensor:
     return params
 
 
-def _run(x_nchw: torch.Tensor, params, fast_mode, channels_first, scale=1.0, offset=0.0):
+def _run(x_nchw, params, fast_mode, channels_first, scale=1.0, offset=0.0, value_range=None):
     x = x_nchw if channels_first else x_nchw.permute(0, 2, 3, 1)
     x = x.clone(memory_format=torch.contiguous_format)  # distort_batch consumes its input
-    out = distort_batch(
-        x, params, fast_mode, channels_first=channels_first, scale=scale, offset=offset
-    )
+    kw = dict(scale=scale, offset=offset, value_range=value_range)
+    out = distort_batch(x, params, fast_mode, channels_first=channels_first, **kw)
     return out.permute(0, 2, 3, 1).numpy()  # NHWC for the comparison with TF
 
 
@@ -98,13 +97,15 @@ def _near_wrap_image(seed: int) -> torch.Tensor:
 
 
 @pytest.mark.compat
-def test_hue_wrap_pixels_follow_tf(tf):
+@pytest.mark.parametrize("value_range", [None, (0.0, 1.0)])
+def test_hue_wrap_pixels_follow_tf(tf, value_range):
     """Where TF's kernel takes its wrap branch (a grey pixel instead of a red one: a
-    difference of tens of grey levels), the fused path gives TF's pixel too."""
+    difference of tens of grey levels), the fused path gives TF's pixel too, whether it
+    finds each image's value range itself or is given the preset's [0, 1]."""
     x = torch.stack([_near_wrap_image(s) for s in range(6)])
     params = _params(len(x), True, seed=0)
     params[0, 1] = 0.0  # no brightness: blue - green stays one ulp
-    ours = _run(x, params, True, channels_first=True)
+    ours = _run(x, params, True, channels_first=True, value_range=value_range)
     wrapped = 0
     for i in range(len(x)):
         img = x[i].permute(1, 2, 0).numpy()

@@ -43,12 +43,15 @@ def distort_batch(
     channels_first: bool,
     scale: float = 1.0,
     offset: float = 0.0,
+    value_range: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """``clip(distort_color(x), 0, 1) * scale + offset`` for a batch in [0, 1] with per-image
     ``params`` rows (:func:`~classzoo.data.tf_color.draw_distortion`); ``x`` is
     ``(N, 3, H, W)`` when ``channels_first`` (planar samples), else ``(N, H, W, 3)``.
     Returns NCHW float32. On a CPU ``x`` is consumed: the result is a channels_last view of its
-    memory. Elsewhere vectorised, a new tensor (no host sync). ``scale`` must be positive."""
+    memory. Elsewhere vectorised, a new tensor (no host sync). ``scale`` must be positive.
+    ``value_range``: (lowest, highest) value the caller guarantees ``x`` holds (it bounds the
+    search for TF's hue-wrap pixels); None: each image's own, found with two reductions."""
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
     if x.device.type != "cpu":
@@ -56,7 +59,8 @@ def distort_batch(
         out = tf_color.apply_distortion(nchw.contiguous(), params, fast_mode)
         return out.mul_(scale).add_(offset)
     orders = tf_color.ORDERS_FAST if fast_mode else tf_color.ORDERS_FULL
-    return _per_image_(x.contiguous(), params.tolist(), orders, channels_first, scale, offset)
+    opts = (scale, offset, value_range)
+    return _per_image_(x.contiguous(), params.tolist(), orders, channels_first, opts)
 
 
 class _Scratch:
@@ -79,7 +83,8 @@ def _scratch(h: int, w: int) -> _Scratch:
     return s
 
 
-def _per_image_(x, rows, orders, channels_first: bool, scale: float, offset: float):
+def _per_image_(x, rows, orders, channels_first: bool, opts):
+    scale, offset, value_range = opts
     n = x.shape[0]
     h, w = x.shape[2:] if channels_first else x.shape[1:3]
     flat = x.view(n, -1)
@@ -92,7 +97,7 @@ def _per_image_(x, rows, orders, channels_first: bool, scale: float, offset: flo
             img = s.planes.copy_(block.view(h, w, 3).permute(2, 0, 1))
         order = orders[int(round(row[0]))]
         if order == "bs":
-            _brightness_saturation(img, row[1], row[2], s, scale, offset)
+            _brightness_saturation(img, row[1], row[2], s, opts)
         else:
             y = tf_color.distort(img[None], torch.tensor([row]), order)[0]
             s.out.copy_(y).mul_(scale).add_(offset)
@@ -102,13 +107,15 @@ def _per_image_(x, rows, orders, channels_first: bool, scale: float, offset: flo
     return flat.view(n, h, w, 3).permute(0, 3, 1, 2)
 
 
-def _brightness_saturation(img, delta: float, factor: float, s: _Scratch, scale, offset):
+def _brightness_saturation(img, delta: float, factor: float, s: _Scratch, opts):
     """adjust_brightness(delta), adjust_saturation(factor) of one planar image, then
     ``* scale + offset`` (not clipped), into ``s.out`` (the algebra: the module docstring)."""
+    scale, offset, value_range = opts
     r, g, b = img.unbind(0)
     v = _max3(r, g, b, s.v)
     m = _min3(r, g, b, s.m)
-    exact = _wrap_pixels(r, g, b, delta, float(v.max()), float(m.min()), s.d, s.t)
+    lo, hi = value_range if value_range is not None else (float(m.min()), float(v.max()))
+    exact = _wrap_pixels(r, g, b, delta, hi, lo, s.d, s.t)
     if exact is not None:  # read before anything is overwritten
         keep = img.view(3, -1).index_select(1, exact)
     rng = torch.sub(v, m, out=m).clamp_(min=_TINY)

@@ -263,9 +263,9 @@ class InceptionTrain(_Preset):
         collated images (consumed) as channels_last."""
         planar = "image_chw" in x
         img = x["image_chw"] if planar else x["image"]
-        return distort_batch(
-            img, x["color"], self.fast_mode, channels_first=planar, scale=2.0, offset=-1.0
-        )
+        # the worker's resize interpolates pixels * (1/255): its values lie in [0, 1]
+        kw = dict(scale=2.0, offset=-1.0, value_range=(0.0, 1.0))
+        return distort_batch(img, x["color"], self.fast_mode, channels_first=planar, **kw)
 
     def __repr__(self) -> str:
         return (
