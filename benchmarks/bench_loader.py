@@ -205,6 +205,17 @@ def bench_preset(root: Path, preset: str, rounds: int, passes: int, dataloader: 
     return {k: statistics.median(v) for k, v in t.items()}
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def header(args) -> str:
     load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
     where = "one DataLoader worker process" if args.dataloader else "this process"
@@ -212,7 +223,7 @@ def header(args) -> str:
         f"bench_loader: CPU time per image, torch threads {torch.get_num_threads()} "
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), worker stage in "
         f"{where}, medians of {args.rounds} alternating rounds x {args.passes} passes over 20 "
-        f"JPEGs\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} "
+        f"JPEGs\nmachine: {cpu_model()}, {os.cpu_count()} "
         f"CPUs, load average {load} (1/5/15 min); torch {torch.__version__}\n"
         "ratio > 1: classzoo is cheaper per core. worker: worker stage only; +batch: classzoo "
         "also runs its batch stage on this CPU; +layout: the peer also copies its NCHW batch "
