@@ -82,16 +82,16 @@ def run(
         early = load_ckpt(Path(resume)) if resume not in (None, "auto") else None
         threads = recorded_threads(run_dir, resume, early)
         plan = plan_for_run(asked.data.num_workers, env.device, env.world_size, threads)
-        apply_threads(plan)  # torchrun: per local rank
+        apply_threads(plan, announce=False)  # torchrun: per local rank; logged as resolved
         mode = asked.train.mode
         if mode == "evaluate":  # model.checkpoint names what to evaluate: each loaded in turn
             asked_build = with_values(asked, {"model.checkpoint": None}, "mode evaluate")
             s = set_up(asked_build, env, need_train=False, need_val=True)
         else:
             s = set_up(asked, env, need_train=True, need_val=mode != "train")
-        if s.train is not None and asked.data.loader == "dali":  # before the folder exists
+        if s.train is not None:  # a loader that cannot serve it: before the folder exists
             build.check_loader(s.train.dataset, asked.data.loader)
-        s.resolved = replace(s.resolved, threads=plan.compute_threads)
+        s.resolved = replace(s.resolved, threads=plan.compute_threads, thread_plan=plan.why)
         if early is not None:  # it fits this model: checked before anything is written
             load_into(s.model, early["model"], str(resume), allow_new_head=False)
             s.resume_from = early

@@ -158,20 +158,23 @@ def plan_for_run(num_workers: int, device, world_size: int, recorded: int | None
     return plan_threads(num_workers, device, load=load, threads=recorded)
 
 
-def apply(plan: ThreadPlan) -> None:
-    """Set torch's thread counts for this process and log the plan (once, at start)."""
+def describe(plan: ThreadPlan) -> str:
+    return (
+        f"{plan.compute_threads} compute, {plan.num_workers} workers ({plan.why}); "
+        f"OMP_WAIT_POLICY {plan.wait_policy}"
+    )
+
+
+def apply(plan: ThreadPlan, announce: bool = True) -> None:
+    """Set torch's thread counts for this process; log the plan unless the caller logs it
+    with its own record (a run: in the resolved block, after its input was checked)."""
     import torch
 
     torch.set_num_threads(plan.compute_threads)
     with contextlib.suppress(RuntimeError):  # only before the process's first inter-op work
         torch.set_num_interop_threads(plan.interop_threads)
-    log.info(
-        "threads: %d compute, %d workers (%s); OMP_WAIT_POLICY %s",
-        plan.compute_threads,
-        plan.num_workers,
-        plan.why,
-        plan.wait_policy,
-    )
+    if announce:
+        log.info("threads: %s", describe(plan))
     if os.environ.get("OMP_WAIT_POLICY", "").upper() != WAIT_POLICY and not any(
         v in os.environ for v in _USER_POLICY
     ):
