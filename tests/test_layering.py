@@ -19,7 +19,7 @@ ARCHITECTURE = ROOT / "docs" / "architecture.md"
 # docs/architecture.md "Layers", lowest first: a module imports from its own layer or below.
 # Keys are the first name under classzoo/: a package (engine) or a module's stem (export).
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("errors / formats / config", frozenset({"errors", "formats", "config"})),
+    ("errors / formats / config", frozenset({"errors", "formats", "config", "config_yaml"})),
     ("data / models", frozenset({"data", "models"})),
     ("engine", frozenset({"engine"})),
     (

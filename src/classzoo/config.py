@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -23,25 +22,8 @@ from typing import Any
 
 import yaml
 
+from classzoo.config_yaml import parse_yaml
 from classzoo.errors import UserError
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as booleans,
-    which would turn ``amp: off`` into False."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def parse_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)
 
 
 def _choices(*values: str) -> dict:
@@ -52,15 +34,16 @@ def _min(bound: float) -> dict:
     return {"min": bound}
 
 
+_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "resnet50"
     num_classes: int | None = None  # None -> the dataset's class count (or the model's own)
     checkpoint: str | None = None  # classzoo / safetensors / TF checkpoint, detected by content
     exclude: list[str] = field(default_factory=list)  # checkpoint scopes not loaded (new heads)
-    pretrained: bool = (
-        False  # timm's pretrained weights from its local hub cache (never a download)
-    )
+    pretrained: bool = False  # timm's pretrained weights from its local hub cache (no download)
     drop_rate: float | None = None  # None -> the model's default
     drop_path_rate: float | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra constructor arguments
@@ -83,8 +66,7 @@ class DataConfig:
     batch_size: int = field(default=256, metadata=_min(1))  # images per device per step
     eval_batch_size: int | None = field(default=None, metadata=_min(1))  # None -> batch_size
     num_workers: int = field(default=4, metadata=_min(0))  # DataLoader workers per device
-    # training loader: "torch" (DataLoader workers) or "dali" (NVIDIA DALI: decode and resize on
-    # the GPU; the extra `dali`; data/dali_loader.py). Evaluation always uses the torch loader.
+    # training loader: torch (DataLoader workers) or dali (extra `dali`, data/dali_loader.py)
     loader: str = field(default="torch", metadata=_choices("torch", "dali"))
     preset: str | None = field(default=None, metadata=_choices("timm", "vgg", "inception"))
     image_size: int | None = None  # None -> the model's input size
@@ -148,17 +130,11 @@ class TrainConfig:
     label_smoothing: float = 0.0
     aux_loss_weight: float = 0.4  # slim train_image_classifier.py weight of AuxLogits
     amp: str = field(default="auto", metadata=_choices("auto", "off", "bf16", "fp16"))
-    # NHWC memory format; None -> the device's default (engine/devices.py: CPU and CUDA yes)
+    # channels_last (NHWC) and torch.compile of the training network (timm's --torchcompile):
+    # None -> the device's default from engine/devices.py (compile: off, docs/benchmarks.md)
     channels_last: bool | None = None
-    # torch.compile of the training step's network (timm's --torchcompile); None -> the device's
-    # default (off: on this CPU compiling cost minutes and gained nothing, docs/benchmarks.md)
     compile: bool | None = None
-    compile_mode: str = field(
-        default="default",
-        metadata=_choices(
-            "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
-        ),
-    )
+    compile_mode: str = field(default="default", metadata=_choices(*_COMPILE_MODES))
     ema: bool = False
     ema_decay: float = 0.9998
     seed: int = 0

@@ -5,10 +5,9 @@ TensorFlow). The names follow slim's scopes, e.g. ``resnet_v1_152/block3/unit_36
 conv2/weights`` or ``InceptionV4/Mixed_6b/Branch_1/Conv2d_0b_1x7/BatchNorm/beta``; the layouts
 are TF's: conv HWIO, fully_connected ``[in, out]``. This module holds the name table of each
 network and converts both ways, strictly: a checkpoint that does not fit is a ``UserError``
-listing what is missing, unexpected or mis-shaped, never a silently half-loaded model.
-Names from tensorflow/models research/slim/nets/{resnet_v1.py, resnet_utils.py, inception_v4.py,
-nets_factory.py} and tf_slim/layers/layers.py (weights, biases, BatchNorm beta / gamma /
-moving_mean / moving_variance); tests/test_slim_parity_tf.py checks them against TF-slim.
+listing what is missing, unexpected or mis-shaped, never a silently half-loaded model. Names
+from tensorflow/models research/slim/nets/{resnet_v1,resnet_utils,inception_v4,nets_factory}.py
+and tf_slim/layers/layers.py; tests/test_slim_parity_tf.py checks them against TF-slim.
 """
 
 from __future__ import annotations
@@ -390,8 +389,7 @@ def state_dict_to_slim(
     """slim checkpoint variables (names, TF layouts, float arrays) for a classzoo slim network.
 
     BN gamma is written where slim's arg scope creates it (ResNet); for Inception-v4 (no gamma)
-    it is written only if some gamma differs from 1, so no information is dropped.
-    """
+    it is written only if some gamma differs from 1, so no information is dropped."""
     table, has_gamma = _table(model_name, state_dict, scope)
     out: dict[str, np.ndarray] = {}
     for name, var in table.items():
