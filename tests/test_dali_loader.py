@@ -283,6 +283,16 @@ def _windows(images: torch.Tensor, size: int) -> np.ndarray:
     return np.array(out)
 
 
+def _eight_epochs(ds) -> torch.Tensor:
+    """DALI's batches of 8 epochs of ``ds`` (2,048 crops of a 256-image folder)."""
+    _, dali, sampler = _loaders(ds, 64, 0)
+    images = []
+    for epoch in range(8):
+        sampler.set_epoch(epoch)
+        images += [x for x, _ in dali]
+    return torch.cat(images)
+
+
 @needs_dali
 def test_timm_crop_statistics_match_torchvision(tmp_path):
     """2,048 crop windows read back from DALI's outputs against 2,048 independent draws of
@@ -295,12 +305,7 @@ def test_timm_crop_statistics_match_torchvision(tmp_path):
     size, w, h = 32, 256, 192
     aug = TrainAugment(interpolation="bilinear", color_jitter=0.0)
     ds, _ = _dataset(_coordinate_folder(tmp_path, 256, w, h), _pre("timm", size), aug)
-    _, dali, sampler = _loaders(ds, 64, 0)
-    images = []
-    for epoch in range(8):
-        sampler.set_epoch(epoch)
-        images += [x for x, _ in dali]
-    win = _windows(torch.cat(images), size)
+    win = _windows(_eight_epochs(ds), size)
     torch.manual_seed(123)  # get_params draws from the global generator
     shape_only = torch.zeros(3, h, w)
     ref = np.array(
@@ -325,12 +330,7 @@ def test_vgg_short_side_and_flip_statistics(tmp_path):
 
     size, w, h = 32, 256, 192
     ds, _ = _dataset(_coordinate_folder(tmp_path, 256, w, h), _pre("vgg", size))
-    _, dali, sampler = _loaders(ds, 64, 0)
-    images = []
-    for epoch in range(8):
-        sampler.set_epoch(epoch)
-        images += [x for x, _ in dali]
-    win = _windows(torch.cat(images), size)
+    win = _windows(_eight_epochs(ds), size)
     side = np.rint(h * size / win[:, 3])  # the short side is h: h / new_h = ay
     lo, hi = round(256 * size / 224), round(512 * size / 224)
     assert side.min() >= lo and side.max() <= hi
