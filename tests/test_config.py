@@ -12,7 +12,7 @@ def test_quickstart_recipe_loads_with_typed_values():
     cfg = load_recipe("quickstart")
     assert cfg.recipe == "quickstart"
     assert cfg.model.name == "resnet10t"
-    assert cfg.data.batch_size == 128 and isinstance(cfg.optim.lr, float)
+    assert cfg.data.batch_size == 256 and isinstance(cfg.optim.lr, float)
     assert "quickstart" in list_recipes()
 
 
