@@ -6,6 +6,8 @@ Contenders, each in a fresh process, in alternating rounds (medians of the round
   timm-compile  the same with --torchcompile                         [needs --timm-benchmark]
   bench         classzoo bench (the trainer's train_step, synthetic tensors)
   bench-compile classzoo bench --compile (train.compile=true)
+  bench-plain-memory  classzoo bench with CLASSZOO_HOST_MEMORY=default: PyTorch's and glibc's
+                own host memory defaults, as timm runs (engine/host_memory.py)
   train         classzoo train on synthetic data (data.source=synthetic: the whole loop, the
                 loader and its worker included), images/s of the log intervals after warm-up
 timm's benchmark.py is not in the timm wheel: pass the file of a timm checkout, e.g.
@@ -37,8 +39,9 @@ def _json_after(text: str, marker: str = "") -> dict:
     return json.JSONDecoder().raw_decode(text, text.index("{", start))[0]
 
 
-def _run(cmd: list[str], timeout: int) -> str:
+def _run(cmd: list[str], timeout: int, **extra_env: str) -> str:
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    env.update(extra_env)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])}... failed: {done.stderr[-800:]}")
@@ -109,6 +112,9 @@ def main() -> None:
         ],
         "bench": lambda r: _json_after(_run(bench_cmd(a, False), 1800))["images_per_sec"],
         "bench-compile": lambda r: _json_after(_run(bench_cmd(a, True), 3600))["images_per_sec"],
+        "bench-plain-memory": lambda r: _json_after(
+            _run(bench_cmd(a, False), 1800, CLASSZOO_HOST_MEMORY="default")
+        )["images_per_sec"],
         "train": lambda r: train_ips(a, work, r),
     }
     contenders = {k: v for k, v in contenders.items() if k not in skip}
@@ -130,12 +136,14 @@ def main() -> None:
         f"{os.cpu_count()} cores, torch default threads; medians of {a.rounds} alternating rounds:"
     )
     for k, v in med.items():
-        print(f"  {k:14s} {v:8.2f} img/s")
+        print(f"  {k:18s} {v:8.2f} img/s")
     pairs = [
         ("bench", "timm"),
         ("bench-compile", "timm"),
         ("bench-compile", "timm-compile"),
         ("train", "bench"),
+        ("bench", "bench-plain-memory"),
+        ("bench-plain-memory", "timm"),
     ]
     for ours, peer in pairs:
         if ours in med and peer in med:

@@ -67,6 +67,8 @@ def test_device_defaults_come_from_one_table_and_are_recorded(small_imagefolder,
     _train(small_imagefolder, tmp_path / "default")
     r = yaml.safe_load((tmp_path / "default" / "resolved.yaml").read_text())
     assert (r["channels_last"], r["compile"]) == (True, None)
+    # a CPU run computes with huge pages and glibc keeping freed memory (tests/test_host_memory.py)
+    assert r["host_memory"] == "2 MiB pages for tensors >= 2 MiB; freed memory kept (glibc mallopt)"
     cfg = yaml.safe_load((tmp_path / "default" / "config.yaml").read_text())
     assert cfg["train"]["channels_last"] is None  # asked: the device's default
     _train(small_imagefolder, tmp_path / "nchw", "--set", "train.channels_last=false")

@@ -8,12 +8,15 @@ from importlib.abc import MetaPathFinder
 
 __version__ = "0.1.0"
 
+from classzoo.engine.host_memory import prefer_huge_pages  # noqa: E402
 from classzoo.engine.threads import prefer_passive_wait  # noqa: E402
 from classzoo.errors import UserError  # noqa: E402
 
 # libgomp reads its wait policy when torch loads it: spinning threads made a shared 2-core CPU
-# 10x slower (engine/threads.py), so this runs before anything of classzoo imports torch
+# 10x slower (engine/threads.py), so this runs before anything of classzoo imports torch;
+# PyTorch reads THP_MEM_ALLOC_ENABLE at its first allocation (engine/host_memory.py)
 prefer_passive_wait()
+prefer_huge_pages()
 
 
 def create_model(*args, **kwargs):

@@ -21,6 +21,7 @@ from classzoo.engine.optim import build_optimizer
 from classzoo.engine.precision import autocast, precision_name, resolve_amp
 from classzoo.engine.resolve import or_device_default
 from classzoo.engine.state import TrainState
+from classzoo.engine import host_memory
 from classzoo.engine.threads import apply as apply_threads
 from classzoo.engine.threads import plan_threads
 from classzoo.models import create_model
@@ -99,6 +100,7 @@ def _report(name, mode, batch, size, dtype, cl, compiled, dev, flops, warm_s, dt
         "peak_matmul_tflops": peak / 1e12,
         "mfu": achieved / peak,
         "peak_memory_mb": round(_peak_memory_mb(dev), 1),
+        "host_memory": host_memory.describe(),
     }
 
 
@@ -121,6 +123,8 @@ def bench_model(
     device's layout); ``compile`` runs the network through torch.compile as train.compile does."""
     dev = resolve_device(device)
     env = DistEnv(device=dev)
+    if dev.type == "cpu":  # as a training run does (engine/run.py)
+        host_memory.keep_freed_memory()
     cl = or_device_default(channels_last, dev, "channels_last")
     model = create_model(model_name, num_classes=num_classes).to(dev)
     size = image_size or int(getattr(model, "default_cfg", {}).get("input_size", (3, 224, 224))[-1])
@@ -167,6 +171,8 @@ def bench_data(
     dev = resolve_device(asked.train.device)
     env = DistEnv(device=dev)
     apply_threads(plan_threads(asked.data.num_workers, dev))
+    if dev.type == "cpu":
+        host_memory.keep_freed_memory()
     s = set_up(asked, env, need_train=True, need_val=False)
     r = s.resolved
     dtype = r.precision_dtype("train")

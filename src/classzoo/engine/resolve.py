@@ -105,6 +105,7 @@ class Resolved:
     loader: str = "torch"  # the training loader: torch | dali
     threads: int | None = None  # compute threads (engine/threads.py); a resume reuses them
     thread_plan: str | None = None  # why that many (cores, busy cores, or as recorded)
+    host_memory: str | None = None  # huge pages, freed memory kept (engine/host_memory.py)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (lists, not tuples): YAML-safe and loadable with weights_only."""
@@ -307,6 +308,7 @@ def describe(r: Resolved) -> str:
         f"{r.eval_precision} (periodic {r.periodic_eval_precision}); channels_last "
         f"{r.channels_last}; compile {r.compile or 'off'}; training loader {r.loader}",
         *([f"threads {r.threads} compute ({r.thread_plan})"] if r.threads else []),
+        *([f"host memory: {r.host_memory}"] if r.host_memory else []),
         f"preprocess {p.preset} {p.image_size}px crop_pct {p.crop_pct:g} {p.interpolation}, "
         f"{p.decoder} JPEG decoder; {p.formula} with mean "
         f"{[round(m, 6) for m in p.mean]} std {[round(s, 6) for s in p.std]}",

@@ -47,6 +47,7 @@ from classzoo.engine.run_log import RunLogger
 from classzoo.engine.state import TrainState
 from classzoo.engine.stop import GracefulStop
 from classzoo.engine.sync_bn import convert_sync_batchnorm
+from classzoo.engine import host_memory
 from classzoo.engine.threads import apply as apply_threads
 from classzoo.engine.threads import plan_for_run
 from classzoo.errors import UserError
@@ -83,6 +84,8 @@ def run(
         threads = recorded_threads(run_dir, resume, early)
         plan = plan_for_run(asked.data.num_workers, env.device, env.world_size, threads)
         apply_threads(plan, announce=False)  # torchrun: per local rank; logged as resolved
+        if env.device.type == "cpu":
+            host_memory.keep_freed_memory()
         mode = asked.train.mode
         if mode == "evaluate":  # model.checkpoint names what to evaluate: each loaded in turn
             asked_build = with_values(asked, {"model.checkpoint": None}, "mode evaluate")
@@ -91,7 +94,12 @@ def run(
             s = set_up(asked, env, need_train=True, need_val=mode != "train")
         if s.train is not None:  # a loader that cannot serve it: before the folder exists
             build.check_loader(s.train.dataset, asked.data.loader)
-        s.resolved = replace(s.resolved, threads=plan.compute_threads, thread_plan=plan.why)
+        s.resolved = replace(
+            s.resolved,
+            threads=plan.compute_threads,
+            thread_plan=plan.why,
+            host_memory=host_memory.describe(),
+        )
         if early is not None:  # it fits this model: checked before anything is written
             load_into(s.model, early["model"], str(resume), allow_new_head=False)
             s.resume_from = early
