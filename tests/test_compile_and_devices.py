@@ -76,6 +76,37 @@ def test_device_defaults_come_from_one_table_and_are_recorded(small_imagefolder,
     assert r["channels_last"] is False
 
 
+@pytest.mark.slow
+def test_a_fused_optimizer_trains_like_the_loop(small_imagefolder, tmp_path):
+    """``optim.fused``: torch's fused AdamW kernel (the CPU default from engine/devices.py)
+    against the per-parameter loop, the outside truth; same losses and weights to float32
+    rounding, recorded in resolved.yaml; a fused form an optimizer lacks is one line, exit 2."""
+    fused = _train(small_imagefolder, tmp_path / "fused")
+    loop = _train(small_imagefolder, tmp_path / "loop", "--set", "optim.fused=false")
+    for a, b in zip(loop, fused):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a, b)
+    rf = yaml.safe_load((tmp_path / "fused" / "resolved.yaml").read_text())
+    rl = yaml.safe_load((tmp_path / "loop" / "resolved.yaml").read_text())
+    assert (rf["fused_optimizer"], rl["fused_optimizer"]) == (True, False)
+    last = [
+        load_checkpoint_file(sorted((tmp_path / d / "checkpoints").glob("ckpt-*"))[-1])
+        for d in ("fused", "loop")
+    ]
+    assert last[0]["optimizer"]["param_groups"][0]["fused"] is True
+    for key, value in last[1]["model"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(last[0]["model"][key], value, rtol=1e-4, atol=1e-5)
+    cmd = [
+        sys.executable, "-m", "classzoo", "train", "--recipe", "quickstart", "--data-dir",
+        str(small_imagefolder), "--output-dir", str(tmp_path / "refused"), "--max-steps", "1",
+        "--set", "optim.name=rmsproptf", "--set", "optim.fused=true",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "optim.fused=true: rmsproptf has no fused implementation" in done.stderr
+    assert not (tmp_path / "refused").exists()
+
+
 def test_bench_times_the_step_with_the_real_loader(small_imagefolder):
     """``classzoo bench --data-dir``: the trainer's step fed by classzoo's loader, with the
     share of time spent waiting for data."""

@@ -148,6 +148,8 @@ PROBES = {
     "optim.nesterov": (False, lambda o, v: o.group["nesterov"] is False),  # timm's sgd: True
     "optim.filter_bias_and_bn": (False, lambda o, v: len(o.opt.param_groups) == 1),
     "optim.clip_grad": (1.5, lambda o, v: o.loop.step.clip_grad == v),
+    # the CPU's default is fused (engine/devices.py): false reaches the optimizer as the loop
+    "optim.fused": (False, lambda o, v: not o.group["fused"] and o.r.fused_optimizer is False),
     "sched.name": ("step", lambda o, v: type(o.sched).__name__ == "StepLRScheduler"),
     "sched.warmup_epochs": (1.0, lambda o, v: o.sched.warmup_t == o.r.schedule.steps_per_epoch),
     "sched.warmup_lr": (0.01, lambda o, v: o.sched.warmup_lr_init == v),

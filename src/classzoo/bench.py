@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from classzoo.config import Config, OptimConfig, with_values
 from classzoo.data.device import Prefetcher
 from classzoo.engine import build
-from classzoo.engine.devices import make_scaler
+from classzoo.engine.devices import make_scaler, traits
 from classzoo.engine.distributed import DistEnv, resolve_device
 from classzoo.engine.loop import StepConfig, train_step
 from classzoo.engine.optim import build_optimizer
@@ -76,8 +76,11 @@ def _time(step: Callable[[], None], device, warmup: int, steps: int) -> tuple[fl
 
 
 def _state(model, dev: torch.device, dtype) -> TrainState:
-    """SGD momentum (the recipes' optimizer) and the trainer's scaler around ``model``."""
-    opt = build_optimizer(model, OptimConfig(name="momentum", lr=1e-3), 1e-3)
+    """SGD momentum (the recipes' optimizer; fused where the device's table says, as training)
+    and the trainer's scaler around ``model``."""
+    opt = build_optimizer(
+        model, OptimConfig(name="momentum", lr=1e-3), 1e-3, fused=traits(dev).fused_optimizer
+    )
     return TrainState(model, opt, None, make_scaler(dev, dtype))
 
 

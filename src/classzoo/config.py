@@ -104,6 +104,9 @@ class OptimConfig:
     nesterov: bool | None = None
     filter_bias_and_bn: bool = True  # no weight decay on biases and norm parameters (timm)
     clip_grad: float | None = None  # max gradient norm; None -> no clipping
+    # torch's fused kernel (sgd / momentum / nesterov / adam / adamw / adagrad); None -> where
+    # the device has one (engine/devices.py), the per-parameter loop for other optimizers
+    fused: bool | None = None
 
 
 @dataclass(frozen=True)

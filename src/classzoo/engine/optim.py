@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 import torch
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, get_optimizer_info
 from timm.scheduler import CosineLRScheduler, StepLRScheduler
 from timm.scheduler.scheduler import Scheduler
 from torch import nn
@@ -27,8 +27,36 @@ def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
     return cfg.lr * global_batch / cfg.lr_base_batch
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    kwargs = {}
+# torch optimizers with a fused implementation (``fused=True``) on CPU and CUDA
+_FUSED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adagrad)
+
+
+def has_fused_kernel(name: str) -> bool:
+    """Whether timm's optimizer ``name`` is a torch optimizer with a fused implementation."""
+    try:
+        return issubclass(get_optimizer_info(name).opt_class, _FUSED)
+    except (KeyError, ValueError, TypeError):  # an unknown name: build_optimizer names it
+        return False
+
+
+def fused_choice(cfg: OptimConfig, device_default: bool) -> bool:
+    """``optim.fused`` resolved: as asked (an error where ``cfg.name`` has no fused form), or
+    the device's default where the optimizer has one."""
+    capable = has_fused_kernel(cfg.name)
+    if cfg.fused and not capable:
+        raise UserError(
+            f"optim.fused=true: {cfg.name} has no fused implementation "
+            f"(only {', '.join(c.__name__ for c in _FUSED)}: sgd, momentum, nesterov, adam, "
+            "adamw, adagrad)"
+        )
+    return capable and (device_default if cfg.fused is None else cfg.fused)
+
+
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, lr: float, fused: bool = False
+) -> torch.optim.Optimizer:
+    """timm's optimizer ``cfg.name``; ``fused``: torch's fused kernel (see fused_choice)."""
+    kwargs: dict = {"fused": True} if fused else {}
     sgd_family = cfg.name in ("sgd", "momentum", "nesterov")
     if cfg.nesterov and not sgd_family:
         raise UserError(

@@ -21,6 +21,7 @@ from classzoo.data.labels import check_labels, infer_num_classes
 from classzoo.data.transforms import EvalPreprocess
 from classzoo.data.transforms import describe as describe_pixels
 from classzoo.engine.devices import traits
+from classzoo.engine.optim import fused_choice
 from classzoo.engine.precision import precision_name, resolve_amp
 from classzoo.errors import UserError
 
@@ -102,6 +103,7 @@ class Resolved:
     schedule: Schedule | None = None
     seed: int = 0
     compile: str | None = None  # torch.compile mode of the training network; None: eager
+    fused_optimizer: bool | None = None  # torch's fused optimizer kernel; None: no training
     loader: str = "torch"  # the training loader: torch | dali
     threads: int | None = None  # compute threads (engine/threads.py); a resume reuses them
     thread_plan: str | None = None  # why that many (cores, busy cores, or as recorded)
@@ -286,6 +288,9 @@ def resolve(
         compile=asked.train.compile_mode
         if schedule and or_device_default(asked.train.compile, device, "compile")
         else None,
+        fused_optimizer=fused_choice(asked.optim, traits(device).fused_optimizer)
+        if schedule
+        else None,
     )
 
 
@@ -306,7 +311,8 @@ def describe(r: Resolved) -> str:
         ),
         f"device {r.device} x{r.world_size}; precision train {r.train_precision or 'n/a'}, eval "
         f"{r.eval_precision} (periodic {r.periodic_eval_precision}); channels_last "
-        f"{r.channels_last}; compile {r.compile or 'off'}; training loader {r.loader}",
+        f"{r.channels_last}; compile {r.compile or 'off'}; training loader {r.loader}"
+        + ("" if r.fused_optimizer is None else f"; fused optimizer {r.fused_optimizer}"),
         *([f"threads {r.threads} compute ({r.thread_plan})"] if r.threads else []),
         *([f"host memory: {r.host_memory}"] if r.host_memory else []),
         f"preprocess {p.preset} {p.image_size}px crop_pct {p.crop_pct:g} {p.interpolation}, "

@@ -216,7 +216,7 @@ def training_state(
     model = s.model
     if t.sync_bn and env.distributed:
         model = convert_sync_batchnorm(model, env.device)
-    optimizer = build_optimizer(model, asked.optim, r.schedule.lr)
+    optimizer = build_optimizer(model, asked.optim, r.schedule.lr, fused=bool(r.fused_optimizer))
     scheduler = build_scheduler(optimizer, asked.sched, t.epochs, r.schedule.steps_per_epoch)
     ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema else None
     scaler = make_scaler(env.device, r.precision_dtype("train"))
