@@ -57,7 +57,10 @@ def test_freed_tensor_memory_is_reused_without_page_faults():
     ours = _probe()
     plain = _probe(CLASSZOO_HOST_MEMORY="default")
     assert "freed memory kept" in ours["described"], ours
-    assert plain["described"] == "off (CLASSZOO_HOST_MEMORY=default); off (CLASSZOO_HOST_MEMORY=default)"
+    assert (
+        plain["described"]
+        == "off (CLASSZOO_HOST_MEMORY=default); off (CLASSZOO_HOST_MEMORY=default)"
+    )
     # PyTorch's and glibc's defaults fault every page of every new 64 MiB tensor in again;
     # measured here: 16,384-16,424 per round by default, 544-570 with classzoo's settings
     assert min(plain["faults"][1:]) >= PAGES_4K * 0.95, plain

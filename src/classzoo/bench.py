@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from classzoo.config import Config, OptimConfig, with_values
 from classzoo.data.device import Prefetcher
-from classzoo.engine import build
+from classzoo.engine import build, host_memory
 from classzoo.engine.devices import make_scaler, traits
 from classzoo.engine.distributed import DistEnv, resolve_device
 from classzoo.engine.loop import StepConfig, train_step
@@ -21,7 +21,6 @@ from classzoo.engine.optim import build_optimizer
 from classzoo.engine.precision import autocast, precision_name, resolve_amp
 from classzoo.engine.resolve import or_device_default
 from classzoo.engine.state import TrainState
-from classzoo.engine import host_memory
 from classzoo.engine.threads import apply as apply_threads
 from classzoo.engine.threads import plan_threads
 from classzoo.models import create_model

@@ -19,7 +19,7 @@ from torch import nn
 
 from classzoo.config import Config, save_config, with_values
 from classzoo.data.sampling import global_batches
-from classzoo.engine import build
+from classzoo.engine import build, host_memory
 from classzoo.engine.checkpoint import CheckpointManager
 from classzoo.engine.checkpoint import load as load_ckpt
 from classzoo.engine.devices import make_scaler
@@ -47,7 +47,6 @@ from classzoo.engine.run_log import RunLogger
 from classzoo.engine.state import TrainState
 from classzoo.engine.stop import GracefulStop
 from classzoo.engine.sync_bn import convert_sync_batchnorm
-from classzoo.engine import host_memory
 from classzoo.engine.threads import apply as apply_threads
 from classzoo.engine.threads import plan_for_run
 from classzoo.errors import UserError
