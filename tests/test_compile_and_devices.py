@@ -96,6 +96,10 @@ def test_a_fused_optimizer_trains_like_the_loop(small_imagefolder, tmp_path):
     for key, value in last[1]["model"].items():
         if value.is_floating_point():
             torch.testing.assert_close(last[0]["model"][key], value, rtol=1e-4, atol=1e-5)
+    # a resumed run computes as its resolved.yaml says, not as the checkpoint's groups did
+    _train(small_imagefolder, tmp_path / "loop", "--resume", "auto", "--max-steps", "4")
+    resumed = sorted((tmp_path / "loop" / "checkpoints").glob("ckpt-*"))[-1]
+    assert load_checkpoint_file(resumed)["optimizer"]["param_groups"][0]["fused"] is True
     cmd = [
         sys.executable, "-m", "classzoo", "train", "--recipe", "quickstart", "--data-dir",
         str(small_imagefolder), "--output-dir", str(tmp_path / "refused"), "--max-steps", "1",

@@ -220,6 +220,8 @@ def training_state(
     if env.is_main:
         ckpts.clean_stale()
     _maybe_resume(state, ckpts, resume, s.resume_from, env, t.seed)
+    for group in (g for g in optimizer.param_groups if "fused" in g):  # not the checkpoint's:
+        group["fused"] = bool(r.fused_optimizer)  # the run computes as resolved.yaml records
     return state, ckpts
 
 
