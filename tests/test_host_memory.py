@@ -19,7 +19,7 @@ import json, resource
 import classzoo  # sets THP_MEM_ALLOC_ENABLE before torch loads
 from classzoo.engine import host_memory
 import torch
-host_memory.keep_freed_memory()
+host_memory.keep_freed_memory("cpu")
 def anon_huge_kb():
     try:
         for line in open("/proc/self/smaps_rollup"):

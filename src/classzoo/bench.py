@@ -125,8 +125,7 @@ def bench_model(
     device's layout); ``compile`` runs the network through torch.compile as train.compile does."""
     dev = resolve_device(device)
     env = DistEnv(device=dev)
-    if dev.type == "cpu":  # as a training run does (engine/run.py)
-        host_memory.keep_freed_memory()
+    host_memory.keep_freed_memory(dev.type)  # as a training run does (engine/run.py)
     cl = or_device_default(channels_last, dev, "channels_last")
     model = create_model(model_name, num_classes=num_classes).to(dev)
     size = image_size or int(getattr(model, "default_cfg", {}).get("input_size", (3, 224, 224))[-1])
@@ -173,8 +172,7 @@ def bench_data(
     dev = resolve_device(asked.train.device)
     env = DistEnv(device=dev)
     apply_threads(plan_threads(asked.data.num_workers, dev))
-    if dev.type == "cpu":
-        host_memory.keep_freed_memory()
+    host_memory.keep_freed_memory(dev.type)
     s = set_up(asked, env, need_train=True, need_val=False)
     r = s.resolved
     dtype = r.precision_dtype("train")

@@ -12,16 +12,16 @@ changes a value computed:
   2 MiB or more are 2 MiB-aligned and ``madvise(MADV_HUGEPAGE)``'d (the kernel's THP mode
   ``madvise``, the common default, honours exactly that);
 - glibc ``mallopt``: no ``mmap`` and no trimming of the heap below 2 GiB (the most its C ``int``
-  argument can say), so a freed activation's
-  pages (huge ones included) serve the next step without a fault (:func:`keep_freed_memory`). The
-  process keeps its peak memory instead of returning it between steps, as jemalloc and tcmalloc
+  argument can say), so a freed activation's pages (huge ones included) serve the next step
+  without a fault (:func:`keep_freed_memory`). The process keeps its peak memory instead of
+  returning it between steps, as jemalloc and tcmalloc
   (Intel's advice for CPU training) do. Measured: glibc keeps a freed 2 MiB-aligned block but
   still returns a 64-byte-aligned one (PyTorch's alignment without huge pages), so the two
   settings work together: tests/test_host_memory.py.
 
 Measured together (docs/benchmarks.md, session 4): 0-330 faults per step instead of
-31,000-94,000, 1.07x-1.3x the images/s (medians of alternating rounds; this VM's rounds vary by
-+-30 %), peak resident memory 2.5 instead of 2.0 GB (``classzoo bench --model resnet50 -b 16``).
+31,000-94,000; up to 1.3x the images/s in single-process runs, 0.91x-1.07x through
+benchmarks/bench_train_step.py (this VM's rounds vary by +-30 %); peak resident memory 2.5 instead of 2.0 GB (``classzoo bench --model resnet50 -b 16``).
 ``CLASSZOO_HOST_MEMORY=default`` leaves both as they are; so does a user's own
 ``THP_MEM_ALLOC_ENABLE``, glibc malloc variables or a preloaded allocator.
 """
@@ -78,10 +78,12 @@ def _glibc():
     return libc
 
 
-def keep_freed_memory() -> None:
-    """Ask glibc to keep freed memory for the next step (module docstring). Idempotent; does
-    nothing but record why where it does not apply."""
+def keep_freed_memory(device_type: str) -> None:
+    """Ask glibc to keep freed memory for the next step when this process computes on the CPU
+    (module docstring). Idempotent; does nothing but record why where it does not apply."""
     preload = os.environ.get("LD_PRELOAD", "")
+    if device_type != "cpu":  # an accelerator's activations are not host memory
+        return
     if _opted_out():
         _state["kept"] = f"off ({OPT_OUT}=default)"
     elif any(v in os.environ for v in _GLIBC_MALLOC_ENV) or "malloc" in os.environ.get(

@@ -83,8 +83,7 @@ def run(
         threads = recorded_threads(run_dir, resume, early)
         plan = plan_for_run(asked.data.num_workers, env.device, env.world_size, threads)
         apply_threads(plan, announce=False)  # torchrun: per local rank; logged as resolved
-        if env.device.type == "cpu":
-            host_memory.keep_freed_memory()
+        host_memory.keep_freed_memory(env.device.type)
         mode = asked.train.mode
         if mode == "evaluate":  # model.checkpoint names what to evaluate: each loaded in turn
             asked_build = with_values(asked, {"model.checkpoint": None}, "mode evaluate")
