@@ -14,14 +14,15 @@ changes a value computed:
 - glibc ``mallopt``: no ``mmap`` and no trimming of the heap below 2 GiB (the most its C ``int``
   argument can say), so a freed activation's pages (huge ones included) serve the next step
   without a fault (:func:`keep_freed_memory`). The process keeps its peak memory instead of
-  returning it between steps, as jemalloc and tcmalloc
-  (Intel's advice for CPU training) do. Measured: glibc keeps a freed 2 MiB-aligned block but
+  returning it between steps, as jemalloc and tcmalloc (Intel's advice for CPU training) do.
+  Measured: glibc keeps a freed 2 MiB-aligned block but
   still returns a 64-byte-aligned one (PyTorch's alignment without huge pages), so the two
   settings work together: tests/test_host_memory.py.
 
 Measured together (docs/benchmarks.md, session 4): 0-330 faults per step instead of
 31,000-94,000; up to 1.3x the images/s in single-process runs, 0.91x-1.07x through
-benchmarks/bench_train_step.py (this VM's rounds vary by +-30 %); peak resident memory 2.5 instead of 2.0 GB (``classzoo bench --model resnet50 -b 16``).
+benchmarks/bench_train_step.py (this VM's rounds vary by +-30 %); peak resident memory 2.5
+instead of 2.0 GB (``classzoo bench --model resnet50 -b 16``).
 ``CLASSZOO_HOST_MEMORY=default`` leaves both as they are; so does a user's own
 ``THP_MEM_ALLOC_ENABLE``, glibc malloc variables or a preloaded allocator.
 """
