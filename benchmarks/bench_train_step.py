@@ -8,8 +8,9 @@ Contenders, each in a fresh process, in alternating rounds (medians of the round
   bench-compile classzoo bench --compile (train.compile=true)
   bench-plain-memory  classzoo bench with CLASSZOO_HOST_MEMORY=default: PyTorch's and glibc's
                 own host memory defaults, as timm runs (engine/host_memory.py)
-  train         classzoo train on synthetic data (data.source=synthetic: the whole loop, the
-                loader and its worker included), images/s of the log intervals after warm-up
+  train         classzoo train on synthetic data (data.source=synthetic: the whole loop, its
+                loader in-process (data.num_workers=0, so no worker shares the cores, as in
+                bench), images/s of the log intervals after warm-up
 timm's benchmark.py is not in the timm wheel: pass the file of a timm checkout, e.g.
   git clone https://github.com/huggingface/pytorch-image-models && \\
   python benchmarks/bench_train_step.py --timm-benchmark pytorch-image-models/benchmark.py
@@ -17,9 +18,11 @@ timm's benchmark.py is not in the timm wheel: pass the file of a timm checkout, 
     python benchmarks/bench_train_step.py [--model resnet50] [--batch-size 16] [--image-size 224]
         [--rounds 3] [--steps 10] [--warmup 3] [--skip timm-compile,bench-compile]
 
-Both sides get the same thread count (torch's default: one per core) and the same
-OMP_WAIT_POLICY (classzoo sets PASSIVE on import unless the caller chose; this script sets
-it for every contender so timm runs under the same OpenMP waiting).
+Both sides get the same thread count (torch's default: one per core), and each runs as its
+users run it: this script sets no OpenMP variable, so timm's process waits with libgomp's
+default (spin, then sleep) and classzoo chooses its own (engine/threads.py: the same spinning
+here, as no loader worker shares the cores; PASSIVE only beside workers). Before session 5 the
+script forced OMP_WAIT_POLICY=PASSIVE on every contender, which slowed both sides alike.
 """
 
 from __future__ import annotations
@@ -40,8 +43,7 @@ def _json_after(text: str, marker: str = "") -> dict:
 
 
 def _run(cmd: list[str], timeout: int, **extra_env: str) -> str:
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    env.update(extra_env)
+    env = {**os.environ, **extra_env}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])}... failed: {done.stderr[-800:]}")
@@ -78,7 +80,7 @@ def train_ips(a, workdir: Path, round_: int) -> float:
         "--max-steps", str(n_steps), "--device", "cpu",
         "--set", f"model.name={a.model}", "--set", "data.source=synthetic",
         "--set", f"data.synthetic_size={a.batch_size * n_steps}", "--set", "data.preset=timm",
-        "--set", f"data.image_size={a.image_size}", "--set", "data.num_workers=1",
+        "--set", f"data.image_size={a.image_size}", "--set", "data.num_workers=0",
         "--set", "train.mode=train", "--set", f"train.log_every={a.warmup}",
         "--set", "train.channels_last=true", "--set", "train.keep_max=1",
     ]  # fmt: skip

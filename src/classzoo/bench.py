@@ -22,7 +22,7 @@ from classzoo.engine.precision import autocast, precision_name, resolve_amp
 from classzoo.engine.resolve import or_device_default
 from classzoo.engine.state import TrainState
 from classzoo.engine.threads import apply as apply_threads
-from classzoo.engine.threads import plan_threads
+from classzoo.engine.threads import plan_threads, wait_policy
 from classzoo.models import create_model
 
 
@@ -103,6 +103,7 @@ def _report(name, mode, batch, size, dtype, cl, compiled, dev, flops, warm_s, dt
         "mfu": achieved / peak,
         "peak_memory_mb": round(_peak_memory_mb(dev), 1),
         "host_memory": host_memory.describe(),
+        "openmp_wait": wait_policy(),
     }
 
 

@@ -62,6 +62,10 @@ def _data_overrides(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from classzoo.engine.threads import choose_wait_policy
+
+    # before torch loads: on synthetic tensors no loader worker shares the cores
+    choose_wait_policy(args.num_workers if args.data_dir is not None else 0)
     from classzoo.bench import bench_data, bench_model
     from classzoo.errors import UserError
 
@@ -106,6 +110,6 @@ def run(args: argparse.Namespace) -> int:
         f"{r['tflops']:.3f} TFLOP/s = MFU {100 * r['mfu']:.1f} % of the "
         f"{r['peak_matmul_tflops']:.3f} TFLOP/s measured matmul peak; peak memory "
         f"{r['peak_memory_mb']:.0f} MiB; warm-up {r['warmup_s']:.1f} s; host memory: "
-        f"{r['host_memory']}"
+        f"{r['host_memory']}; {r['openmp_wait']}"
     )
     return 0

@@ -60,12 +60,17 @@ def run(args: argparse.Namespace) -> int:
 
         return relaunch_with_torchrun(args.nproc_per_node, sys.argv[1:])
     from classzoo.config import load_recipe, with_overrides, with_values
-    from classzoo.engine.run import run as run_recipe
+    from classzoo.engine.threads import choose_wait_policy
 
     flags = {key: getattr(args, flag[2:].replace("-", "_")) for flag, key, _, _ in SHORTCUTS}
     given = {key: value for key, value in flags.items() if value is not None}
     cfg = with_values(load_recipe(args.recipe), given, "command line")
     cfg = with_overrides(cfg, args.overrides)
+    # before torch loads (engine/threads.py); DALI runs at least one thread beside the step
+    d = cfg.data
+    choose_wait_policy(d.num_workers if d.loader == "torch" else max(1, d.num_workers))
+    from classzoo.engine.run import run as run_recipe
+
     out = Path(args.output_dir) if args.output_dir else None
     run_recipe(cfg, out, resume=args.resume, overwrite=args.overwrite)
     return 0

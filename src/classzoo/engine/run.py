@@ -92,7 +92,7 @@ def run(
             s = set_up(asked, env, need_train=True, need_val=mode != "train")
         if s.train is not None:  # a loader that cannot serve it: before the folder exists
             build.check_loader(s.train.dataset, asked.data.loader)
-        recorded = {"threads": plan.compute_threads, "thread_plan": plan.why}
+        recorded = {"threads": plan.compute_threads, "thread_plan": plan.explained}
         s.resolved = replace(s.resolved, **recorded, host_memory=host_memory.describe())
         if early is not None:  # it fits this model: checked before anything is written
             load_into(s.model, early["model"], str(resume), allow_new_head=False)

@@ -23,8 +23,18 @@ and 2 threads), so it must not change between a run and its resume: :func:`plan_
 deterministic unless the caller passes the load (:func:`machine_load`), which a run should do
 at its first start only, recording the count and passing it back (``threads``) on resume.
 
+Spinning is what a process needs when nobody else wants its cores: the ResNet-50 training step
+alone (batch 16, bf16, 2 threads, no loader workers) ran 1.1-1.5x the images/s with libgomp's
+spinning default than with PASSIVE (8 alternating pairs, median 1.23x; process CPU / wall 2.00
+against 1.78: a sleeping thread's wake-up costs this VM more than the spin), while the
+quickstart, whose 2 DataLoader workers share the 2 cores, took 180 and 185 s spinning against
+159 and 166 s passive, alternating (docs/benchmarks.md, session 5).
+
 So: the wait policy is PASSIVE unless the user chose one (:func:`prefer_passive_wait`, which
-must run before ``import torch``: libgomp reads it when it loads), and :func:`plan_threads`
+must run before ``import torch``: libgomp reads it when it loads); a command that knows before
+torch loads that no loader worker will share its cores (``classzoo bench`` on synthetic tensors,
+a run with ``data.num_workers=0``) gives libgomp its spinning default back
+(:func:`choose_wait_policy`); and :func:`plan_threads`
 splits the cores between the local processes; a CPU device keeps the cores of its share that
 are free for compute (workers mostly wait for the step; passive threads give their cores back
 when they do), an accelerator leaves the workers the cores its host thread does not need.
@@ -43,7 +53,13 @@ from dataclasses import dataclass
 log = logging.getLogger("classzoo")
 
 WAIT_POLICY = "PASSIVE"
+SPIN = "OpenMP threads spin, then sleep (libgomp's default; no loader worker shares the cores)"
 _USER_POLICY = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+_SET_BY_US = "_CLASSZOO_SET_WAIT"  # inherited by torchrun ranks: their PASSIVE is ours too
+
+
+def _ours() -> bool:
+    return os.environ.get(_SET_BY_US) == "1" and os.environ.get("OMP_WAIT_POLICY") == WAIT_POLICY
 
 
 def prefer_passive_wait() -> bool:
@@ -52,7 +68,26 @@ def prefer_passive_wait() -> bool:
     imported (then it is too late for this process; DataLoader workers are forks of it)."""
     if not any(v in os.environ for v in _USER_POLICY):
         os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
+        os.environ[_SET_BY_US] = "1"
     return "torch" not in sys.modules
+
+
+def choose_wait_policy(loader_workers: int) -> str:
+    """Before torch loads: keep classzoo's PASSIVE when ``loader_workers`` (DataLoader worker
+    processes or DALI threads) will share this process's cores, else give libgomp its spinning
+    default back (module docstring). A user's choice and a torch loaded earlier stay as they
+    are. Returns the policy libgomp runs with (:func:`wait_policy`)."""
+    if loader_workers == 0 and _ours() and "torch" not in sys.modules:
+        del os.environ["OMP_WAIT_POLICY"], os.environ[_SET_BY_US]
+    return wait_policy()
+
+
+def wait_policy() -> str:
+    """What libgomp waits with in this process, as its environment says, for the log."""
+    if _ours():
+        return f"OpenMP threads sleep when idle: {WAIT_POLICY} (loader workers share the cores)"
+    user = [f"{v}={os.environ[v]}" for v in _USER_POLICY if v in os.environ]
+    return f"OpenMP wait: {', '.join(user)} (yours)" if user else SPIN
 
 
 def available_cores() -> int:
@@ -106,6 +141,11 @@ class ThreadPlan:
     wait_policy: str  # what libgomp runs with in this process
     why: str  # one line for the start-of-run log
 
+    @property
+    def explained(self) -> str:
+        """Why this many threads, and how they wait: resolved.yaml's ``thread_plan``."""
+        return f"{self.why}; {self.wait_policy}"
+
 
 def plan_threads(
     num_workers: int,
@@ -125,7 +165,7 @@ def plan_threads(
     kind = getattr(device, "type", str(device))
     local = local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     share = max(1, (cores or available_cores()) // max(1, local))
-    policy = os.environ.get("OMP_WAIT_POLICY", "(libgomp default: spin, then sleep)")
+    policy = wait_policy()
     asked = os.environ.get("OMP_NUM_THREADS")
     if asked and asked.isdigit() and int(asked) > 0:
         n, why = int(asked), f"OMP_NUM_THREADS={asked}"
@@ -161,7 +201,7 @@ def plan_for_run(num_workers: int, device, world_size: int, recorded: int | None
 def describe(plan: ThreadPlan) -> str:
     return (
         f"{plan.compute_threads} compute, {plan.num_workers} workers ({plan.why}); "
-        f"OMP_WAIT_POLICY {plan.wait_policy}"
+        f"{plan.wait_policy}"
     )
 
 
@@ -175,10 +215,10 @@ def apply(plan: ThreadPlan, announce: bool = True) -> None:
         torch.set_num_interop_threads(plan.interop_threads)
     if announce:
         log.info("threads: %s", describe(plan))
-    if os.environ.get("OMP_WAIT_POLICY", "").upper() != WAIT_POLICY and not any(
-        v in os.environ for v in _USER_POLICY
-    ):
+    if plan.num_workers > 0 and plan.wait_policy == SPIN:
         log.warning(
-            "OMP_WAIT_POLICY is not PASSIVE: spinning OpenMP threads can slow training by "
-            "10x or more when other processes share the cores (benchmarks/bench_threads.py)"
+            "OpenMP threads spin while %d loader workers share the cores (torch was imported "
+            "before classzoo): the quickstart ran 1.1x slower so, and a busy machine can make "
+            "it 10x; set OMP_WAIT_POLICY=PASSIVE (benchmarks/bench_threads.py)",
+            plan.num_workers,
         )
