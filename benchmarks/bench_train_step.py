@@ -70,6 +70,9 @@ def bench_cmd(a, compile: bool) -> list[str]:
     return cmd + (["--compile"] if compile else [])
 
 
+DATA_WAIT: list[float] = []  # train's share of wall time waiting for its batch, per round
+
+
 def train_ips(a, workdir: Path, round_: int) -> float:
     """classzoo train on synthetic data: mean images/s of the log intervals after warm-up."""
     out = workdir / f"train-{round_}"
@@ -86,8 +89,9 @@ def train_ips(a, workdir: Path, round_: int) -> float:
     ]  # fmt: skip
     _run(cmd, 1800)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    fps = [r["fps"] for r in rows if r.get("kind") == "train"][1:]  # after the warm-up interval
-    return statistics.mean(fps)
+    train = [r for r in rows if r.get("kind") == "train"][1:]  # after the warm-up interval
+    DATA_WAIT.append(statistics.mean(r["data_wait"] for r in train))
+    return statistics.mean(r["fps"] for r in train)
 
 
 def main() -> None:
@@ -150,6 +154,9 @@ def main() -> None:
     for ours, peer in pairs:
         if ours in med and peer in med:
             print(f"  ratio {ours} / {peer}: {med[ours] / med[peer]:.3f}")
+    if DATA_WAIT:  # with no worker, making the synthetic images is part of train's step
+        wait = statistics.median(DATA_WAIT)
+        print(f"  train waited for data {100 * wait:.1f} % of its wall time (median of rounds)")
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ done
 
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-# OpenMP threads sleep instead of spinning at barriers (engine/threads.py: spinning threads made
-# a shared CPU 10x slower); an explicit choice of the caller is kept
-if [ -z "${OMP_WAIT_POLICY:-}${GOMP_SPINCOUNT:-}" ]; then export OMP_WAIT_POLICY=PASSIVE; fi
+# No OpenMP variable is set here: each classzoo process chooses how its idle threads wait
+# (engine/threads.py: PASSIVE beside loader workers, libgomp's spinning default without them);
+# an explicit choice of the caller is kept by every process
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 START=$(date +%s)
