@@ -27,19 +27,18 @@ Spinning is what a process needs when nobody else wants its cores: the ResNet-50
 alone (batch 16, bf16, 2 threads, no loader workers) ran 0.93-1.73x (median 1.23x of 8
 alternating pairs) the images/s with libgomp's spinning default than with PASSIVE; process CPU
 / wall 2.00 against ~1.8 (likely: waking a sleeping thread costs this VM more than the spin),
-while the
-quickstart, whose 2 DataLoader workers share the 2 cores, took 180 and 185 s spinning against
-159 and 166 s passive, alternating (docs/benchmarks.md, session 5).
+while the quickstart, whose 2 DataLoader workers share the 2 cores, took 180 and 185 s spinning
+against 159 and 166 s passive, alternating (docs/benchmarks.md, session 5).
 
 So: the wait policy is PASSIVE unless the user chose one (:func:`prefer_passive_wait`, which
 must run before ``import torch``: libgomp reads it when it loads); a command that knows before
 torch loads that no loader worker will share its cores (``classzoo bench`` on synthetic tensors,
 ``classzoo train`` with ``data.num_workers=0``) gives libgomp its spinning default back
-(:func:`choose_wait_policy`); and :func:`plan_threads`
-splits the cores between the local processes; a CPU device keeps the cores of its share that
-are free for compute (workers mostly wait for the step; passive threads give their cores back
-when they do), an accelerator leaves the workers the cores its host thread does not need.
-DataLoader workers run one torch thread each (PyTorch sets that in every worker).
+(:func:`choose_wait_policy`); and :func:`plan_threads` splits the cores between the local
+processes; a CPU device keeps the cores of its share that are free for compute (workers mostly
+wait for the step; passive threads give their cores back when they do), an accelerator leaves
+the workers the cores its host thread does not need. DataLoader workers run one torch thread
+each (PyTorch sets that in every worker).
 """
 
 from __future__ import annotations
