@@ -8,9 +8,9 @@ Contenders, each in a fresh process, in alternating rounds (medians of the round
   bench-compile classzoo bench --compile (train.compile=true)
   bench-plain-memory  classzoo bench with CLASSZOO_HOST_MEMORY=default: PyTorch's and glibc's
                 own host memory defaults, as timm runs (engine/host_memory.py)
-  train         classzoo train on synthetic data (data.source=synthetic: the whole loop, its
-                loader in-process (data.num_workers=0, so no worker shares the cores, as in
-                bench), images/s of the log intervals after warm-up
+  train         classzoo train on synthetic data (data.source=synthetic): the whole loop, its
+                loader in-process (data.num_workers=0: no worker shares the cores, as in
+                bench); images/s of the log intervals after warm-up
 timm's benchmark.py is not in the timm wheel: pass the file of a timm checkout, e.g.
   git clone https://github.com/huggingface/pytorch-image-models && \\
   python benchmarks/bench_train_step.py --timm-benchmark pytorch-image-models/benchmark.py
