@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -80,7 +81,8 @@ def test_a_run_beside_a_busy_process_leaves_it_a_core_and_its_resume_keeps_the_c
     """A CPU run started while another process keeps a core busy computes with the cores left
     free (bf16 at 2 threads collapsed there: 26-100 against 222-276 img/s at 1 thread); the
     count is recorded in resolved.yaml, and ``--resume auto`` reuses it when the machine is
-    idle again (another count would change the float results)."""
+    idle again (another count would change the float results). ``classzoo bench`` started
+    there times the step with the count a run would start with."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     cmd = [
         sys.executable, "-m", "classzoo", "train", "--recipe", "quickstart", "--data-dir",
@@ -92,8 +94,13 @@ def test_a_run_beside_a_busy_process_leaves_it_a_core_and_its_resume_keeps_the_c
     cores = len(os.sched_getaffinity(0))
     spin = "import time\nt = time.time()\nwhile time.time() - t < 60: pass"
     busy = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(cores - 1)]
+    bench = [
+        sys.executable, "-m", "classzoo", "bench", "--model", "resnet10t", "--batch-size", "2",
+        "--image-size", "32", "--steps", "1", "--warmup", "0", "--amp", "off", "--json",
+    ]  # fmt: skip
     try:
         first = subprocess.run([*cmd, "--max-steps", "1"], env=env, capture_output=True, text=True)
+        timed = subprocess.run(bench, env=env, capture_output=True, text=True)
     finally:
         for p in busy:
             p.kill()
@@ -102,6 +109,10 @@ def test_a_run_beside_a_busy_process_leaves_it_a_core_and_its_resume_keeps_the_c
     resolved = (tmp_path / "run" / "resolved.yaml").read_text()
     assert "threads: 1\n" in resolved, resolved
     assert f"{cores - 1} busy with other processes" in first.stderr
+    # classzoo bench times the step with the threads a run would start with there
+    assert timed.returncode == 0, timed.stderr[-2000:]
+    report = json.loads(timed.stdout)
+    assert report["threads"] == 1 and f"{cores - 1} busy" in report["thread_plan"], report
     again = subprocess.run(
         [*cmd, "--max-steps", "2", "--resume", "auto"], env=env, capture_output=True, text=True
     )

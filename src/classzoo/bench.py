@@ -22,7 +22,7 @@ from classzoo.engine.precision import autocast, precision_name, resolve_amp
 from classzoo.engine.resolve import or_device_default
 from classzoo.engine.state import TrainState
 from classzoo.engine.threads import apply as apply_threads
-from classzoo.engine.threads import plan_threads, wait_policy
+from classzoo.engine.threads import plan_for_run
 from classzoo.models import create_model
 
 
@@ -103,7 +103,6 @@ def _report(name, mode, batch, size, dtype, cl, compiled, dev, flops, warm_s, dt
         "mfu": achieved / peak,
         "peak_memory_mb": round(_peak_memory_mb(dev), 1),
         "host_memory": host_memory.describe(),
-        "openmp_wait": wait_policy(),
     }
 
 
@@ -126,6 +125,9 @@ def bench_model(
     device's layout); ``compile`` runs the network through torch.compile as train.compile does."""
     dev = resolve_device(device)
     env = DistEnv(device=dev)
+    # the threads a training run would start with here: fewer beside busy processes
+    plan = plan_for_run(0, dev, 1, None)
+    apply_threads(plan, announce=False)
     host_memory.keep_freed_memory(dev.type)  # as a training run does (engine/run.py)
     cl = or_device_default(channels_last, dev, "channels_last")
     model = create_model(model_name, num_classes=num_classes).to(dev)
@@ -149,9 +151,10 @@ def bench_model(
 
     flops = _flops_of(lambda: step(model))
     warm_s, dt = _time(step, dev, warmup, steps)
-    return _report(
+    out = _report(
         model_name, mode, batch_size, size, dtype, cl, compile, dev, flops, warm_s, dt, steps
     )
+    return {**out, "thread_plan": plan.explained}
 
 
 def bench_data(
@@ -172,7 +175,8 @@ def bench_data(
     asked = with_values(Config(), {**values, "train.progress": False, **(overrides or {})}, "bench")
     dev = resolve_device(asked.train.device)
     env = DistEnv(device=dev)
-    apply_threads(plan_threads(asked.data.num_workers, dev))
+    plan = plan_for_run(asked.data.num_workers, dev, 1, None)
+    apply_threads(plan, announce=False)
     host_memory.keep_freed_memory(dev.type)
     s = set_up(asked, env, need_train=True, need_val=False)
     r = s.resolved
@@ -201,7 +205,8 @@ def bench_data(
         model_name, "train", batch_size, size, dtype, r.channels_last, r.compile is not None,
         dev, flops, warm_s, dt, steps,
     )  # fmt: skip
-    return {**out, "data": data_dir, "workers": asked.data.num_workers, "data_wait": waited[0] / dt}
+    data = {"data": data_dir, "workers": asked.data.num_workers, "data_wait": waited[0] / dt}
+    return {**out, **data, "thread_plan": plan.explained}
 
 
 def _endless(loader, sampler, device: torch.device, batch_fn):

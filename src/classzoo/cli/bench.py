@@ -106,10 +106,11 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{r['model']} {r['mode']} batch {r['batch_size']} {r['image_size']}px amp {r['amp']} "
         f"channels_last {r['channels_last']} compile {r['compile']} on {r['device']} "
-        f"({r['threads']} threads), {source}: {r['images_per_sec']:.1f} images/s, "
+        f"({r['threads']} threads: {r['thread_plan']}), {source}: "
+        f"{r['images_per_sec']:.1f} images/s, "
         f"{r['tflops']:.3f} TFLOP/s = MFU {100 * r['mfu']:.1f} % of the "
         f"{r['peak_matmul_tflops']:.3f} TFLOP/s measured matmul peak; peak memory "
         f"{r['peak_memory_mb']:.0f} MiB; warm-up {r['warmup_s']:.1f} s; host memory: "
-        f"{r['host_memory']}; {r['openmp_wait']}"
+        f"{r['host_memory']}"
     )
     return 0
