@@ -124,8 +124,10 @@ def test_a_run_beside_a_busy_process_leaves_it_a_core_and_its_resume_keeps_the_c
 def _libgomp_spin_count(stderr: str) -> str:
     """The spin count libgomp itself reports at load (``OMP_DISPLAY_ENV=verbose``): how many
     iterations an idle OpenMP thread spins before it sleeps (0: PASSIVE)."""
-    line = next(x for x in stderr.splitlines() if x.strip().startswith("GOMP_SPINCOUNT"))
-    return line.split("=")[1].strip().strip("'")
+    lines = [x for x in stderr.splitlines() if x.strip().startswith("GOMP_SPINCOUNT")]
+    if not lines:  # torch built with another OpenMP runtime (macOS, Intel's): no such report
+        pytest.skip("this torch's OpenMP runtime is not libgomp")
+    return lines[0].split("=")[1].strip().strip("'")
 
 
 def test_openmp_threads_spin_only_where_no_loader_worker_shares_the_cores(tmp_path):
