@@ -13,6 +13,12 @@ import yaml
 
 from classzoo.engine.threads import apply, plan_threads
 
+# the smallest `classzoo bench` on synthetic tensors: one step of a tiny network
+_BENCH = [
+    sys.executable, "-m", "classzoo", "bench", "--model", "resnet10t", "--batch-size", "2",
+    "--image-size", "32", "--steps", "1", "--warmup", "0", "--amp", "off", "--json",
+]  # fmt: skip
+
 
 @pytest.fixture
 def clean_env(monkeypatch):
@@ -94,13 +100,9 @@ def test_a_run_beside_a_busy_process_leaves_it_a_core_and_its_resume_keeps_the_c
     cores = len(os.sched_getaffinity(0))
     spin = "import time\nt = time.time()\nwhile time.time() - t < 60: pass"
     busy = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(cores - 1)]
-    bench = [
-        sys.executable, "-m", "classzoo", "bench", "--model", "resnet10t", "--batch-size", "2",
-        "--image-size", "32", "--steps", "1", "--warmup", "0", "--amp", "off", "--json",
-    ]  # fmt: skip
     try:
         first = subprocess.run([*cmd, "--max-steps", "1"], env=env, capture_output=True, text=True)
-        timed = subprocess.run(bench, env=env, capture_output=True, text=True)
+        timed = subprocess.run(_BENCH, env=env, capture_output=True, text=True)
     finally:
         for p in busy:
             p.kill()
@@ -137,16 +139,12 @@ def test_openmp_threads_spin_only_where_no_loader_worker_shares_the_cores(tmp_pa
     libgomp's own report at load says which it got; a user's choice wins."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env["OMP_DISPLAY_ENV"] = "verbose"
-    bench = [
-        sys.executable, "-m", "classzoo", "bench", "--model", "resnet10t", "--batch-size", "2",
-        "--image-size", "32", "--steps", "1", "--warmup", "0", "--amp", "off", "--json",
-    ]  # fmt: skip
-    alone = subprocess.run(bench, env=env, capture_output=True, text=True)
+    alone = subprocess.run(_BENCH, env=env, capture_output=True, text=True)
     assert alone.returncode == 0, alone.stderr[-2000:]
     assert _libgomp_spin_count(alone.stderr) == "300000"  # libgomp's documented default
     assert "spin" in alone.stdout and "PASSIVE" not in alone.stdout
 
-    def train(workers: int, **extra: str) -> subprocess.CompletedProcess:
+    def train(workers: int, **extra: str) -> tuple[subprocess.CompletedProcess, str]:
         out = tmp_path / f"run{workers}{len(extra)}"
         cmd = [
             sys.executable, "-m", "classzoo", "train", "--recipe", "quickstart", "--output-dir",
