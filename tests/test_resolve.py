@@ -105,8 +105,9 @@ def test_fp16_trained_checkpoint_evaluates_on_cpu_in_fp32(tmp_path, small_imagef
     assert fp16["count"] == 20
 
 
-def test_new_head_evaluation_is_the_same_on_every_run(tmp_path, small_imagefolder, capsys):
-    """Weights of another head size: the head stays at its init, seeded from the run's seed."""
+def test_eval_refuses_weights_whose_head_has_another_size(tmp_path, small_imagefolder, capsys):
+    """Weights of another head size: evaluating a head left at its initialisation would print
+    the accuracy of random logits (it did, the same on every run); it is one line, exit 2."""
     weights = tmp_path / "w.safetensors"
     from safetensors.torch import save_file
 
@@ -123,11 +124,10 @@ def test_new_head_evaluation_is_the_same_on_every_run(tmp_path, small_imagefolde
         "--set",
         "data.image_size=32",
     ]
-    results = []
-    for _ in range(2):
-        assert main(args) == 0
-        results.append(json.loads(capsys.readouterr().out))
-    assert results[0] == results[1] and results[0]["count"] == 20
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("classzoo: error: checkpoint ") and "classifier of another size" in err[-1]
+    assert "set model.num_classes=7 to use it" in err[-1]
 
 
 STEPS = {"div": np.divide, "sub": np.subtract, "mul": np.multiply}

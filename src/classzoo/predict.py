@@ -10,14 +10,13 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Iterable, Sequence
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from classzoo.data import decode
+from classzoo.data.class_index import imagenet_classes
 from classzoo.data.imagefolder import IMG_EXTENSIONS
 from classzoo.data.transforms import build_transform
 from classzoo.engine.build import transform_preprocess
@@ -67,14 +66,6 @@ def collect_images(paths: Iterable[str]) -> list[Path]:
         else:
             raise UserError(f"image {path} does not exist")
     return out
-
-
-@lru_cache(maxsize=1)
-def imagenet_classes() -> tuple[tuple[str, str], ...]:
-    """The 1000 (synset, lemmas) pairs in timm's / slim's order, shipped with classzoo."""
-    text = resources.files("classzoo").joinpath("data_files/imagenet_classes.tsv").read_text()
-    rows = [line.split("\t", 1) for line in text.splitlines() if line and not line.startswith("#")]
-    return tuple((synset, lemma) for synset, lemma in rows)
 
 
 def class_names(num_classes: int, classes: Sequence[str] | None) -> list[str] | None:

@@ -77,9 +77,16 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 f" (extra: {extra[:5]}, missing: {lacking[:5]})"
             )
         self.classes = found
+        self.positions = self.targets  # each image's folder position (targets until relabel)
         self.transform = transform
         self.skip_corrupt = skip_corrupt
         self.decoder = "pil"  # "tf" for the slim presets (set with the transform)
+
+    def relabel(self, index: dict[str, int]) -> None:
+        """Label each class folder's images ``index[folder]`` instead of its sorted position
+        (data/class_index.py: a trained model's logits, matched by name)."""
+        logit = np.asarray([index[name] for name in self.classes], dtype=np.int64)
+        self.targets = logit[self.positions]
 
     def __len__(self) -> int:
         return len(self.files)

@@ -9,8 +9,8 @@ the model is built once, seeded, with its weights.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from classzoo.config import DataConfig, ModelConfig
+from classzoo.data.class_index import match_class_folders
 from classzoo.data.datasets import build_dataset
 from classzoo.data.sampling import EvalBatchSampler, SeededDataset, TrainBatchSampler
 from classzoo.data.transforms import EvalPreprocess, TrainAugment, build_transform
@@ -108,8 +109,21 @@ def open_split(
     found = ds.classes if data.source == "imagefolder" else None
     location = str(Path(data.dir) / split) if found else "synthetic"
     n = len(found) if found else synthetic_classes
-    info = SplitInfo(data.source, location, len(ds), (), (), 0, n - 1)
+    by = "sorted folder names 0..N-1 (torchvision's rule)" if found else None
+    info = SplitInfo(data.source, location, len(ds), (), (), 0, n - 1, labels_by=by)
     return Split(ds, info, found, pipeline.batch)
+
+
+def labelled_by_logit(
+    split: Split, num_logits: int, stored: Sequence[str] | None
+) -> tuple[Split, tuple[str, ...]]:
+    """The split's images labelled with the logit of their class, matched by name
+    (data/class_index.py), and the names of the logits."""
+    match = match_class_folders(split.classes, num_logits, stored, split.info.location)
+    split.dataset.relabel(match.index)
+    labels = list(match.index.values())
+    info = replace(split.info, label_min=min(labels), label_max=max(labels), labels_by=match.rule)
+    return Split(split.dataset, info, split.classes, split.batch), match.logit_names
 
 
 def build_model(

@@ -17,10 +17,12 @@ import torch
 from torch import nn
 
 from classzoo.config import Config, from_dict, load_recipe, with_overrides, with_values
+from classzoo.data.class_index import is_imagenet_synsets
 from classzoo.engine.build import (
     Split,
     build_model,
     eval_loader,
+    labelled_by_logit,
     model_defaults,
     open_split,
     weights_report,
@@ -105,22 +107,29 @@ def defaults_for(src: CheckpointSource, asked: Config) -> dict[str, Any]:
 
 
 def load_weights(net: nn.Module, model_name: str, src: CheckpointSource) -> dict[str, Any]:
-    """Load ``src`` into ``net`` (a classzoo file from what was already read)."""
+    """Load ``src`` into ``net`` (a classzoo file from what was already read), strictly: a
+    classifier left at its initialisation would score random logits, so another class count
+    is a UserError here (training may start a new head; evaluation may not)."""
     if src.contents is None:
-        report = load_checkpoint(net, model_name, src.path)
+        report = load_checkpoint(net, model_name, src.path, allow_new_head=False)
     else:
         state = state_from_checkpoint(src.contents, src.path)
-        loaded, left = load_into(net, state, src.path)
+        loaded, left = load_into(net, state, src.path, allow_new_head=False)
         report = LoadReport(src.path, src.format, loaded, left, [])
     return weights_report(report)
 
 
 def head_size(asked: Config, src: CheckpointSource, split: Split | None) -> int | None:
+    """model.num_classes, else the checkpoint's record, else one logit per class folder; None
+    (the model's own head: ImageNet's 1000, slim inception's 1001) for ImageNet synset folders,
+    which name their logits whatever subset of them is present."""
     if asked.model.num_classes is not None:
         return asked.model.num_classes
     if src.stored is not None and src.stored.model == asked.model.name:
         return src.stored.num_classes
-    return len(split.classes) if split is not None and split.classes else None
+    if split is None or not split.classes or is_imagenet_synsets(split.classes):
+        return None
+    return len(split.classes)
 
 
 @dataclass
@@ -156,8 +165,11 @@ def prepare(
     net, _ = build_model(asked.model, n, probe.preprocess.image_size, asked.train.seed)
     weights = load_weights(net, asked.model.name, src)
     stored_classes = src.stored.classes if src.stored is not None else None
-    classes = list(stored_classes) if stored_classes else (split.classes if split else None)
+    classes = list(stored_classes) if stored_classes else None
     n = int(getattr(net, "num_classes", n or 0))
+    if split is not None and split.classes:  # an ImageFolder: its folders matched to logits
+        split, names = labelled_by_logit(split, n, stored_classes)
+        classes = list(names)
     data = {"eval": split.info} if split is not None else {}
     resolved = resolve(asked, device, world_size, defaults, n, classes, data, weights, None)
     return Prepared(asked, net.to(device).eval(), resolved, split)

@@ -70,6 +70,7 @@ class SplitInfo:
     label_min: int | None = None  # stored labels, before the offset
     label_max: int | None = None
     distinct_labels: int | None = None  # TFRecord: how many label values occur
+    labels_by: str | None = None  # ImageFolder: how class folders became logit indices
 
 
 @dataclass(frozen=True)
@@ -322,7 +323,7 @@ def describe(r: Resolved) -> str:
     for split, info in r.data.items():
         labels = (
             f", labels {info.label_min}..{info.label_max}" if info.label_min is not None else ""
-        )
+        ) + (f" ({info.labels_by})" if info.labels_by else "")
         files = f" in {len(info.files)} files" if info.files else ""
         lines.append(
             f"{split}: {info.count} images{files} from {info.location} ({info.source}){labels}"

@@ -29,7 +29,8 @@ from classzoo.engine.distributed import (
     init_distributed,
     shutdown,
 )
-from classzoo.engine.evaluate import EvalOptions, checkpoints_in, evaluate, evaluate_checkpoints
+from classzoo.engine.evaluate import EvalOptions, evaluate
+from classzoo.engine.evaluate_mode import checkpoint_paths, evaluate_checkpoints, labelled_for
 from classzoo.engine.logs import setup_console_logging
 from classzoo.engine.loop import Hooks, LoopConfig, StepConfig, steps_per_epoch, train
 from classzoo.engine.optim import build_optimizer, build_scheduler, scaled_lr
@@ -88,6 +89,8 @@ def run(
         if mode == "evaluate":  # model.checkpoint names what to evaluate: each loaded in turn
             asked_build = with_values(asked, {"model.checkpoint": None}, "mode evaluate")
             s = set_up(asked_build, env, need_train=False, need_val=True)
+            paths = checkpoint_paths(asked.model.checkpoint)
+            s.val, s.resolved = labelled_for(s.val, s.resolved, paths)
         else:
             s = set_up(asked, env, need_train=True, need_val=mode != "train")
         if s.train is not None:  # a loader that cannot serve it: before the folder exists
@@ -178,10 +181,7 @@ def _schedule(asked: Config, n_train: int, world_size: int) -> Schedule:
 
 def _evaluate_mode(asked: Config, s: Setup, env: DistEnv, logger: RunLogger) -> dict[str, Any]:
     """The InceptionV4 reference's evaluate mode: every checkpoint of a folder -> a table."""
-    if not asked.model.checkpoint:
-        raise UserError("mode evaluate needs a checkpoint: --set model.checkpoint=FILE_OR_FOLDER")
-    src = Path(asked.model.checkpoint)
-    paths = checkpoints_in(src) if src.is_dir() else [src]
+    paths = checkpoint_paths(asked.model.checkpoint)
     d = asked.data
     loader = build.eval_loader(s.val.dataset, d.eval_batch_size or d.batch_size, d.num_workers, env)
     rows = evaluate_checkpoints(
@@ -198,6 +198,7 @@ def _evaluate_mode(asked: Config, s: Setup, env: DistEnv, logger: RunLogger) -> 
             s.val.batch,
         ),
         asked.train.ema,
+        s.resolved.classes,  # the val labels follow them: every checkpoint must have them
     )
     return rows[-1]
 

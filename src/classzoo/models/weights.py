@@ -143,10 +143,12 @@ def _new_head(own, state, model: nn.Module, source: str, allow: bool, skipped) -
     ]
     if keys and not allow:
         k = keys[0]
+        n = state[k].shape[0]  # Linear / 1x1-conv classifiers: (classes, ...)
         raise UserError(
             f"checkpoint {source} has a classifier of another size ({k} "
-            f"{tuple(state[k].shape)} vs the model's {tuple(own[k].shape)}): pass "
-            "allow_new_head=True to train a new head (left at its initialisation)"
+            f"{tuple(state[k].shape)} vs the model's {tuple(own[k].shape)}): set "
+            f"model.num_classes={n} to use it, or pass allow_new_head=True to train a new head "
+            "(left at its initialisation)"
         )
     return keys
 
@@ -225,9 +227,11 @@ def _tf_state(model: nn.Module, model_name: str, path, exclude, use_ema: bool, a
         variables = ckpt.read_all()
     auto = auto_head_excludes(model_name, variables, getattr(model, "num_classes", None), exclude)
     if auto and not allow:
+        n = next(v.shape[-1] for k, v in variables.items() if k.endswith(f"/{auto[0]}/biases"))
         raise UserError(
-            f"checkpoint {path}: its {', '.join(auto)} layers are sized for another class count "
-            "than the model's: pass allow_new_head=True to train new ones (left at init)"
+            f"checkpoint {path}: its {', '.join(auto)} layers have {n} classes, the model "
+            f"{getattr(model, 'num_classes', '?')}: set model.num_classes={n} to use them, or "
+            "pass allow_new_head=True to train new ones (left at init)"
         )
     scopes = [*exclude, *auto]
     state, init = slim_to_state_dict_and_init(

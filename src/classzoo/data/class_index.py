@@ -1,0 +1,96 @@
+"""Which logit each class folder of an ImageFolder is scored against when a trained model is
+evaluated.
+
+torchvision's ImageFolder numbers the sorted folder names 0..N-1. That is right only when the
+folders are exactly the classes the model was trained on, in that order: a validation subset
+that lacks one class shifts every label after the gap, and slim's 1001-logit models put
+'background' at logit 0, so ImageNet's synset folders would all be scored one logit off. Both
+gave a top-1 without an error (33 % instead of 100 % on a 4-class run evaluated on 3 of its
+folders). So folders are matched by name, by the first rule that applies:
+
+1. the class names the checkpoint stores (a classzoo run records its training folders: folder
+   k was logit k, also under a head with more logits than folders, e.g. a recipe's 1001);
+2. ImageNet-1k, when every folder is a WordNet id and the head has 1000 logits (timm's order,
+   the sorted synsets) or 1001 (slim's: background at 0, synset k at k + 1);
+3. the sorted folder names 0..N-1, only when there are as many folders as logits.
+
+Anything else is one UserError naming the folder or the counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+from classzoo.errors import UserError
+
+__all__ = ["ClassMatch", "imagenet_classes", "is_imagenet_synsets", "match_class_folders"]
+
+
+@lru_cache(maxsize=1)
+def imagenet_classes() -> tuple[tuple[str, str], ...]:
+    """The 1000 (synset, lemmas) pairs in timm's / slim's order, shipped with classzoo."""
+    text = resources.files("classzoo").joinpath("data_files/imagenet_classes.tsv").read_text()
+    rows = [line.split("\t", 1) for line in text.splitlines() if line and not line.startswith("#")]
+    return tuple((synset, lemma) for synset, lemma in rows)
+
+
+@lru_cache(maxsize=1)
+def _synset_index() -> dict[str, int]:
+    return {synset: i for i, (synset, _) in enumerate(imagenet_classes())}
+
+
+def is_imagenet_synsets(folders: Sequence[str]) -> bool:
+    """Whether every folder name is one of ImageNet-1k's WordNet ids (n01440764, ...)."""
+    index = _synset_index()
+    return bool(folders) and all(f in index for f in folders)
+
+
+@dataclass(frozen=True)
+class ClassMatch:
+    """Folder name -> logit index, the names of the logits, and the rule, in words."""
+
+    index: dict[str, int]
+    logit_names: tuple[str, ...]
+    rule: str
+
+
+def match_class_folders(
+    folders: Sequence[str], num_logits: int, stored: Sequence[str] | None, where: str
+) -> ClassMatch:
+    """Match the class ``folders`` found in ``where`` to a head of ``num_logits`` logits;
+    ``stored``: the class names the checkpoint was trained with (None when it has none)."""
+    if stored and len(stored) > num_logits:
+        raise UserError(
+            f"the checkpoint was trained on {len(stored)} classes, the model has {num_logits} "
+            f"logits: set model.num_classes={len(stored)} to evaluate it on {where}"
+        )
+    if stored:
+        position = {name: i for i, name in enumerate(stored)}
+        unknown = [f for f in folders if f not in position]
+        if unknown:
+            shown = ", ".join(list(stored)[:5]) + (", ..." if len(stored) > 5 else "")
+            raise UserError(
+                f"class folder {where}/{unknown[0]} is not one of the {len(stored)} classes the "
+                f"checkpoint was trained on ({shown}): its images have no logit to be scored by"
+            )
+        index = {f: position[f] for f in folders}
+        return ClassMatch(index, tuple(stored), "by name, to the checkpoint's classes")
+    if num_logits in (1000, 1001) and is_imagenet_synsets(folders):
+        shift = num_logits - 1000  # slim's 1001: background at 0
+        index = {f: _synset_index()[f] + shift for f in folders}
+        synsets = tuple(s for s, _ in imagenet_classes())
+        names = ("background", *synsets) if shift else synsets
+        rule = "by name, to ImageNet-1k's synsets" + (" (slim: background at 0)" if shift else "")
+        return ClassMatch(index, names, rule)
+    if len(folders) == num_logits:
+        index = {f: i for i, f in enumerate(folders)}
+        return ClassMatch(index, tuple(folders), "sorted folder names 0..N-1 (torchvision's rule)")
+    raise UserError(
+        f"{where} has {len(folders)} class folders and the model {num_logits} logits, and "
+        "neither the checkpoint's class names nor ImageNet's synsets name them: which logit "
+        "scores which folder is unknown (set model.num_classes only if the model was trained "
+        "on exactly these folders, in sorted order)"
+    )

@@ -1,0 +1,155 @@
+"""``classzoo eval`` on an ImageFolder scores each class folder against the logit of its class,
+matched by name, never by the folder's position among the folders present.
+
+Before, a validation folder that lacked one training class, or ImageNet synset folders under
+slim's 1001-logit head (background at 0), shifted every label after the gap and printed a wrong
+top-1 without an error (33 % instead of 100 %); a checkpoint whose classifier had another size
+was evaluated with a head left at its random initialisation. The truths: a run that scores 100 %
+on its full validation folder scores 100 % on any subset of it, and a probe whose logits are
+worked out by hand from each image's grey level.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
+
+from classzoo.cli import main
+from classzoo.data.class_index import imagenet_classes
+from classzoo.errors import UserError
+from classzoo.models.registry import registered_model
+from conftest import write_imagefolder
+
+LEVELS = (30, 128, 220)  # grey levels of the probe's three classes
+EXIT_USER_ERROR = UserError.exit_code  # 2
+SYNSETS = [imagenet_classes()[i][0] for i in (7, 400, 901)]  # sorted, as ImageFolder sorts
+
+
+def _cli(capsys, argv: list[str]) -> tuple[int, str]:
+    """Exit code and what the user sees (the log on stderr, the result on stdout)."""
+    code = main(argv)
+    seen = capsys.readouterr()
+    return code, seen.err + seen.out
+
+
+def _top1(err: str) -> float:
+    line = next(x for x in err.splitlines() if x.startswith("top1 "))
+    return float(line.split()[1])
+
+
+def test_a_subset_of_the_training_classes_is_scored_by_class_name(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_imagefolder(data / "train", dict.fromkeys("abcd", 12), seed=1)
+    write_imagefolder(data / "val", dict.fromkeys("abcd", 6), seed=2)
+    subset = tmp_path / "subset"
+    shutil.copytree(data / "val", subset / "val")
+    shutil.rmtree(subset / "val" / "b")  # c and d keep their own images, now 2nd and 3rd
+    run = tmp_path / "run"
+    train = ["train", "--recipe", "gluon_resnet50_v1b", "--data-dir", str(data)]
+    train += ["--output-dir", str(run), "--max-steps", "30", "--batch-size", "8", "--amp", "off"]
+    train += ["--device", "cpu", "--set", "model.name=resnet10t", "--set", "data.image_size=32"]
+    assert main([*train, "--set", "data.num_workers=0", "--set", "train.progress=false"]) == 0
+    ckpt = str(run / "checkpoints" / "ckpt-000000030.pt")
+    capsys.readouterr()
+    evaluate = ["eval", "--checkpoint", ckpt, "--set", "data.num_workers=0", "--data-dir"]
+    code, err = _cli(capsys, [*evaluate, str(data)])
+    assert code == 0 and _top1(err) == 100.0  # the truth the subset must keep
+    code, err = _cli(capsys, [*evaluate, str(subset)])
+    assert code == 0, err
+    assert "labels 0..3 (by name, to the checkpoint's classes)" in err
+    assert _top1(err) == 100.0  # by folder position: c -> b's logit, d -> c's: 33.33 %
+    # the reference's evaluate mode, over the run's checkpoints folder
+    mode = ["train", "--recipe", "gluon_resnet50_v1b", "--mode", "evaluate", "--device", "cpu"]
+    mode += ["--data-dir", str(subset), "--set", f"model.checkpoint={run / 'checkpoints'}"]
+    mode += ["--set", "model.name=resnet10t", "--set", "data.image_size=32"]
+    mode += ["--set", "data.num_workers=0", "--set", "train.progress=false", "--output-dir"]
+    code, err = _cli(capsys, [*mode, str(tmp_path / "ev1")])
+    assert code == EXIT_USER_ERROR and not (tmp_path / "ev1").exists()
+    assert "trained on 4 classes, the model has 3 logits: set model.num_classes=4" in err
+    code, err = _cli(capsys, [*mode, str(tmp_path / "ev2"), "--set", "model.num_classes=4"])
+    assert code == 0, err
+    assert "ckpt-000000030.pt: step 30 top1 100.000" in err
+    (subset / "val" / "e").mkdir()
+    shutil.copy(next((subset / "val" / "a").iterdir()), subset / "val" / "e")
+    code, err = _cli(capsys, [*evaluate, str(subset)])
+    assert code == EXIT_USER_ERROR
+    assert err.strip().endswith("have no logit to be scored by")
+    assert f"class folder {subset / 'val'}/e is not one of the 4 classes" in err
+
+
+class _Probe(nn.Sequential):
+    """Mean grey level -> logits, with timm's ``num_classes`` and ``get_classifier``."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, num_classes))
+        self.num_classes = num_classes
+
+    def get_classifier(self) -> nn.Module:
+        return self[2]
+
+
+@pytest.fixture
+def synset_probe(tmp_path):
+    """Three ImageNet synset folders of constant grey images, one grey level each."""
+    defaults = {"input_size": (3, 8, 8), "crop_pct": 1.0, "mean": (0,) * 3, "std": (1,) * 3}
+    with registered_model("test_synset_probe", _Probe, {**defaults, "preset": "timm"}):
+        for synset, level in zip(SYNSETS, LEVELS):
+            (tmp_path / "val" / synset).mkdir(parents=True)
+            for i in range(4):
+                pixels = np.full((8, 8, 3), level, np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "val" / synset / f"{i}.png")
+        yield tmp_path
+
+
+def _probe_file(path, num_classes: int, logits: list[int]) -> str:
+    """Weights whose top-1 for grey level x (in [0, 1]) is logits[0] below 0.4, logits[1] up to
+    0.6, logits[2] above (by hand: 4 - 10x, 0 and 10x - 6 over a floor of -100)."""
+    model = _Probe(num_classes)
+    with torch.no_grad():
+        model[2].weight.zero_()
+        model[2].bias.fill_(-100.0)
+        for row, w, b in zip(logits, (-10.0, 0.0, 10.0), (4.0, 0.0, -6.0)):
+            model[2].weight[row] = w / 3  # the pooled input holds x in each of 3 channels
+            model[2].bias[row] = b
+    save_file(model.state_dict(), str(path))
+    return str(path)
+
+
+def test_imagenet_synset_folders_are_scored_by_imagenet_index(synset_probe, capsys):
+    root = synset_probe
+    base = ["eval", "--model", "test_synset_probe", "--data-dir", str(root)]
+    base += ["--set", "data.num_workers=0", "--checkpoint"]
+    # timm's 1000 logits: synset k is logit k (folder order would give 0, 1, 2: 0 %)
+    code, err = _cli(capsys, [*base, _probe_file(root / "timm.safetensors", 1000, [7, 400, 901])])
+    assert code == 0, err
+    assert "labels 7..901 (by name, to ImageNet-1k's synsets)" in err
+    assert _top1(err) == 100.0
+    # slim's 1001 logits: background at 0, synset k at k + 1
+    slim = _probe_file(root / "slim.safetensors", 1001, [8, 401, 902])
+    code, err = _cli(capsys, [*base, slim])
+    assert code == EXIT_USER_ERROR  # the probe's own head has 1000 logits
+    assert "set model.num_classes=1001 to use it" in err.strip().splitlines()[-1]
+    code, err = _cli(capsys, [*base, slim, "--set", "model.num_classes=1001"])
+    assert code == 0, err
+    assert "labels 8..902 (by name, to ImageNet-1k's synsets (slim: background at 0))" in err
+    assert _top1(err) == 100.0
+
+
+def test_a_plain_state_dict_of_other_classes_is_refused(synset_probe, capsys):
+    root = synset_probe
+    for synset, name in zip(SYNSETS, "xyz"):
+        (root / "val" / synset).rename(root / "val" / name)  # no longer ImageNet's names
+    ckpt = _probe_file(root / "four.safetensors", 4, [0, 1, 3])
+    base = ["eval", "--model", "test_synset_probe", "--data-dir", str(root), "--checkpoint", ckpt]
+    code, err = _cli(capsys, [*base, "--set", "data.num_workers=0"])
+    assert code == EXIT_USER_ERROR  # 3 folders: a 3-logit model; a 4-logit head left at init
+    assert "set model.num_classes=4 to use it" in err.strip().splitlines()[-1]
+    code, err = _cli(capsys, [*base, "--set", "data.num_workers=0", "--set", "model.num_classes=4"])
+    assert code == EXIT_USER_ERROR
+    assert "has 3 class folders and the model 4 logits" in err.strip().splitlines()[-1]
