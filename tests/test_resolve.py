@@ -126,7 +126,10 @@ def test_eval_refuses_weights_whose_head_has_another_size(tmp_path, small_imagef
     ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("classzoo: error: checkpoint ") and "classifier of another size" in err[-1]
+    assert (
+        err[-1].startswith("classzoo: error: checkpoint ")
+        and "classifier of another size" in err[-1]
+    )
     assert "set model.num_classes=7 to use it" in err[-1]
 
 
