@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,36 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path, small_imagefolde
     code, _, err = _train(tmp_path, small_imagefolder, "train.max_steps=1")
     assert code == 2 and "already holds a run" in err and "Traceback" not in err
     assert "--resume auto" in err and "--overwrite" in err
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, small_imagefolder):
+    """Without --output-dir a run is named runs/<recipe>-<UTC second>. Another run started in
+    the same second (a sweep launched in a loop) has made that folder but written nothing yet:
+    the empty folders made here for the next minute's names stand for it. Before, both runs
+    passed the check for a run's files and wrote their checkpoints into one folder."""
+    now = time.time()
+    taken = {
+        f"quickstart-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now + s))}" for s in range(60)
+    }
+    for name in taken:
+        (tmp_path / "runs" / name).mkdir(parents=True)
+    args = [sys.executable, "-m", "classzoo", "train", "--recipe", "quickstart"]
+    args += ["--data-dir", str(small_imagefolder)]
+    for o in [*OVERRIDES, "train.max_steps=1"]:
+        args += ["--set", o]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    new = sorted({p.name for p in (tmp_path / "runs").iterdir()} - taken)
+    assert len(new) == 1 and new[0].endswith("-2") and new[0][:-2] in taken
+    assert (tmp_path / "runs" / new[0] / "summary.json").is_file()
+    assert not any(any((tmp_path / "runs" / name).iterdir()) for name in taken)  # left alone
+    # a command that stops on its input leaves no empty folder behind
+    missing = ["--data-dir", str(tmp_path / "missing")]  # found missing after the folder's name
+    bad = subprocess.run(
+        [*args, *missing], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    assert bad.returncode == 2 and "does not exist" in bad.stderr, bad.stderr[-2000:]
+    assert sorted({p.name for p in (tmp_path / "runs").iterdir()} - taken) == new
 
 
 def test_max_steps_zero_is_refused(tmp_path, small_imagefolder, capsys):

@@ -23,12 +23,7 @@ from classzoo.engine import build, host_memory
 from classzoo.engine.checkpoint import CheckpointManager
 from classzoo.engine.checkpoint import load as load_ckpt
 from classzoo.engine.devices import make_scaler
-from classzoo.engine.distributed import (
-    DistEnv,
-    barrier,
-    init_distributed,
-    shutdown,
-)
+from classzoo.engine.distributed import DistEnv, barrier, init_distributed, shutdown
 from classzoo.engine.evaluate import EvalOptions, evaluate
 from classzoo.engine.evaluate_mode import checkpoint_paths, evaluate_checkpoints, labelled_for
 from classzoo.engine.logs import setup_console_logging
@@ -43,7 +38,7 @@ from classzoo.engine.resolve import (
     preprocess_for,
     resolve,
 )
-from classzoo.engine.run_dir import claim_run_dir, create_run_dir, recorded_threads
+from classzoo.engine.run_dir import claim_run_dir, create_run_dir, recorded_threads, remove_if_empty
 from classzoo.engine.run_log import RunLogger
 from classzoo.engine.state import TrainState
 from classzoo.engine.stop import GracefulStop
@@ -77,6 +72,7 @@ def run(
     """
     t0 = time.perf_counter()
     env = init_distributed(asked.train.device)
+    named_here = run_dir is None  # claim_run_dir makes a new runs/<name> folder, empty
     try:
         run_dir = claim_run_dir(run_dir, asked.recipe, resume, overwrite, env)
         setup_console_logging(env.is_main)  # the folder's console.log once it exists
@@ -103,6 +99,10 @@ def run(
         create_run_dir(run_dir, resume, overwrite, env)
         setup_console_logging(env.is_main, run_dir / "console.log" if env.is_main else None)
         return _run(asked, s, run_dir, resume, env, t0)
+    except BaseException:
+        if named_here and env.is_main:
+            remove_if_empty(run_dir)
+        raise
     finally:
         shutdown(env)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 import time
@@ -22,9 +23,9 @@ def claim_run_dir(
     if run_dir is None:
         if resume == "auto":
             raise UserError("--resume auto needs --output-dir: the run folder to continue")
-        stamp = [time.strftime("%Y%m%d-%H%M%S", time.gmtime())]
-        broadcast_object(stamp, env)  # rank 0's clock names the folder for every rank
-        run_dir = Path("runs") / f"{(recipe or 'run').replace(':', '-')}-{stamp[0]}"
+        made = [str(new_run_dir(recipe)) if env.is_main else None]
+        broadcast_object(made, env)  # rank 0 named and made it for every rank
+        return Path(made[0])  # empty: nothing of another run to look for
     run_dir = Path(run_dir)
     taken = [n for n in RUN_FILES if (run_dir / n).exists()]
     if taken and resume is None and not overwrite:
@@ -34,6 +35,30 @@ def claim_run_dir(
         )
     barrier(env)  # every rank has looked before rank 0 writes anything
     return run_dir
+
+
+def new_run_dir(recipe: str | None) -> Path:
+    """``runs/<recipe>-<UTC time>``, made here: mkdir either creates the folder or fails, so two
+    runs started in the same second (a sweep launched in a loop) get ``-2``, ``-3``, ... instead
+    of one folder both write their checkpoints into (the check for a run's files alone let both
+    in, before either had written one)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    base = f"{(recipe or 'run').replace(':', '-')}-{stamp}"
+    Path("runs").mkdir(exist_ok=True)
+    for n in itertools.count(1):
+        path = Path("runs") / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")  # itertools.count never ends
+
+
+def remove_if_empty(run_dir: Path | None) -> None:
+    """A folder new_run_dir made for a command that then stopped on its input: not left empty."""
+    if run_dir is not None and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def create_run_dir(run_dir: Path, resume: str | None, overwrite: bool, env: DistEnv) -> None:
