@@ -6,8 +6,12 @@ import re
 
 import yaml
 
+# libyaml's parser where PyYAML was built with it (3x faster than the pure-Python one; the
+# constructor and the resolvers below stay PyYAML's own, so the values are the same)
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-class _Loader(yaml.SafeLoader):
+
+class _Loader(_SafeLoader):
     """YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as booleans,
     which would turn ``amp: off`` into False."""
 
