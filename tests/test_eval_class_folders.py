@@ -11,6 +11,7 @@ worked out by hand from each image's grey level.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -54,6 +55,7 @@ def test_a_subset_of_the_training_classes_is_scored_by_class_name(tmp_path, caps
     train = ["train", "--recipe", "gluon_resnet50_v1b", "--data-dir", str(data)]
     train += ["--output-dir", str(run), "--max-steps", "30", "--batch-size", "8", "--amp", "off"]
     train += ["--device", "cpu", "--set", "model.name=resnet10t", "--set", "data.image_size=32"]
+    train += ["--set", "model.num_classes=1001"]  # more logits than folders, as recipes may set
     assert main([*train, "--set", "data.num_workers=0", "--set", "train.progress=false"]) == 0
     ckpt = str(run / "checkpoints" / "ckpt-000000030.pt")
     capsys.readouterr()
@@ -71,10 +73,15 @@ def test_a_subset_of_the_training_classes_is_scored_by_class_name(tmp_path, caps
     mode += ["--set", "data.num_workers=0", "--set", "train.progress=false", "--output-dir"]
     code, err = _cli(capsys, [*mode, str(tmp_path / "ev1")])
     assert code == EXIT_USER_ERROR and not (tmp_path / "ev1").exists()
-    assert "trained on 4 classes, the model has 3 logits: set model.num_classes=4" in err
-    code, err = _cli(capsys, [*mode, str(tmp_path / "ev2"), "--set", "model.num_classes=4"])
+    assert "has 1001 logits, the model 3: set model.num_classes=1001" in err
+    code, err = _cli(capsys, [*mode, str(tmp_path / "ev2"), "--set", "model.num_classes=1001"])
     assert code == 0, err
     assert "ckpt-000000030.pt: step 30 top1 100.000" in err
+    # predict names the logits after the run's folders, not ImageNet's 1001 (background first)
+    image = str(next((data / "val" / "c").iterdir()))
+    code, out = _cli(capsys, ["predict", "--checkpoint", ckpt, image, "--format", "json"])
+    assert code == 0, out
+    assert json.loads(out[out.index("[") :])[0]["top"][0]["class"] == "c"  # old: "goldfish"
     (subset / "val" / "e").mkdir()
     shutil.copy(next((subset / "val" / "a").iterdir()), subset / "val" / "e")
     code, err = _cli(capsys, [*evaluate, str(subset)])

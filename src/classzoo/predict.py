@@ -75,7 +75,7 @@ def class_names(num_classes: int, classes: Sequence[str] | None) -> list[str] | 
     with label_offset 1, README "ResNet and VGG models have 1000 classes"); 1001 logits put slim's
     'background' first (datasets/imagenet.py ``create_readable_names_for_imagenet_labels``).
     """
-    if classes and len(classes) == num_classes:
+    if classes and len(classes) <= num_classes:  # a run's folders: folder k was logit k
         lemmas = dict(imagenet_classes())
         # ImageFolder ImageNet: the folders are synsets; show their words too
         return [f"{c} ({lemmas[c].split(',')[0]})" if c in lemmas else c for c in classes]

@@ -65,7 +65,8 @@ def match_class_folders(
     if stored and len(stored) > num_logits:
         raise UserError(
             f"the checkpoint was trained on {len(stored)} classes, the model has {num_logits} "
-            f"logits: set model.num_classes={len(stored)} to evaluate it on {where}"
+            f"logits: set model.num_classes to the checkpoint's head size (at least "
+            f"{len(stored)}) to evaluate it on {where}"
         )
     if stored:
         position = {name: i for i, name in enumerate(stored)}

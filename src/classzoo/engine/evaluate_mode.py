@@ -64,6 +64,16 @@ def _stored_classes(ckpt: dict[str, Any] | None) -> tuple[str, ...] | None:
     return tuple(classes) if classes else None
 
 
+def _check_head(ckpt: dict[str, Any], path: Path, num_logits: int) -> None:
+    """Before the run folder exists: the model's head has the checkpoint's size."""
+    theirs = (ckpt.get("resolved") or {}).get("num_classes")
+    if isinstance(theirs, int) and theirs != num_logits:
+        raise UserError(
+            f"checkpoint {path} has {theirs} logits, the model {num_logits}: set "
+            f"model.num_classes={theirs} to evaluate it"
+        )
+
+
 def labelled_for(val: Split, resolved: Resolved, paths: list[Path]) -> tuple[Split, Resolved]:
     """The val split labelled by the first classzoo checkpoint's classes (an ImageFolder;
     TFRecord labels are numbers already) and the record saying so (its ``classes``: the names
@@ -71,7 +81,10 @@ def labelled_for(val: Split, resolved: Resolved, paths: list[Path]) -> tuple[Spl
     if not val.classes:
         return val, resolved
     first = next((p for p in paths if detect_format(p) == "classzoo"), None)
-    stored = _stored_classes(load_checkpoint_file(first)) if first is not None else None
+    ckpt = load_checkpoint_file(first) if first is not None else None
+    if ckpt is not None:
+        _check_head(ckpt, first, resolved.num_classes)
+    stored = _stored_classes(ckpt)
     val, names = labelled_by_logit(val, resolved.num_classes, stored)
     return val, replace(resolved, classes=names, data={**resolved.data, "val": val.info})
 
