@@ -145,3 +145,46 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, small_imagefolder):
         stderr=subprocess.DEVNULL,
     )
     _assert_identical(_final(whole), _final(killed))
+
+
+def test_resume_refuses_other_classes_images_or_pixels_before_writing(tmp_path, capsys):
+    """The checkpoint's step means something only with the data it was made on. Before, a class
+    folder renamed between two attempts was resumed with every label after it shifted, and the
+    folder's resolved.yaml was overwritten with the new record (engine/same_run.py)."""
+    from classzoo.cli import main
+    from conftest import write_imagefolder
+
+    data = tmp_path / "data"
+    write_imagefolder(data / "train", dict.fromkeys("abcd", 6), seed=1)
+    write_imagefolder(data / "val", dict.fromkeys("abcd", 2), seed=2)
+    out = tmp_path / "run"
+    args = ["train", "--recipe", "quickstart", "--data-dir", str(data), "--output-dir", str(out)]
+    for o in ("model.name=resnet10t", "data.image_size=32", "data.batch_size=8", "train.amp=off",
+              "data.num_workers=0", "train.progress=false", "train.mode=train"):  # fmt: skip
+        args += ["--set", o]
+    assert main([*args, "--max-steps", "2"]) == 0
+    record = (out / "resolved.yaml").read_text()
+    first = str(sorted((out / "checkpoints").glob("ckpt-*.pt"))[0])
+    capsys.readouterr()
+
+    def refused(*extra: str) -> str:
+        assert main([*args, "--max-steps", "4", *extra]) == 2
+        assert (out / "resolved.yaml").read_text() == record  # nothing written
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    (data / "train" / "a").rename(data / "train" / "z")
+    (data / "val" / "a").rename(data / "val" / "z")
+    line = refused("--resume", "auto")
+    assert "classes was ['a', 'b', 'c', 'd'] when the run began, now ['b', 'c', 'd', 'z']" in line
+    assert refused("--resume", first) == line  # the checkpoint's own record says the same
+    (data / "train" / "z").rename(data / "train" / "a")
+    (data / "val" / "z").rename(data / "val" / "a")
+    extra = data / "train" / "d" / "extra.png"
+    extra.write_bytes((data / "train" / "d" / "00000.png").read_bytes())
+    assert "train images was 24 when the run began, now 25" in refused("--resume", "auto")
+    extra.unlink()
+    assert "preprocess.image_size was 32" in refused(
+        "--resume", "auto", "--set", "data.image_size=48"
+    )
+    assert main([*args, "--max-steps", "4", "--resume", "auto"]) == 0  # as it began: resumed
+    assert "resumed from" in capsys.readouterr().err

@@ -40,6 +40,7 @@ from classzoo.engine.resolve import (
 )
 from classzoo.engine.run_dir import claim_run_dir, create_run_dir, recorded_threads, remove_if_empty
 from classzoo.engine.run_log import RunLogger
+from classzoo.engine.same_run import check_same_run, recorded_run
 from classzoo.engine.state import TrainState
 from classzoo.engine.stop import GracefulStop
 from classzoo.engine.sync_bn import convert_sync_batchnorm
@@ -91,6 +92,7 @@ def run(
             s = set_up(asked, env, need_train=True, need_val=mode != "train")
         if s.train is not None:  # a loader that cannot serve it: before the folder exists
             build.check_loader(s.train.dataset, asked.data.loader)
+        check_same_run(recorded_run(run_dir, resume, early), s.resolved, str(run_dir))
         recorded = {"threads": plan.compute_threads, "thread_plan": plan.explained}
         s.resolved = replace(s.resolved, **recorded, host_memory=host_memory.describe())
         if early is not None:  # it fits this model: checked before anything is written
@@ -256,17 +258,8 @@ def _train_mode(
             log_line=logger.train_step,
             should_stop=lambda: stop.should_stop(env),
         )
-        result = train(
-            state,
-            net,
-            loader,
-            sampler,
-            loop_config(asked, r),
-            env,
-            hooks,
-            evaluate_after,
-            s.train.batch,
-        )
+        loop = loop_config(asked, r)
+        result = train(state, net, loader, sampler, loop, env, hooks, evaluate_after, s.train.batch)
     if result["stopped"]:
         logger.marker(f"stopped by {stop.signal_name} at step {state.pos.step}")
         log.warning(

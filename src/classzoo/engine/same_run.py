@@ -1,0 +1,84 @@
+"""A resumed run must be the run its checkpoint came from.
+
+The step, epoch and sample position of a checkpoint mean something only with the data, classes
+and preprocessing the run began with: a class folder renamed between two attempts shifts every
+label after it, a train split with images added or removed reorders every epoch, and both went
+on silently (measured: a 4-class run resumed after renaming folder ``a`` to ``z`` trained on,
+with b, c, d, z as labels 0..3, and its resolved.yaml was overwritten with the new record).
+So the record of the run to continue (the folder's resolved.yaml for ``--resume auto``, the
+checkpoint's for ``--resume FILE``) is compared, before anything is written, with what this
+attempt resolved, on the fields that decide what its numbers mean. The world size, device,
+thread count, step limit and data location may change; these may not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from classzoo.engine.resolve import Resolved
+from classzoo.errors import UserError
+
+__all__ = ["check_same_run", "recorded_run"]
+
+# Preprocess fields that decide the pixels (the ``sample`` / ``steps`` texts only describe them)
+_PIXELS = ("preset", "image_size", "crop_pct", "interpolation", "mean", "std", "decoder")
+
+
+def recorded_run(run_dir: Path, resume: str | None, checkpoint: dict | None) -> dict | None:
+    """The resolved record of the run ``resume`` continues; None for a new run, or for ``auto``
+    in a folder without a checkpoint (it starts fresh)."""
+    if resume is None:
+        return None
+    if checkpoint is not None:
+        return checkpoint.get("resolved") or None
+    has_checkpoint = any((run_dir / "checkpoints").glob("ckpt-*.pt"))
+    path = run_dir / "resolved.yaml"
+    if not has_checkpoint or not path.is_file():
+        return None
+    try:
+        record = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot resume: {path} is unreadable ({exc})") from None
+    return record if isinstance(record, dict) else None
+
+
+def _meaning(r: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a record (as stored) that decide what a step's numbers mean."""
+    pre = r.get("preprocess") or {}
+    train = (r.get("data") or {}).get("train") or {}
+    return {
+        "model": r.get("model"),
+        "num_classes": r.get("num_classes"),
+        "label_offset": r.get("label_offset"),
+        "classes": list(r.get("classes") or []),
+        **{f"preprocess.{k}": _plain(pre.get(k)) for k in _PIXELS},
+        "train images": train.get("count"),
+        "seed": r.get("seed"),
+    }
+
+
+def _plain(v: Any) -> Any:
+    return [float(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def _shown(v: Any) -> str:
+    if isinstance(v, list) and len(v) > 6:
+        return f"[{', '.join(map(str, v[:6]))}, ... ({len(v)})]"
+    return str(v)
+
+
+def check_same_run(recorded: dict | None, now: Resolved, run: str) -> None:
+    """A UserError naming the first field in which this attempt differs from the recorded run."""
+    if recorded is None:
+        return
+    old, new = _meaning(recorded), _meaning(now.to_dict())
+    for key in old:
+        if old[key] is not None and old[key] != new[key]:
+            raise UserError(
+                f"cannot resume {run}: {key} was {_shown(old[key])} when the run began, now "
+                f"{_shown(new[key])}; resume with the data and settings it began with, or start "
+                "a new run (another --output-dir)"
+            )
