@@ -160,3 +160,28 @@ def test_a_plain_state_dict_of_other_classes_is_refused(synset_probe, capsys):
     code, err = _cli(capsys, [*base, "--set", "data.num_workers=0", "--set", "model.num_classes=4"])
     assert code == EXIT_USER_ERROR
     assert "has 3 class folders and the model 4 logits" in err.strip().splitlines()[-1]
+
+
+def test_training_on_imagenet_synset_folders_keeps_a_pretrained_1001_head(synset_probe, capsys):
+    """Fine-tuning slim's 1001-logit head on ImageNet synset folders: the folders are labelled
+    with their ImageNet logit (background at 0), not their position. By hand: the probe's
+    pretrained head scores each grey level's synset k at logit k + 1, so one step at the warm-up
+    lr evaluates at 100 %; labelled by folder position (0, 1, 2) it scored 0 %."""
+    root = synset_probe
+    shutil.copytree(root / "val", root / "train")
+    slim = _probe_file(root / "slim.safetensors", 1001, [8, 401, 902])
+    run = root / "run"
+    args = ["train", "--recipe", "gluon_resnet50_v1b", "--data-dir", str(root), "--max-steps", "1"]
+    args += ["--output-dir", str(run), "--batch-size", "4", "--amp", "off", "--device", "cpu"]
+    for o in ("model.name=test_synset_probe", "model.num_classes=1001", f"model.checkpoint={slim}",
+              "data.num_workers=0", "train.progress=false"):  # fmt: skip
+        args += ["--set", o]
+    code, err = _cli(capsys, args)
+    assert code == 0, err
+    assert "labels 8..902 (by name, to ImageNet-1k's synsets (slim: background at 0))" in err
+    assert "top1 100.00" in err
+    record = (run / "resolved.yaml").read_text()
+    assert "- background\n- n01440764\n" in record  # the logits' names, kept in the checkpoint
+    ckpt = str(run / "checkpoints" / "ckpt-000000001.pt")
+    code, err = _cli(capsys, ["eval", "--checkpoint", ckpt, "--data-dir", str(root)])
+    assert code == 0 and _top1(err) == 100.0, err

@@ -126,6 +126,21 @@ def labelled_by_logit(
     return Split(split.dataset, info, split.classes, split.batch), match.logit_names
 
 
+def imagenet_labelled(
+    train: Split | None, val: Split | None, num_logits: int
+) -> tuple[Split | None, Split | None, list[str]]:
+    """Train / val splits whose class folders are ImageNet synsets, labelled with ImageNet's logit
+    of each under a 1000- or 1001-logit head (data/class_index.py rule 2), and the logits' names:
+    a subset of the synsets fine-tunes a pretrained head in place, and slim's 1001 logits keep
+    background at 0 (folder order would score every synset one logit off)."""
+    out, names = [], ()
+    for split in (train, val):
+        if split is not None:
+            split, names = labelled_by_logit(split, num_logits, None)
+        out.append(split)
+    return out[0], out[1], list(names)
+
+
 def build_model(
     model: ModelConfig, num_classes: int | None, image_size: int, seed: int
 ) -> tuple[nn.Module, dict[str, Any]]:
