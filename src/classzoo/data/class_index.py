@@ -26,7 +26,13 @@ from importlib import resources
 
 from classzoo.errors import UserError
 
-__all__ = ["ClassMatch", "imagenet_classes", "is_imagenet_synsets", "match_class_folders"]
+__all__ = [
+    "ClassMatch",
+    "imagenet_classes",
+    "imagenet_head",
+    "is_imagenet_synsets",
+    "match_class_folders",
+]
 
 
 @lru_cache(maxsize=1)
@@ -46,6 +52,11 @@ def is_imagenet_synsets(folders: Sequence[str]) -> bool:
     """Whether every folder name is one of ImageNet-1k's WordNet ids (n01440764, ...)."""
     index = _synset_index()
     return bool(folders) and all(f in index for f in folders)
+
+
+def imagenet_head(folders: Sequence[str], num_logits: int) -> bool:
+    """Rule 2: ImageNet synset folders under ImageNet's own head (timm's 1000, slim's 1001)."""
+    return num_logits in (1000, 1001) and is_imagenet_synsets(folders)
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,7 @@ def match_class_folders(
             )
         index = {f: position[f] for f in folders}
         return ClassMatch(index, tuple(stored), "by name, to the checkpoint's classes")
-    if num_logits in (1000, 1001) and is_imagenet_synsets(folders):
+    if imagenet_head(folders, num_logits):
         shift = num_logits - 1000  # slim's 1001: background at 0
         index = {f: _synset_index()[f] + shift for f in folders}
         synsets = tuple(s for s, _ in imagenet_classes())

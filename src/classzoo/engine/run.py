@@ -18,7 +18,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from classzoo.config import Config, save_config, with_values
-from classzoo.data.class_index import is_imagenet_synsets
+from classzoo.data.class_index import imagenet_head
 from classzoo.data.sampling import global_batches
 from classzoo.engine import build, host_memory
 from classzoo.engine.checkpoint import CheckpointManager
@@ -155,7 +155,7 @@ def set_up(asked: Config, env: DistEnv, need_train: bool, need_val: bool) -> Set
     model, weights = build.build_model(m, num_classes, pre.image_size, asked.train.seed)
     torch.manual_seed(asked.train.seed + env.rank)  # after the (same) init: dropout per rank
     n = int(getattr(model, "num_classes", num_classes or 0))
-    if classes and n in (1000, 1001) and is_imagenet_synsets(classes):  # ImageNet's own logits
+    if classes and imagenet_head(classes, n):  # synset folders: ImageNet's logit, not position
         train, val, classes = build.imagenet_labelled(train, val, n)
     infos = {k: v.info for k, v in (("train", train), ("val", val)) if v is not None}
     schedule = _schedule(asked, len(train.dataset), env.world_size) if train is not None else None
