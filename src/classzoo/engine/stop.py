@@ -16,9 +16,10 @@ behind is removed at the next start.
 A copy of the same Ctrl-C arrives twice when the terminal signals the whole process group and
 torchrun forwards it too; copies within ``repeat_window_s`` (1 s) count as one signal. Forked
 children (DataLoader workers) inherit the handler: they ignore SIGINT (the main process owns the
-stop; the workers end with the loader) and die by SIGTERM as usual, because the DataLoader
-itself ends workers with SIGTERM (``terminate()``) and one that ignored it would hang the exit.
-So send SIGTERM to classzoo's process (or torchrun's), not to its whole process group.
+stop; the workers end with the loader) and serve on for ``WORKER_GRACE_S`` (30 s) after a
+SIGTERM before they exit, so a SIGTERM sent to the whole process group (Slurm's scancel) stops
+the run as cleanly as one sent to classzoo's process; the DataLoader's own ``terminate()`` of a
+stuck worker still ends it, that much later (``_in_worker``).
 """
 
 from __future__ import annotations
@@ -154,22 +155,38 @@ def _launch(flag: bool, device: torch.device) -> tuple:
     return work, buf, host, event
 
 
+# How long a DataLoader worker serves on after a SIGTERM: torchrun's own shutdown_timeout, the
+# time its agent gives workers to stop (torch/distributed/elastic/agent/server/api.py).
+WORKER_GRACE_S = 30.0
+_exit_timer: threading.Timer | None = None
+
+
 def _in_worker(signum: int) -> None:
-    """A forked DataLoader worker ignores SIGINT (a terminal's Ctrl-C reaches the whole process
-    group; the main process owns the stop) but dies by SIGTERM as usual: the DataLoader shuts
-    down workers that do not exit with ``terminate()``, a SIGTERM, and a worker that ignored it
-    would keep the main process waiting for it at exit."""
-    if signum == signal.SIGTERM:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+    """A DataLoader worker ignores SIGINT (a terminal's Ctrl-C reaches the whole process group;
+    the main process owns the stop) and serves on for ``WORKER_GRACE_S`` after a SIGTERM, then
+    exits 143. A SIGTERM sent to the whole process group (Slurm's scancel signals every process
+    of a job step) used to kill the workers at once, and torch's SIGCHLD handler then raised in
+    the main process (a traceback, exit 1) before it could finish its step and save it: work
+    since the last checkpoint was lost. Serving on, they end with the loader once the main
+    process has saved. The DataLoader's ``terminate()`` of a stuck worker still ends it, that
+    much later; a second SIGTERM changes nothing."""
+    global _exit_timer
+    if signum == signal.SIGTERM and _exit_timer is None:
+        _exit_timer = threading.Timer(WORKER_GRACE_S, os._exit, args=(128 + signal.SIGTERM,))
+        _exit_timer.daemon = True
+        _exit_timer.start()
+
+
+def _worker_handler(signum: int, frame: object) -> None:
+    _in_worker(signum)
 
 
 def worker_ignore_signals(worker_id: int = 0) -> None:
     """``worker_init_fn`` for DataLoaders (also with the spawn start method, where the handler is
-    not inherited): ignore SIGINT, which a terminal sends to the whole process group. SIGTERM
-    keeps its default: the DataLoader ends its workers with it (see ``_in_worker``)."""
+    not inherited): ignore SIGINT, which a terminal sends to the whole process group; a SIGTERM
+    ends the worker ``WORKER_GRACE_S`` later (see ``_in_worker``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _worker_handler)
 
 
 def _child_pids(pid: int) -> list[int]:
