@@ -82,11 +82,11 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path, small_imagefolde
 def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, small_imagefolder):
     """Without --output-dir a run is named runs/<recipe>-<UTC second>. Another run started in
     the same second (a sweep launched in a loop) has made that folder but written nothing yet:
-    the empty folders made here for the next minute's names stand for it. Before, both runs
+    the empty folders made here for the next five minutes' names stand for it. Before, both runs
     passed the check for a run's files and wrote their checkpoints into one folder."""
     now = time.time()
     taken = {
-        f"quickstart-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now + s))}" for s in range(60)
+        f"quickstart-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now + s))}" for s in range(300)
     }
     for name in taken:
         (tmp_path / "runs" / name).mkdir(parents=True)
