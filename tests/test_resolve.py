@@ -131,8 +131,11 @@ def test_fp16_trained_checkpoint_evaluates_on_cpu_in_fp32(tmp_path, small_imagef
     val = str(small_imagefolder / "val")
     assert main(["eval", "--checkpoint", str(gpu), "--data-dir", val, "--json"]) == 0
     fp16 = json.loads(capsys.readouterr().out)
+    assert fp16.pop("checkpoint") == str(gpu)
     assert main(["eval", "--checkpoint", str(src), "--data-dir", val, "--json"]) == 0
-    assert fp16 == json.loads(capsys.readouterr().out)  # same fp32 numbers, same 20 images
+    fp32 = json.loads(capsys.readouterr().out)
+    assert fp32.pop("checkpoint") == str(src)
+    assert fp16 == fp32  # same fp32 numbers, same 20 images
     assert fp16["count"] == 20
 
 

@@ -12,7 +12,9 @@ def add_parser(subparsers) -> None:
         subparsers, "eval", "evaluate a checkpoint: top-1, top-5, loss over every image once"
     )
     e.add_argument(
-        "--checkpoint", required=True, help="classzoo .pt, .safetensors or TF checkpoint"
+        "--checkpoint",
+        required=True,
+        help="classzoo .pt, .safetensors or TF checkpoint, or a run folder (its newest checkpoint)",
     )
     e.add_argument("--data-dir", required=True, help="dataset folder")
     e.add_argument(
@@ -39,7 +41,8 @@ def add_parser(subparsers) -> None:
     e.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON object {top1, top5, loss, count} (non-finite numbers as null)",
+        help="print one JSON object {top1, top5, loss, count, checkpoint} (non-finite numbers as "
+        "null; checkpoint: the file evaluated)",
     )
 
 

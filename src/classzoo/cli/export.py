@@ -14,7 +14,11 @@ def add_parser(subparsers) -> None:
         "export",
         "export a checkpoint as ONNX (dynamic batch), checked with onnxruntime against PyTorch",
     )
-    ex.add_argument("--checkpoint", required=True, help="classzoo .pt checkpoint")
+    ex.add_argument(
+        "--checkpoint",
+        required=True,
+        help="classzoo .pt, .safetensors or TF checkpoint, or a run folder (its newest checkpoint)",
+    )
     ex.add_argument("--format", choices=["onnx"], default="onnx", help="output format")
     ex.add_argument("output", help="output file")
     ex.add_argument("--recipe", default=None, help="recipe, for checkpoints without a config")

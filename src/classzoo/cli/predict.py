@@ -9,7 +9,11 @@ from classzoo.cli.common import add_verb, print_json
 
 def add_parser(subparsers) -> None:
     pr = add_verb(subparsers, "predict", "top-k classes of images with a checkpoint")
-    pr.add_argument("--checkpoint", required=True, help="classzoo .pt checkpoint")
+    pr.add_argument(
+        "--checkpoint",
+        required=True,
+        help="classzoo .pt, .safetensors or TF checkpoint, or a run folder (its newest checkpoint)",
+    )
     pr.add_argument("images", nargs="+", help="image files and folders (searched recursively)")
     pr.add_argument("--recipe", default=None, help="recipe, for checkpoints without a config")
     pr.add_argument("--model", default=None, help="model name, for checkpoints without a config")

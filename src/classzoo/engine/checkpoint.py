@@ -79,6 +79,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
     set_accelerator_rng_state(state)
 
 
+def newest_in_run(path: str | Path) -> Path | None:
+    """The newest ``ckpt-<step>.pt`` of a run folder (``<run>/checkpoints``) or of its
+    checkpoints folder, as TF-slim's eval takes a folder's latest checkpoint; None when
+    ``path`` is no such folder. A folder of the layout without a checkpoint is a UserError."""
+    p = Path(path)
+    folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+    found = CheckpointManager(folder).list()
+    if found:
+        return found[-1]
+    if folder != p or (folder / INDEX).exists():
+        raise UserError(f"{p} is a run folder without checkpoints (no {folder}/ckpt-<step>.pt)")
+    return None
+
+
 def lower_is_better(metric: str) -> bool:
     """``loss`` / ``*_loss`` / ``*error`` rank ascending; accuracies (top1, top5) descending."""
     return metric.endswith("loss") or metric.endswith("error")

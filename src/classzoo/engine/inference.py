@@ -27,6 +27,7 @@ from classzoo.engine.build import (
     open_split,
     weights_report,
 )
+from classzoo.engine.checkpoint import newest_in_run
 from classzoo.engine.distributed import init_distributed
 from classzoo.engine.evaluate import EvalOptions, evaluate
 from classzoo.engine.logs import setup_console_logging
@@ -55,6 +56,12 @@ class CheckpointSource:
 
 
 def read_source(path: str) -> CheckpointSource:
+    """The checkpoint ``path`` names: a file, a TF prefix or folder, or a classzoo run folder
+    (its newest checkpoint, logged)."""
+    newest = newest_in_run(path)
+    if newest is not None:
+        log.info("checkpoint %s: the newest checkpoint of the run, %s", path, newest)
+        path = str(newest)
     fmt = detect_format(path)
     if fmt != "classzoo":
         return CheckpointSource(path, fmt, None, None)
@@ -209,13 +216,13 @@ def eval_checkpoint(
                 "--set data.source=tfrecord (an ImageFolder is <dir>/<class>/<image>)"
             )
     p = prepare(src, asked, env.device, env.world_size, with_data=True)
-    log.info("evaluating %s\n%s", checkpoint, describe(p.resolved))
+    log.info("evaluating %s\n%s", src.path, describe(p.resolved))
     d = p.asked.data
     loader = eval_loader(p.split.dataset, d.eval_batch_size or d.batch_size, d.num_workers, env)
     opts = EvalOptions(
         p.resolved.precision_dtype("eval"), p.resolved.channels_last, not quiet, p.split.batch
     )
-    return evaluate(p.net, loader, env, opts)
+    return {**evaluate(p.net, loader, env, opts), "checkpoint": src.path}
 
 
 def load_for_inference(
