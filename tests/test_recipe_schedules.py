@@ -198,3 +198,25 @@ def test_smoke_variant_loads(recipe):
 def test_performance_variant_is_a_short_training_run():
     cfg = load_recipe("gluon_resnet50_v1b:performance")
     assert (cfg.train.mode, cfg.train.max_steps) == ("train", 500)
+
+
+def test_the_logged_lr_is_the_one_each_step_used(tmp_path, small_imagefolder):
+    """train.log / metrics.jsonl give each step's lr as timm's train.py logs it (read before
+    ``step_update``): the first step of a warmup uses warmup_lr, 1e-4 (the recipe's, timm's
+    default); the log showed the next step's lr, so the warmup's start never appeared."""
+    import json
+
+    from classzoo.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--recipe", "gluon_resnet50_v1b", "--data-dir", str(small_imagefolder)]
+    argv += ["--output-dir", str(run), "--max-steps", "3", "--batch-size", "4", "--amp", "off"]
+    argv += ["--device", "cpu", "--set", "model.name=resnet10t", "--set", "data.image_size=32"]
+    argv += ["--set", "data.num_workers=0", "--set", "train.progress=false"]
+    assert main([*argv, "--set", "train.log_every=1", "--set", "train.eval_every=0"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if r.get("kind") == "train"]
+    assert len(lrs) == 3
+    assert lrs[0] == pytest.approx(1e-4, rel=1e-12)
+    assert lrs[0] < lrs[1] < lrs[2] < 1.6 * 4 / 2048 * 1.0001  # warming up toward the scaled lr
+    assert f"lr:{lrs[0]:.6g}" in (run / "train.log").read_text().splitlines()[0]

@@ -132,12 +132,15 @@ def train_step(
 
 @dataclass
 class _Interval:
-    """Images, time, data wait and loss sums (ce, total, count) since the last train.log line."""
+    """Images, time, data wait and loss sums (ce, total, count) since the last train.log line,
+    and the lr its last step used (the scheduler has moved on to the next step's by the line,
+    so the lr is read before the step, as timm's train.py reads it before step_update)."""
 
     device: torch.device
     t: float = field(default_factory=time.perf_counter)
     images: int = 0
     data_wait: float = 0.0
+    lr: float = float("nan")
     loss: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -185,6 +188,7 @@ def train_one_epoch(
             t_wait = time.perf_counter()
             micro = [next(batches) for _ in group]
             interval.data_wait += time.perf_counter() - t_wait
+            interval.lr = state.optimizer.param_groups[0]["lr"]
             interval.loss += train_step(state, net, micro, step_total, loop.step, env)
             state.pos.sample = group[-1][1]
             interval.images += step_total
@@ -239,7 +243,7 @@ def _log_interval(
         interval.images / dt_s,
         sums[0].item() / count,
         sums[1].item() / count,
-        state.optimizer.param_groups[0]["lr"],
+        interval.lr,
         interval.data_wait / dt_s,
     )
     return sums[0].item() / count
