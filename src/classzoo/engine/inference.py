@@ -113,17 +113,20 @@ def defaults_for(src: CheckpointSource, asked: Config) -> dict[str, Any]:
     }
 
 
-def load_weights(net: nn.Module, model_name: str, src: CheckpointSource) -> dict[str, Any]:
+def load_weights(
+    net: nn.Module, model_name: str, src: CheckpointSource, use_ema: bool
+) -> dict[str, Any]:
     """Load ``src`` into ``net`` (a classzoo file from what was already read), strictly: a
     classifier left at its initialisation would score random logits, so another class count
-    is a UserError here (training may start a new head; evaluation may not)."""
+    is a UserError here (training may start a new head; evaluation may not). ``use_ema``: the
+    EMA weights (``train.ema``: a run with EMA evaluated them, and ranked best.pt by them)."""
     if src.contents is None:
-        report = load_checkpoint(net, model_name, src.path, allow_new_head=False)
+        report = load_checkpoint(net, model_name, src.path, use_ema=use_ema, allow_new_head=False)
     else:
-        state = state_from_checkpoint(src.contents, src.path)
+        state = state_from_checkpoint(src.contents, src.path, use_ema)
         loaded, left = load_into(net, state, src.path, allow_new_head=False)
         report = LoadReport(src.path, src.format, loaded, left, [])
-    return weights_report(report)
+    return {**weights_report(report), "ema": use_ema}
 
 
 def head_size(asked: Config, src: CheckpointSource, split: Split | None) -> int | None:
@@ -170,7 +173,7 @@ def prepare(
         )
     n = head_size(asked, src, split)
     net, _ = build_model(asked.model, n, probe.preprocess.image_size, asked.train.seed)
-    weights = load_weights(net, asked.model.name, src)
+    weights = load_weights(net, asked.model.name, src, asked.train.ema)
     stored_classes = src.stored.classes if src.stored is not None else None
     classes = list(stored_classes) if stored_classes else None
     n = int(getattr(net, "num_classes", n or 0))

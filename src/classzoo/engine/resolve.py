@@ -332,7 +332,8 @@ def describe(r: Resolved) -> str:
     w = r.weights
     if w.get("source"):
         lines.append(
-            f"weights from {w['source']} ({w.get('format')}): {w.get('loaded', 0)} tensors loaded, "
+            f"weights from {w['source']} ({w.get('format')}{', EMA' if w.get('ema') else ''}): "
+            f"{w.get('loaded', 0)} tensors loaded, "
             f"left at init: {', '.join(w.get('left_at_init') or []) or 'none'}"
         )
     else:

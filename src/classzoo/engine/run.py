@@ -286,8 +286,9 @@ def _eval_during(state, val_loader, batch, r: Resolved, env, logger, sampler, fi
     result = evaluate(model, val_loader, env, EvalOptions(amp, r.channels_last, progress, batch))
     logger.evaluation(state.pos.step, epoch_float(state, sampler), result)
     log.info(
-        "eval step %d (%s): top1 %.2f top5 %.2f loss %.4f over %d images",
+        "eval step %d (%s%s): top1 %.2f top5 %.2f loss %.4f over %d images",
         state.pos.step,
+        "EMA weights, " if state.ema is not None else "",
         r.eval_precision if final else r.periodic_eval_precision,
         result["top1"],
         result["top5"],
@@ -389,6 +390,7 @@ def _summary(
         "epochs": round(epochs, 3),
         "amp": r.train_precision,
         "eval_precision": r.eval_precision,
+        "eval_weights": "ema" if asked.train.ema else "model",  # what top1 / loss were of
         "world_size": r.world_size,
         "device": r.device.split(":")[0],
         "global_batch_size": r.schedule.global_batch if r.schedule else None,
