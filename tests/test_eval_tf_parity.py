@@ -212,3 +212,50 @@ def test_classzoo_eval_is_fp32_even_when_training_is_bf16(tf_truth, capsys):
     assert float(numbers.group(1)) == pytest.approx(tf_truth["top1"], abs=1e-3)
     assert float(numbers.group(2)) == pytest.approx(tf_truth["top5"], abs=1e-3)
     assert int(numbers.group(3)) == N_IMAGES
+
+
+def _with_background_logit(prefix: str, out_prefix: str, background_bias: float) -> None:
+    """The same network with slim's 1001-logit head: a background logit 0 (zero weights, a bias
+    below every logit) before the 1000, written by TF's Saver; logit label == old logit label-1."""
+    reader = tf.train.load_checkpoint(prefix)
+    graph = tf.Graph()
+    with graph.as_default():
+        variables = []
+        for name in reader.get_variable_to_shape_map():
+            value = reader.get_tensor(name)
+            if name.endswith("/logits/weights"):
+                value = np.concatenate([np.zeros_like(value[..., :1]), value], axis=-1)
+            elif name.endswith("/logits/biases"):
+                value = np.concatenate([np.float32([background_bias]), value])
+            variables.append(tf.compat.v1.Variable(value, name=name))
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            tf.compat.v1.train.Saver(variables).save(sess, out_prefix)
+
+
+def test_a_1001_logit_resnet_v1_scores_slims_labels_as_its_logits(tf_truth, tmp_path, capsys):
+    """slim's eval ties the offset to the head (num_classes = 1001 - labels_offset): under a
+    1001-logit resnet_v1 the labels 1..1000 are the logits. classzoo kept resnet_v1's offset 1
+    (0 % where TF scores these records), and `convert slim` without --num-classes wrote a new
+    1000-logit head at its initialisation, exit 0."""
+    from classzoo.cli import main
+
+    prefix = str(tmp_path / "r50_1001" / "model.ckpt")
+    _with_background_logit(tf_truth["prefix"], prefix, float(tf_truth["logits"].min()) - 100.0)
+    truth = {**tf_truth, "prefix": prefix}
+    out, _ = _classzoo_eval(capsys, truth, [*TFRECORD, "--set", "model.num_classes=1001", "--json"])
+    _assert_equals_tf(tf_truth, out)
+    converted = tmp_path / "r50_1001.pt"  # the head size is the checkpoint's
+    assert main(["convert", "slim", "--model", "resnet_v1_50", "--checkpoint", prefix]
+                + ["--output", str(converted)]) == 0  # fmt: skip
+    capsys.readouterr()
+    argv = ["eval", "--checkpoint", str(converted), "--data-dir", tf_truth["data_dir"], "--json"]
+    assert main(argv) == 0
+    _assert_equals_tf(tf_truth, capsys.readouterr().out)
+    # a new head asked of convert is for fine-tuning: eval, predict and export refuse it
+    new_head = tmp_path / "new_head.pt"
+    assert main(["convert", "slim", "--model", "resnet_v1_50", "--checkpoint", prefix]
+                + ["--output", str(new_head), "--num-classes", "1000"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(new_head), "--data-dir", tf_truth["data_dir"]]) == 2
+    assert "fc.weight, fc.bias were left at their initialisation" in capsys.readouterr().err

@@ -378,7 +378,8 @@ def test_imagefolder_to_tfrecord_and_inspect(tmp_path):
         src, out, shards=3, workers=2, split="train", synsets_text={"n01": "tench"}
     )
     assert summary["records"] == 7 and summary["classes"] == 3 and summary["reencoded"] == 2
-    names = sorted(os.listdir(out))
+    assert (out / "labels.txt").read_text() == "1:n01\n2:n02\n3:n03\n"  # slim's label file
+    names = sorted(n for n in os.listdir(out) if n != "labels.txt")
     assert names == [f"train-{k:05d}-of-00003" for k in range(3)]
     assert summary["per_shard"] == [2, 2, 3]  # np.linspace(0, 7, 4).astype(int) = 0 2 4 7
     by_name = {}

@@ -203,3 +203,77 @@ def test_label_range_and_class_count_without_decoding(tmp_path):
     assert "look like slim labels" in msg
     with pytest.raises(UserError, match="below data.label_offset 2"):
         infer_num_classes(1, 1000, 5, label_offset=2)
+
+
+def _run_cli(argv, capsys) -> tuple[int, str]:
+    from classzoo.cli import main
+
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_a_stale_or_incomplete_shard_set_is_refused(tmp_path, capsys):
+    """{prefix}-k-of-n names say how many files make the set: a second conversion's shards
+    beside the first counted every image twice (40 of 20), a missing shard dropped its images,
+    both without a word."""
+    root = _data(tmp_path, {f"validation-0000{k}-of-00003": 2 for k in range(3)})
+    assert _names(select_shards(str(root), "validation", None)) == [
+        f"validation-0000{k}-of-00003" for k in range(3)
+    ]
+    _shard(root / "validation-00000-of-00002", [1, 2])
+    _shard(root / "validation-00001-of-00002", [3, 4])
+    with pytest.raises(UserError, match=r"two shard sets, -of-00002 \(2 files\) and -of-00003"):
+        select_shards(str(root), "validation", None)
+    for k in range(2):
+        (root / f"validation-0000{k}-of-00002").unlink()
+    (root / "validation-00001-of-00003").unlink()
+    with pytest.raises(UserError, match=r"1 of 3 shards missing \(validation-00001-of-00003\)"):
+        select_shards(str(root), "validation", None)
+    # an explicit pattern is the user's choice of files (a subset to train on)
+    assert len(select_shards(str(root), "validation", "validation-*").files) == 2
+    # the writer refuses to put a new set beside an old one
+    images = tmp_path / "images"
+    for c in "ab":
+        (images / c).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (9, 9, 9)).save(images / c / "0.jpg")
+    argv = ["data", "to-tfrecord", str(images), str(root), "--split", "validation"]
+    code, err = _run_cli([*argv, "--shards", "2"], capsys)
+    assert code == UserError.exit_code
+    assert err.strip() == (
+        f"classzoo: error: {root} already holds other 'validation' shards "
+        "(validation-00000-of-00003, validation-00002-of-00003): remove them or write to "
+        "another folder"
+    )
+    assert _run_cli([*argv, "--shards", "3"], capsys)[0] == 0  # the same names: rewritten
+
+
+def test_to_tfrecord_labels_are_the_same_on_every_split(tmp_path, capsys):
+    """ImageNet synset folders get ImageNet's labels (build_imagenet_data.py numbers the 1000
+    synsets: n01440764 tench is 1, n15075141 toilet tissue 1000) whatever subset is present;
+    other folders share OUT/labels.txt across splits: a validation folder without 'dog' kept
+    fox at 2 (train's 3), so fox was scored against dog's logit."""
+    from classzoo.data.tfrecord_tools import inspect_tfrecords
+
+    def folder(root: Path, classes) -> Path:
+        for c in classes:
+            (root / c).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (9, 9, 9)).save(root / c / "0.jpg")
+        return root
+
+    def convert(src: Path, out: Path, split: str) -> tuple[int, str]:
+        argv = ["data", "to-tfrecord", str(src), str(out), "--shards", "1", "--split", split]
+        return _run_cli([*argv, "--workers", "1"], capsys)
+
+    out = tmp_path / "imagenet"
+    assert convert(folder(tmp_path / "in", ["n01440764", "n15075141"]), out, "validation")[0] == 0
+    d = inspect_tfrecords(str(out))
+    assert (d["label_min"], d["label_max"]) == (1, 1000)
+    out = tmp_path / "pets"
+    assert convert(folder(tmp_path / "train", ["cat", "dog", "fox"]), out, "train")[0] == 0
+    assert (out / "labels.txt").read_text() == "1:cat\n2:dog\n3:fox\n"
+    assert convert(folder(tmp_path / "val", ["cat", "fox"]), out, "validation")[0] == 0
+    d = inspect_tfrecords(str(out / "validation-00000-of-00001"))
+    assert (d["label_min"], d["label_max"]) == (1, 3)
+    code, err = convert(folder(tmp_path / "test", ["wolf"]), out, "test")
+    assert code == UserError.exit_code
+    assert f"class folder wolf is not in {out / 'labels.txt'}" in err

@@ -15,6 +15,7 @@ from classzoo.errors import UserError
 from classzoo.formats.safetensors_file import save_safetensors_file
 from classzoo.formats.torch_checkpoint import save_checkpoint_file
 from classzoo.models import create_model
+from classzoo.models.slim_heads import checkpoint_classes
 
 log = logging.getLogger("classzoo")
 
@@ -43,6 +44,9 @@ def convert_slim(
 
     if not is_tf_checkpoint(checkpoint):
         raise UserError(f"{checkpoint} is not a TF checkpoint (V1 file, V2 prefix or .index)")
+    if num_classes is None:  # the checkpoint's head, never the model's default with a new one
+        num_classes = checkpoint_classes(model_name, checkpoint)
+        log.info("head: %s classes, the checkpoint's", num_classes or "the model's default")
     model = create_model(
         model_name, num_classes=num_classes, checkpoint=checkpoint, exclude=exclude, use_ema=use_ema
     )
@@ -65,6 +69,7 @@ def convert_slim(
             "source": str(checkpoint),
             "format": "tf",
             "excluded": list(exclude),
+            "left_at_init": list(model.load_report.left_at_init),
             "use_ema": use_ema,
         }
         resolved = resolve(

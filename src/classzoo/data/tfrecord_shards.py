@@ -136,9 +136,43 @@ def select_shards(
     folder = Path(os.path.expanduser(root))
     if not folder.is_dir():
         raise UserError(f"TFRecord data folder {folder} does not exist (data.dir)")
-    selection = _by_pattern(folder, pattern, key) if pattern else _by_name(folder, split, key)
+    if pattern:
+        selection = _by_pattern(folder, pattern, key)
+    else:
+        selection = _by_name(folder, split, key)
+        check_complete_sets(selection.files, key)
     log.info("%s", selection.describe(str(folder), split))
     return selection
+
+
+_NUMBERED = re.compile(r"^(.*)-(\d+)-of-(\d+)$")  # build_imagenet_data.py: %s-%.5d-of-%.5d
+
+
+def check_complete_sets(files: list[Path], key: str) -> None:
+    """Shards named ``{prefix}-{k}-of-{n}`` must be one whole set per prefix: a stale set
+    beside a new one would count images twice, a missing shard would drop its images."""
+    sets: dict[tuple[Path, str], dict[int, set[int]]] = {}
+    for p in files:
+        m = _NUMBERED.match(p.name)
+        if m:
+            sets.setdefault((p.parent, m[1]), {}).setdefault(int(m[3]), set()).add(int(m[2]))
+    for (folder, prefix), by_count in sets.items():
+        where = f"{folder}/{prefix}-*-of-*"
+        if len(by_count) > 1:
+            counts = " and ".join(
+                f"-of-{n:05d} ({len(k)} files)" for n, k in sorted(by_count.items())
+            )
+            raise UserError(
+                f"{where}: two shard sets, {counts}: remove the stale one, or set {key}"
+            )
+        ((n, have),) = by_count.items()
+        missing = sorted(set(range(n)) - have)
+        if missing:
+            raise UserError(
+                f"{where}: {len(missing)} of {n} shards missing ({prefix}-{missing[0]:05d}-of-"
+                f"{n:05d}{', ...' if len(missing) > 1 else ''}): their images would be left out; "
+                f"restore them, or set {key} to use the others"
+            )
 
 
 def _by_name(root: Path, split: str, key: str) -> ShardSelection:

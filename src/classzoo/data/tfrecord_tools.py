@@ -1,7 +1,11 @@
 """``classzoo data to-tfrecord`` and ``classzoo data inspect``: write and check slim-style shards.
 
-The writer follows slim's datasets/build_imagenet_data.py: same Example keys, 1-based labels in
-sorted class-folder order (0 stays the background class), ``{split}-%05d-of-%05d`` shard names,
+The writer follows slim's datasets/build_imagenet_data.py: same Example keys, 1-based labels
+(0 stays the background class): ImageNet synset folders get their synset's label (its place among
+the 1000 synsets + 1, as build_imagenet_data.py numbers them, whatever subset is present); other
+folders the labels of ``OUT/labels.txt`` (slim's ``label:name`` lines) when an earlier split wrote
+it, else sorted folder order, written there, so every split of a folder shares one numbering.
+``{split}-%05d-of-%05d`` shard names,
 records split across shards with ``np.linspace``, file order shuffled with seed 12345 (Python 3's
 ``random.shuffle``, so not the same permutation as slim's Python 2 run), original JPEG bytes
 kept and anything else (PNG, CMYK JPEG, ...) re-encoded as RGB JPEG quality 100.
@@ -9,6 +13,7 @@ kept and anything else (PNG, CMYK JPEG, ...) re-encoded as RGB JPEG quality 100.
 
 from __future__ import annotations
 
+import glob
 import io
 import os
 import random
@@ -18,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from classzoo.data.class_index import imagenet_classes, is_imagenet_synsets
 from classzoo.data.tfrecord_dataset import IMAGE_KEY, LABEL_KEY
 from classzoo.data.tfrecord_shards import find_shards
 from classzoo.errors import UserError
@@ -28,7 +34,54 @@ from classzoo.formats.tfrecord import TFRecordReader, TFRecordWriter
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-def _scan(src: Path) -> tuple[list[str], list[tuple[str, int, str]]]:
+LABELS_FILE = "labels.txt"  # slim's dataset_utils.write_label_file name and "%d:%s" lines
+
+
+def _read_label_file(path: Path) -> dict[str, int]:
+    labels = {}
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        label, sep, name = line.partition(":")
+        if not line.strip():
+            continue
+        if not sep or not label.strip().isdigit() or not name:
+            raise UserError(f"{path} line {n}: expected 'label:class name', got {line!r}")
+        labels[name] = int(label)
+    return labels
+
+
+def _labels(classes: list[str], out: Path) -> dict[str, int]:
+    """slim's 1-based label of each class folder (module docstring); writes OUT/labels.txt."""
+    if is_imagenet_synsets(classes):
+        index = {synset: i for i, (synset, _) in enumerate(imagenet_classes())}
+        return {c: index[c] + 1 for c in classes}
+    path = out / LABELS_FILE
+    if path.exists():
+        known = _read_label_file(path)
+        new = [c for c in classes if c not in known]
+        if new:
+            raise UserError(
+                f"class folder {new[0]} is not in {path} (the labels of a split converted "
+                f"before, {len(known)} classes): convert the split with every class first, or "
+                "write to another folder"
+            )
+        return {c: known[c] for c in classes}
+    labels = {c: i for i, c in enumerate(classes, start=1)}  # slim: 0 is the background class
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{label}:{c}\n" for c, label in labels.items()))
+    return labels
+
+
+def _refuse_stale_shards(out: Path, split: str, names: list[str]) -> None:
+    """Shards of ``split`` from another conversion would be read with the new ones."""
+    stale = sorted(p.name for p in out.glob(f"{glob.escape(split)}-*-of-*") if p.name not in names)
+    if stale:
+        raise UserError(
+            f"{out} already holds other '{split}' shards ({', '.join(stale[:3])}"
+            f"{', ...' if len(stale) > 3 else ''}): remove them or write to another folder"
+        )
+
+
+def _scan(src: Path, out: Path) -> tuple[list[str], list[tuple[str, int, str]]]:
     """Sorted class folders and ``(file, label, synset)`` with slim's 1-based labels."""
     if not src.is_dir():
         raise UserError(f"image folder {src} does not exist")
@@ -36,7 +89,9 @@ def _scan(src: Path) -> tuple[list[str], list[tuple[str, int, str]]]:
     if not classes:
         raise UserError(f"image folder {src} has no class folders (expected {src}/<class>/<image>)")
     items = []
-    for label, synset in enumerate(classes, start=1):  # slim: label 0 is the background class
+    labels = _labels(classes, out)
+    for synset in classes:
+        label = labels[synset]
         for f in sorted((src / synset).iterdir()):
             if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."):
                 items.append((str(f), label, synset))
@@ -101,20 +156,21 @@ def imagefolder_to_tfrecord(
     """Convert ``src/<class>/<image>`` into ``out/{split}-%05d-of-%05d`` slim-schema shards.
 
     ``synsets_text`` maps folder names to ``image/class/text`` (slim: imagenet_metadata.txt);
-    without it the text is empty. Shards are written by a pool of ``workers`` processes.
+    without it ImageNet synsets get ImageNet's names, other folders an empty text. Shards are written by a pool of ``workers`` processes.
     Returns a summary: split, output, shards, records, classes, per_shard, reencoded, files.
     """
     src, out = Path(src), Path(out)
     if shards < 1:
         raise UserError(f"--shards must be at least 1, got {shards}")
-    classes, items = _scan(src)
+    names = [f"{split}-{k:05d}-of-{shards:05d}" for k in range(shards)]
+    _refuse_stale_shards(out, split, names)
+    classes, items = _scan(src, out)
     order = list(range(len(items)))
     random.Random(12345).shuffle(order)  # build_imagenet_data.py _find_image_files: seed 12345
-    text = synsets_text or {}
+    text = synsets_text or (dict(imagenet_classes()) if is_imagenet_synsets(classes) else {})
     rows = [(*items[i], str(text.get(items[i][2], ""))) for i in order]
     bounds = np.linspace(0, len(rows), shards + 1).astype(int)  # slim's record split
     out.mkdir(parents=True, exist_ok=True)
-    names = [f"{split}-{k:05d}-of-{shards:05d}" for k in range(shards)]
     jobs = [(str(out / names[k]), rows[bounds[k] : bounds[k + 1]]) for k in range(shards)]
     if workers <= 1 or shards == 1:
         results = [_write_shard(*job) for job in jobs]

@@ -161,14 +161,18 @@ def _plain(value: Any) -> Any:
 # ---- the pieces, each usable before the model exists ---------------------------------------
 
 
-def label_offset_for(data: DataConfig, defaults: dict[str, Any]) -> int:
-    """Subtracted from stored TFRecord labels: data.label_offset, else the model's (slim
-    ResNet-v1: 1, its logit i is slim label i + 1). ImageFolder and synthetic labels are class
-    indices 0..N-1 already (build.open_split refuses an offset for them)."""
+def label_offset_for(data: DataConfig, defaults: dict[str, Any], num_classes: int | None) -> int:
+    """Subtracted from stored TFRecord labels: data.label_offset, else 0 under a 1001-logit head
+    (slim's background is logit 0: its labels are the logits, as slim's eval takes
+    ``num_classes = 1001 - labels_offset``), else the model's (slim ResNet-v1: 1, its logit i is
+    slim label i + 1). ImageFolder and synthetic labels are class indices 0..N-1 already
+    (build.open_split refuses an offset for them). ``num_classes``: model.num_classes as set."""
     if data.source != "tfrecord" and (data.dir or data.source == "synthetic"):
         return 0  # a dataset's class indices; with no data (predict, export) the model decides
     if data.label_offset is not None:
         return data.label_offset
+    if num_classes == 1001:
+        return 0
     return int(defaults.get("label_offset", 0))
 
 
@@ -255,7 +259,7 @@ def resolve(
     schedule: Schedule | None,
 ) -> Resolved:
     """The Resolved record of a run (or of an evaluation: schedule None)."""
-    offset = label_offset_for(asked.data, model_defaults)
+    offset = label_offset_for(asked.data, model_defaults, asked.model.num_classes)
     for split, info in data.items():
         if info.label_min is not None:
             check_labels(  # before step 1: every stored label must be a logit index

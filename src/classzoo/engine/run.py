@@ -140,7 +140,7 @@ def set_up(asked: Config, env: DistEnv, need_train: bool, need_val: bool) -> Set
     data, m = asked.data, asked.model
     defaults = build.model_defaults(m.name, dict(m.kwargs))
     pre = preprocess_for(data, defaults)
-    offset = label_offset_for(data, defaults)
+    offset = label_offset_for(data, defaults, m.num_classes)
     n_synth = m.num_classes or 10
     train = val = None
     if need_train:

@@ -8,7 +8,7 @@ import numpy as np
 
 from classzoo.models.slim_names import default_scope
 
-__all__ = ["auto_head_excludes", "slim_classifier_scopes"]
+__all__ = ["auto_head_excludes", "checkpoint_classes", "slim_classifier_scopes"]
 
 
 def slim_classifier_scopes(model_name: str) -> tuple[str, ...]:
@@ -17,6 +17,18 @@ def slim_classifier_scopes(model_name: str) -> tuple[str, ...]:
     if default_scope(model_name) == "InceptionV4":
         return ("Logits/Logits", "AuxLogits/Aux_logits")
     return ("logits",)
+
+
+def checkpoint_classes(model_name: str, checkpoint: str) -> int | None:
+    """The class count of a TF checkpoint's classifier (its ``<scope>/biases`` shape, read
+    from the index without the data); None when it has none."""
+    from classzoo.formats.tf_checkpoint import open_tf_checkpoint
+
+    with open_tf_checkpoint(checkpoint) as ckpt:
+        shapes = {name: shape for name, (_, shape) in ckpt.variables().items()}
+    scope = slim_classifier_scopes(model_name)[0]
+    sized = [s for name, s in shapes.items() if name.endswith(f"/{scope}/biases") and s]
+    return int(sized[0][-1]) if sized else None
 
 
 def _covered(scope: str, exclude: Sequence[str], top: str) -> bool:
