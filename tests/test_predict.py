@@ -110,3 +110,29 @@ def test_predict_refuses_a_folder_without_images(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["predict", "--checkpoint", str(ckpt), str(tmp_path / "empty")]) == 2
     assert "holds no images" in capsys.readouterr().err
+
+
+def test_weights_of_another_head_size_take_set_and_rank_by_logit(tmp_path, capsys):
+    """A timm state dict of a 5-class resnet10t: predict and export take ``--set
+    model.num_classes=5``, which their refusal names (they had no --set). The classes are ranked
+    by logit as TF's top_k(logits) does: with gaps of hundreds, float32 softmax gives 0 to every
+    runner-up and ranking the probabilities put them in an arbitrary order."""
+    model = timm.create_model("resnet10t", num_classes=5)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.tensor([0.0, -400.0, -200.0, -600.0, -300.0]))
+    weights = tmp_path / "sd.pth"
+    torch.save(model.state_dict(), weights)
+    (image,) = _images(tmp_path / "img", n=1)
+    argv = ["predict", "--model", "resnet10t", "--checkpoint", str(weights), str(image)]
+    assert main([*argv, "--json"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--set model.num_classes=5" in err
+    assert main([*argv, "--json", "--set", "model.num_classes=5"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert [t["index"] for t in result["top"]] == [0, 2, 4, 1, 3]  # the biases' order
+    assert result["top"][0]["prob"] == 1.0 and result["top"][1]["prob"] == 0.0
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "m.onnx"
+    argv = ["export", "--model", "resnet10t", "--checkpoint", str(weights), str(out)]
+    assert main([*argv, "--set", "model.num_classes=5"]) == 0 and out.exists()

@@ -44,12 +44,14 @@ def convert_slim(
 
     if not is_tf_checkpoint(checkpoint):
         raise UserError(f"{checkpoint} is not a TF checkpoint (V1 file, V2 prefix or .index)")
+    asked_head = num_classes
     if num_classes is None:  # the checkpoint's head, never the model's default with a new one
         num_classes = checkpoint_classes(model_name, checkpoint)
-        log.info("head: %s classes, the checkpoint's", num_classes or "the model's default")
     model = create_model(
         model_name, num_classes=num_classes, checkpoint=checkpoint, exclude=exclude, use_ema=use_ema
     )
+    if asked_head is None and num_classes is not None:
+        log.info("head: %d classes, the checkpoint's", num_classes)
     out = Path(output)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if out.suffix == ".safetensors":  # atomic, with its SHA-256 like every classzoo file

@@ -8,6 +8,7 @@ Input ``float32 [N, 3, S, S]`` already preprocessed as the checkpoint's preset s
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,15 @@ class ExportResult:
 
 
 def export_onnx(
-    checkpoint: str, output: str, recipe: str | None = None, model: str | None = None
+    checkpoint: str,
+    output: str,
+    recipe: str | None = None,
+    model: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> ExportResult:
     """Load the checkpoint (its Resolved record), write the ONNX file, verify it."""
     _require_export_extra()
-    loaded = load_for_inference(checkpoint, recipe, model)
+    loaded = load_for_inference(checkpoint, recipe, model, overrides=overrides)
     net, resolved = loaded.net, loaded.resolved
     pre = resolved.preprocess
     meta = {  # the Resolved record's preprocessing: the truth the model was trained with

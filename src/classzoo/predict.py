@@ -32,10 +32,11 @@ def predict(
     recipe: str | None = None,
     model: str | None = None,
     top_k: int = 5,
+    overrides: Sequence[str] = (),
 ) -> list[dict]:
     """Top-``top_k`` predictions of every image file (folders are searched recursively)."""
     files = collect_images(images)  # before loading: a wrong path fails fast
-    loaded = load_for_inference(checkpoint, recipe, model)
+    loaded = load_for_inference(checkpoint, recipe, model, overrides=overrides)
     net, resolved = loaded.net, loaded.resolved
     transform = build_transform(transform_preprocess(resolved.preprocess), train=False)
     read = decode.decoder(resolved.preprocess.decoder)
@@ -105,8 +106,11 @@ def predict_files(
         chunk = files[start : start + BATCH]
         x = torch.stack([load(p) for p in chunk]).to(device)
         with torch.no_grad():
-            probs = net(x).float().softmax(dim=1)
-        p, idx = probs.topk(min(top_k, probs.shape[1]), dim=1)
+            logits = net(x).float()
+        # ranked by logit, as TF's top_k(logits): float32 softmax underflows to 0 beyond a gap
+        # of ~88, and probabilities tied at 0 would rank the runners-up arbitrarily
+        idx = logits.topk(min(top_k, logits.shape[1]), dim=1).indices
+        p = logits.softmax(dim=1).gather(1, idx)
         for path, ps, ids in zip(chunk, p.tolist(), idx.tolist()):
             top = [_entry(i, prob, names, label_offset) for prob, i in zip(ps, ids)]
             out.append({"image": str(path), "top": top})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from classzoo.cli.common import add_verb
+from classzoo.cli.common import add_set_flag, add_verb
 
 
 def add_parser(subparsers) -> None:
@@ -23,12 +23,13 @@ def add_parser(subparsers) -> None:
     ex.add_argument("output", help="output file")
     ex.add_argument("--recipe", default=None, help="recipe, for checkpoints without a config")
     ex.add_argument("--model", default=None, help="model name, for checkpoints without a config")
+    add_set_flag(ex)
 
 
 def run(args: argparse.Namespace) -> int:
     from classzoo.export import CHECK_BATCH, MAX_DIFF, export_onnx
 
-    r = export_onnx(args.checkpoint, args.output, args.recipe, args.model)
+    r = export_onnx(args.checkpoint, args.output, args.recipe, args.model, args.overrides)
     print(f"wrote {r.path}")
     print(
         f"onnxruntime check (fp32, batch {CHECK_BATCH}): max |diff| {r.max_abs_diff:.3g}, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from classzoo.cli.common import add_verb, print_json
+from classzoo.cli.common import add_set_flag, add_verb, print_json
 
 
 def add_parser(subparsers) -> None:
@@ -22,12 +22,15 @@ def add_parser(subparsers) -> None:
         "--format", choices=["text", "csv", "json"], default="text", help="output format"
     )
     pr.add_argument("--json", action="store_true", help="same as --format json")
+    add_set_flag(pr)
 
 
 def run(args: argparse.Namespace) -> int:
     from classzoo.predict import format_results, predict
 
-    results = predict(args.checkpoint, args.images, args.recipe, args.model, args.top_k)
+    results = predict(
+        args.checkpoint, args.images, args.recipe, args.model, args.top_k, args.overrides
+    )
     if args.json or args.format == "json":
         print_json(results)
     elif results:

@@ -9,6 +9,7 @@ its training precision or device. Other formats (safetensors, TF) need ``--model
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,9 +237,13 @@ def eval_checkpoint(
 
 
 def load_for_inference(
-    checkpoint: str, recipe: str | None = None, model: str | None = None, device: str = "cpu"
+    checkpoint: str,
+    recipe: str | None = None,
+    model: str | None = None,
+    device: str = "cpu",
+    overrides: Sequence[str] = (),
 ) -> Prepared:
     """``predict`` and ``export``: the model in eval mode and its Resolved record."""
     src = read_source(checkpoint)
-    asked = asked_for(src, recipe, model, [f"train.device={device}"])
+    asked = asked_for(src, recipe, model, [f"train.device={device}", *overrides])
     return prepare(src, asked, init_distributed(device).device)

@@ -147,8 +147,8 @@ def _new_head(own, state, model: nn.Module, source: str, allow: bool, skipped) -
         raise UserError(
             f"checkpoint {source} has a classifier of another size ({k} "
             f"{tuple(state[k].shape)} vs the model's {tuple(own[k].shape)}): set "
-            f"model.num_classes={n} to use it, or pass allow_new_head=True to train a new head "
-            "(left at its initialisation)"
+            f"model.num_classes={n} to use it (--set model.num_classes={n}; in Python "
+            "allow_new_head=True trains a new head from its initialisation)"
         )
     return keys
 
@@ -230,8 +230,8 @@ def _tf_state(model: nn.Module, model_name: str, path, exclude, use_ema: bool, a
         n = next(v.shape[-1] for k, v in variables.items() if k.endswith(f"/{auto[0]}/biases"))
         raise UserError(
             f"checkpoint {path}: its {', '.join(auto)} layers have {n} classes, the model "
-            f"{getattr(model, 'num_classes', '?')}: set model.num_classes={n} to use them, or "
-            "pass allow_new_head=True to train new ones (left at init)"
+            f"{getattr(model, 'num_classes', '?')}: set model.num_classes={n} to use them "
+            "(--set model.num_classes=...)"
         )
     scopes = [*exclude, *auto]
     state, init = slim_to_state_dict_and_init(
