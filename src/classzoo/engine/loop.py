@@ -281,9 +281,14 @@ def train(
         due = reason == "epoch" and loop.eval_every > 0 and state.pos.epoch % loop.eval_every == 0
         if due or final:
             last_eval = evaluate_after_epoch(final)
+    if evaluate_after_epoch is not None and reason != "stop" and not last_eval:
+        # resumed with nothing left to train (a run killed in its final evaluation, or one
+        # resumed after it finished): the final weights are evaluated, never left unscored
+        last_eval = evaluate_after_epoch(True)
     bar.close()
     return {
         "eval": last_eval,
+        "images": images,
         "images_per_sec": images / max(seconds, 1e-9),
         "train_time_s": seconds,
         "stopped": reason == "stop",

@@ -41,6 +41,7 @@ from classzoo.engine.resolve import (
 )
 from classzoo.engine.run_dir import claim_run_dir, create_run_dir, recorded_threads, remove_if_empty
 from classzoo.engine.run_log import RunLogger
+from classzoo.engine.run_summary import run_summary
 from classzoo.engine.same_run import check_same_run, recorded_run
 from classzoo.engine.state import TrainState
 from classzoo.engine.stop import GracefulStop
@@ -128,7 +129,7 @@ def _run(
         ips, epochs = None, 0.0
     else:
         result, ips, epochs = _train_mode(asked, s, env, logger, run_dir, resume)
-    summary = _summary(asked, s.resolved, result, ips, epochs, time.perf_counter() - t0)
+    summary = run_summary(asked, s.resolved, result, ips, epochs, time.perf_counter() - t0, run_dir)
     logger.write_json("summary.json", summary)
     logger.close()
     barrier(env)
@@ -273,7 +274,8 @@ def _train_mode(
             ckpts.directory,
             run_dir,
         )
-    return result["eval"], result["images_per_sec"], state.pos.step / r.schedule.steps_per_epoch
+    ips = result["images_per_sec"] if result["images"] else None  # None: nothing trained now
+    return result["eval"], ips, state.pos.step / r.schedule.steps_per_epoch
 
 
 def _eval_during(state, val_loader, batch, r: Resolved, env, logger, sampler, final, progress):
@@ -374,25 +376,3 @@ def _log_skipped_tail(n: int, batch_size: int, env: DistEnv) -> None:
 
 def _write_yaml(data: dict[str, Any], path: Path) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-
-
-def _summary(
-    asked: Config, r: Resolved, result: dict, ips: float | None, epochs: float, wall: float
-) -> dict[str, Any]:
-    return {
-        "recipe": asked.recipe,
-        "model": r.model,
-        "top1": result.get("top1"),
-        "top5": result.get("top5"),
-        "loss": result.get("loss"),
-        "count": result.get("count"),
-        "images_per_sec": ips,
-        "epochs": round(epochs, 3),
-        "amp": r.train_precision,
-        "eval_precision": r.eval_precision,
-        "eval_weights": "ema" if asked.train.ema else "model",  # what top1 / loss were of
-        "world_size": r.world_size,
-        "device": r.device.split(":")[0],
-        "global_batch_size": r.schedule.global_batch if r.schedule else None,
-        "wall_time_s": round(wall, 1),
-    }
