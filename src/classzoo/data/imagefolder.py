@@ -32,16 +32,37 @@ def scan_imagefolder(root: Path) -> tuple[list[str], list[str], np.ndarray]:
     labels: list[int] = []
     for label, name in enumerate(classes):
         folder = root / name
-        names = sorted(
-            e.name
-            for e in os.scandir(folder)
-            if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)
-        )
+        names = _images_under(str(folder))
         if not names:
             raise UserError(f"class folder {folder} holds no images ({', '.join(IMG_EXTENSIONS)})")
-        files.extend(str(folder / n) for n in names)
+        files.extend(names)
         labels.extend([label] * len(names))
     return classes, files, np.asarray(labels, dtype=np.int64)
+
+
+def _images_under(folder: str) -> list[str]:
+    """Image files anywhere under a class folder, in torchvision's order (``sorted(os.walk(
+    folder, followlinks=True))``, then sorted names): its ImageFolder walks class folders
+    recursively. A broken symbolic link is a UserError here, not a failure mid-epoch."""
+    found: list[tuple[str, list[str]]] = []
+    seen: set[str] = set()  # real paths: a link back up the tree would walk for ever
+    stack = [folder]
+    while stack:
+        top = stack.pop()
+        real = os.path.realpath(top)
+        if real in seen:
+            continue
+        seen.add(real)
+        names = []
+        for e in os.scandir(top):
+            if e.is_dir():  # follows links, as followlinks=True
+                stack.append(e.path)
+            elif e.name.lower().endswith(IMG_EXTENSIONS):
+                if not e.is_file():
+                    raise UserError(f"image {e.path} is a broken link or not a regular file")
+                names.append(e.name)
+        found.append((top, sorted(names)))
+    return [os.path.join(top, n) for top, names in sorted(found) for n in names]
 
 
 def load_rgb(path: str, decoder: str = "pil"):
