@@ -146,8 +146,11 @@ def _pil_ops(compose: T.Compose) -> list:
 def _timm_train(pre: EvalPreprocess, aug: TrainAugment):
     interpolation = aug.interpolation or pre.interpolation
     if aug.train_crop == "none":
-        # Small, already-centred images (the quickstart's 28 px Fashion-MNIST): no random crop.
-        ops: list = [T.Resize(pre.image_size, interpolation=_interp(interpolation))]
+        # Small, already-centred images (the quickstart's 28 px Fashion-MNIST): no random crop;
+        # Resize(int) sets the short side only, so the centre crop squares other shapes (a
+        # batch of them could not be stacked) and leaves square images as they are
+        size = pre.image_size
+        ops: list = [T.Resize(size, interpolation=_interp(interpolation)), T.CenterCrop(size)]
         if aug.hflip > 0:
             ops.append(T.RandomHorizontalFlip(aug.hflip))
         return PilStage(ops, pre.mean, pre.std)
