@@ -59,6 +59,17 @@ def test_unreadable_image_is_named(tmp_path):
     assert_one_line_error(proc, f"unreadable image {bad}")
 
 
+def test_output_dir_under_a_file(tmp_path, small_imagefolder):
+    """FileExistsError from mkdir was a traceback, exit 1."""
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "run"):
+        argv = ["train", "--recipe", "quickstart", "--data-dir", str(small_imagefolder)]
+        proc = classzoo(*argv, "--output-dir", str(out))
+        assert_one_line_error(
+            proc, f"--output-dir {out}: {tmp_path / 'afile'} is a file, not a folder"
+        )
+
+
 def test_unknown_recipe(tmp_path):
     proc = classzoo("train", "--recipe", "resnet51_imagenet", "--data-dir", str(tmp_path))
     assert_one_line_error(proc, "unknown recipe 'resnet51_imagenet'")

@@ -27,6 +27,9 @@ def claim_run_dir(
         broadcast_object(made, env)  # rank 0 named and made it for every rank
         return Path(made[0])  # empty: nothing of another run to look for
     run_dir = Path(run_dir)
+    above = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
+    if above is not None and not above.is_dir():  # before any step: not a traceback at mkdir
+        raise UserError(f"--output-dir {run_dir}: {above} is a file, not a folder")
     taken = [n for n in RUN_FILES if (run_dir / n).exists()]
     if taken and resume is None and not overwrite:
         raise UserError(
