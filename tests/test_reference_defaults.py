@@ -198,3 +198,22 @@ def test_resnet152_test_1p_checks_image_num(records):
     proc = _run([*argv, "--data_path=val", "--image_num=6"], records)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].endswith("holds 5 records"), proc.stderr
+
+
+def test_gluon_recipe_evaluates_as_timm_evaluated_its_weights():
+    """timm measured resnet50.gluon_in1k (77.58, the reference's published figure) with that
+    tag's pretrained cfg: crop_pct 0.875, bicubic. The recipe evaluated at 0.95 bilinear
+    (resnet50's default tag a1_in1k's crop_pct, resnet's base interpolation)."""
+    import timm
+
+    from classzoo.engine.build import model_defaults
+    from classzoo.engine.resolve import preprocess_for
+
+    cfg = load_recipe("gluon_resnet50_v1b")
+    pre = preprocess_for(cfg.data, model_defaults(cfg.model.name, {}))
+    truth = timm.models.get_pretrained_cfg("resnet50.gluon_in1k")
+    assert (pre.image_size, pre.crop_pct, pre.interpolation) == (
+        truth.input_size[-1],
+        truth.crop_pct,
+        truth.interpolation,
+    )
