@@ -190,3 +190,33 @@ def test_slim_layouts_refuse_pretrained_with_the_checkpoint_alternative():
             registry.build(name, None, pretrained=True)
     with pytest.raises(UserError, match="classzoo convert slim"):
         timm.create_model("slim_resnet_v1_50", pretrained=True)
+
+
+def test_eval_of_timm_weights_uses_validate_py_preprocessing(tmp_path, capsys):
+    """Weights without a classzoo record evaluate as timm's validate.py evaluates them: the
+    model's test size where its cfg has one (resnet10t: trains at 176, tests at 224 / 0.95);
+    classzoo evaluated at the training size, so its numbers were not timm's."""
+    from timm.data import ImageDataset, create_transform, resolve_data_config
+
+    from classzoo.cli import main
+
+    model = timm.create_model("resnet10t", num_classes=3).eval()
+    weights = tmp_path / "w.pth"
+    torch.save(model.state_dict(), weights)
+    rng = np.random.default_rng(0)
+    for c in "abc":
+        (tmp_path / "val" / c).mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "val" / c / f"{i}.jpg", quality=95)
+    config = resolve_data_config({}, model=model, use_test_size=True)  # validate.py's
+    assert config["input_size"] == (3, 224, 224)  # not the training 176
+    ds = ImageDataset(str(tmp_path / "val"), transform=create_transform(**config))
+    xs = torch.stack([ds[i][0] for i in range(len(ds))])
+    ys = torch.tensor([ds[i][1] for i in range(len(ds))])
+    with torch.no_grad():
+        truth = torch.nn.functional.cross_entropy(model(xs), ys).item()
+    argv = ["eval", "--model", "resnet10t", "--checkpoint", str(weights), "--json"]
+    argv += ["--data-dir", str(tmp_path / "val"), "--set", "data.num_workers=0"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(truth, rel=1e-5)

@@ -33,15 +33,16 @@ from classzoo.models.weights import LoadReport, load_checkpoint
 log = logging.getLogger("classzoo")
 
 
-def model_defaults(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+def model_defaults(name: str, kwargs: dict[str, Any], test_size: bool = False) -> dict[str, Any]:
     """Preprocessing defaults (input_size, crop_pct, interpolation, mean, std, preset,
-    label_offset) without building the real model: timm reads them from a meta-device build."""
+    label_offset) without building the real model: timm reads them from a meta-device build.
+    ``test_size``: timm's evaluation size where the model's cfg has one (validate.py's)."""
     registry.check_name(name)
     if name in registry.registry():
         return registry.data_defaults(name, None)
     with torch.device("meta"):
         meta = registry.build(name, None, **kwargs)
-    return registry.data_defaults(name, meta)
+    return registry.data_defaults(name, meta, test_size)
 
 
 def transform_preprocess(p: Preprocess) -> EvalPreprocess:

@@ -99,9 +99,10 @@ def asked_for(
 
 
 def defaults_for(src: CheckpointSource, asked: Config) -> dict[str, Any]:
-    """Preprocessing defaults: the checkpoint's recorded preprocessing when it has one."""
+    """Preprocessing defaults: the checkpoint's recorded preprocessing when it has one, else
+    the model's evaluation defaults (timm's test size, as its validate.py)."""
     if src.stored is None or src.stored.model != asked.model.name:
-        return model_defaults(asked.model.name, dict(asked.model.kwargs))
+        return model_defaults(asked.model.name, dict(asked.model.kwargs), test_size=True)
     p = src.stored.preprocess
     return {
         "preset": p.preset,

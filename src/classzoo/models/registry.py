@@ -159,14 +159,16 @@ def build(name: str, num_classes: int | None, pretrained: bool = False, **kwargs
         ) from None
 
 
-def data_defaults(name: str, model: nn.Module) -> dict[str, Any]:
-    """Preprocessing defaults of a model: input_size, crop_pct, interpolation, mean, std, preset."""
+def data_defaults(name: str, model: nn.Module, test_size: bool = False) -> dict[str, Any]:
+    """Preprocessing defaults of a model: input_size, crop_pct, interpolation, mean, std, preset.
+    ``test_size``: a timm model's test_input_size / test_crop_pct where its cfg has them, as
+    timm's validate.py evaluates (``use_test_size=not args.use_train_size``)."""
     entry = registry().get(canonical_name(name))
     if entry is not None:
         out = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "label_offset": 0}
         out.update(entry.defaults)
         return out
-    cfg = resolve_model_data_config(model)  # timm's: the model's pretrained_cfg with defaults
+    cfg = resolve_model_data_config(model, use_test_size=test_size)  # its pretrained_cfg
     return {
         "input_size": tuple(cfg["input_size"]),
         "crop_pct": cfg["crop_pct"],
