@@ -277,3 +277,17 @@ def test_to_tfrecord_labels_are_the_same_on_every_split(tmp_path, capsys):
     code, err = convert(folder(tmp_path / "test", ["wolf"]), out, "test")
     assert code == UserError.exit_code
     assert f"class folder wolf is not in {out / 'labels.txt'}" in err
+
+
+def test_a_split_folder_wins_over_a_stray_file_beside_it(tmp_path):
+    """{train/, validation/} plus one unnamed top-level file (a copied shard, a label list
+    without extension): that file was evaluated as the validation split."""
+    root = tmp_path / "data"
+    for split, n in (("train", 3), ("validation", 2)):
+        (root / split).mkdir(parents=True)
+        _shard(root / split / f"{split}-00000-of-00001", range(1, n + 1))
+    _shard(root / "extra", [1, 2, 3, 4, 5, 6])
+    selection = select_shards(str(root), "validation", None)
+    assert [str(p.relative_to(root)) for p in selection.files] == [
+        "validation/validation-00000-of-00001"
+    ]

@@ -9,9 +9,10 @@ order, for ``select_shards(root, split, pattern)``:
    exactly the matching files.
 2. Files named after ``split`` (``val`` and ``validation`` are one split), and no file without
    a split name: those files.
-3. No file named after any split (the ResNet-152 reference: "put all the tfrecord files in the
+3. A ``{split}/`` subfolder, when no file is named after the split: its files (a stray file
+   beside ``train/`` and ``validation/`` is not a split).
+4. No file named after any split (the ResNet-152 reference: "put all the tfrecord files in the
    folder"): every file.
-4. A ``{split}/`` subfolder: its files.
 5. For an evaluation split, a folder whose only named split is another evaluation split
    (``test-00000.tfrecord``): those files, with a log line.
 6. Anything else (a split named nowhere; files named after the split next to unnamed files,
@@ -192,11 +193,11 @@ def _by_name(root: Path, split: str, key: str) -> ShardSelection:
 
     if named and not unnamed:
         return ShardSelection(named, others(named))
-    if unnamed and not named and not other:
+    sub = next((root / n for n in sorted(mine) if (root / n).is_dir()), None)
+    if unnamed and not named and not other and sub is None:
         log.info("%s: no file names a split; all %d files are '%s'", root, len(unnamed), split)
         return ShardSelection(unnamed, never)
-    sub = next((root / n for n in sorted(mine) if (root / n).is_dir()), None)
-    if not named and sub is not None:
+    if not named and sub is not None:  # a {split}/ folder wins over a stray file beside it
         inner = _by_name(sub, split, key) if _split_files(sub) else _all(sub)
         return ShardSelection(inner.files, inner.ignored + others([]))
     if named:
