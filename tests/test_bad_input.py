@@ -70,6 +70,13 @@ def test_output_dir_under_a_file(tmp_path, small_imagefolder):
         )
 
 
+def test_resume_and_overwrite_together(tmp_path, small_imagefolder):
+    """--overwrite was silently ignored and the run resumed."""
+    argv = ["train", "--recipe", "quickstart", "--data-dir", str(small_imagefolder)]
+    proc = classzoo(*argv, "--output-dir", str(tmp_path / "r"), "--resume", "auto", "--overwrite")
+    assert_one_line_error(proc, "--resume and --overwrite contradict")
+
+
 def test_unknown_recipe(tmp_path):
     proc = classzoo("train", "--recipe", "resnet51_imagenet", "--data-dir", str(tmp_path))
     assert_one_line_error(proc, "unknown recipe 'resnet51_imagenet'")

@@ -55,6 +55,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.resume is not None and args.overwrite:  # which one wins would be a silent choice
+        from classzoo.errors import UserError
+
+        raise UserError("--resume and --overwrite contradict: continue the run, or replace it")
     if args.nproc_per_node and "LOCAL_RANK" not in os.environ:
         from classzoo.engine.launch import relaunch_with_torchrun
 
