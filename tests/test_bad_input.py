@@ -77,6 +77,26 @@ def test_resume_and_overwrite_together(tmp_path, small_imagefolder):
     assert_one_line_error(proc, "--resume and --overwrite contradict")
 
 
+def test_eval_data_dir_mistakes_say_what_to_do(tmp_path, small_imagefolder):
+    """A file as --data-dir said "has no '.' split"; an ImageFolder read as TFRecords (a
+    converted slim checkpoint records slim's tfrecord source) said only "no TFRecord files"."""
+    import torch
+    from timm import create_model
+
+    weights = tmp_path / "w.pth"
+    torch.save(create_model("resnet10t", num_classes=4).state_dict(), weights)
+    argv = ["eval", "--model", "resnet10t", "--checkpoint", str(weights), "--data-dir"]
+    (tmp_path / "afile").write_text("")
+    proc = classzoo(*argv, str(tmp_path / "afile"))
+    assert_one_line_error(proc, f"data directory {tmp_path / 'afile'} is a file")
+    proc = classzoo(*argv, str(small_imagefolder), "--set", "data.source=tfrecord")
+    assert_one_line_error(
+        proc,
+        f"no TFRecord files in {small_imagefolder / 'val'} (it holds class folders such as a/: "
+        "--set data.source=imagefolder)",
+    )
+
+
 def test_unknown_recipe(tmp_path):
     proc = classzoo("train", "--recipe", "resnet51_imagenet", "--data-dir", str(tmp_path))
     assert_one_line_error(proc, "unknown recipe 'resnet51_imagenet'")

@@ -13,6 +13,8 @@ from classzoo.errors import UserError
 
 
 def _split_dir(root: Path, split: str) -> Path:
+    if root.is_file():
+        raise UserError(f"data directory {root} is a file: an ImageFolder is <dir>/<class>/<image>")
     path = root / split
     if not path.is_dir():
         raise UserError(

@@ -213,7 +213,7 @@ def _by_name(root: Path, split: str, key: str) -> ShardSelection:
             return ShardSelection(other, never)
     found = ", ".join(sorted({s for p in other for s in _split_of(p.name)})) or "none"
     if not files:
-        raise UserError(f"no TFRecord files in {root} (data.dir)")
+        raise UserError(f"no TFRecord files in {root} (data.dir){_imagefolder_hint(root)}")
     raise UserError(
         f"no '{split}' shards in {root} (files named after: {found}; "
         f"{len(unnamed)} named after no split); set {key} to a glob relative to {root}"
@@ -227,8 +227,17 @@ def _split_files(folder: Path) -> bool:
 def _all(folder: Path) -> ShardSelection:
     files, never = _classify(folder)
     if not files:
-        raise UserError(f"no TFRecord files in {folder}")
+        raise UserError(f"no TFRecord files in {folder}{_imagefolder_hint(folder)}")
     return ShardSelection(files, never)
+
+
+def _imagefolder_hint(folder: Path) -> str:
+    """A folder of class folders is an ImageFolder given as TFRecords (a converted slim
+    checkpoint records data.source tfrecord, slim's data): say so in the refusal."""
+    subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subs and any(f.is_file() for f in subs[0].iterdir()):
+        return f" (it holds class folders such as {subs[0].name}/: --set data.source=imagefolder)"
+    return ""
 
 
 def find_shards(location: str, split: str | None = None) -> list[Path]:
