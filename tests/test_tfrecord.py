@@ -359,6 +359,9 @@ def test_label_policy():
         check_labels(1, 1000, 1000, 0, "x")
     with pytest.raises(UserError, match="label 0 .*label_offset 1.*start at 0"):
         check_labels(0, 999, 1000, 1, "x")
+    # slim labels 1..1000 with background records (0): an offset of 0 would shift the others
+    with pytest.raises(UserError, match="label 0 is slim's background.*model.num_classes=1001"):
+        check_labels(0, 1000, 1000, 1, "x")
 
 
 # ---- tools ----------------------------------------------------------------------------------

@@ -27,6 +27,14 @@ def check_labels(lo: int, hi: int, num_classes: int, label_offset: int, source: 
             f"; these look like slim labels (1..{hi}, 0 = background): set data.label_offset 1 "
             f"with {num_classes} logits, or {num_classes + 1} logits with label_offset 0"
         )
+    elif label_offset > 0 and lo == 0 and hi - label_offset == num_classes - 1:
+        # 0 beside labels up to num_classes: slim's background, not 0-based labels (an offset
+        # of 0 would shift every other record by one)
+        hint = (
+            f"; label 0 is slim's background class, which {num_classes} logits have no logit "
+            f"for: set model.num_classes={num_classes + 1} (label_offset 0), or leave out the "
+            "background records"
+        )
     elif label_offset > 0 and lo == 0:
         hint = "; these labels start at 0: set data.label_offset 0"
     elif hi - label_offset >= num_classes:
