@@ -3,12 +3,21 @@ checked with onnxruntime against PyTorch.
 
 Input ``float32 [N, 3, S, S]`` already preprocessed as the checkpoint's preset says (see the
 ``preprocess`` metadata written into the ONNX file); output logits.
+
+The file is built in a hidden folder beside OUT (``.OUT.tmp-<pid>/``), given its metadata,
+verified, and only then renamed onto OUT: an interrupted or failed export leaves neither OUT nor
+a temporary. Weights are inline (one file) unless they pass protobuf's 2 GB limit, when torch
+writes them to ``OUT.data``, moved beside OUT with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +27,8 @@ from torch import nn
 
 from classzoo.engine.inference import load_for_inference
 from classzoo.errors import UserError
+
+log = logging.getLogger("classzoo")
 
 TRACE_BATCH = 2
 CHECK_BATCH = 3  # not the traced batch: the check also proves the batch dimension is dynamic
@@ -60,9 +71,75 @@ def export_onnx(
         "mean": list(pre.mean),
         "std": list(pre.std),
     }
-    out = write_onnx(net, pre.image_size, Path(output), meta)
-    diff, scale = verify_onnx(out, net, pre.image_size, pre.mean, pre.std)
+    out = Path(output)
+    with _staging(out) as staged:
+        write_onnx(net, pre.image_size, staged, meta)
+        diff, scale = verify_onnx(staged, net, pre.image_size, pre.mean, pre.std, name=out)
+        _publish(staged, out)
     return ExportResult(out, diff, scale)
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A path named like ``out`` in a hidden folder beside it (same file system, so the final
+    rename is atomic); the folder and all in it (torch's sidecars too) go on exit, and on
+    failure or Ctrl-C also the parent folders this call created."""
+    if out.is_dir():
+        raise UserError(f"output {out} is a folder: give a file name such as {out}/model.onnx")
+    created = [d for d in out.parents if not d.exists()]
+    folder = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"cannot write beside {out}: {e.strerror or e}") from None
+    try:
+        yield folder / out.name
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        for d in created:  # deepest first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _publish(staged: Path, out: Path) -> None:
+    """Move the verified file (and the external-data files it references) onto ``out``; remove
+    an ``OUT.data`` the new file does not use (torch's sidecar name: an earlier export's)."""
+    import onnx
+
+    used = _external_files(onnx.load(str(staged), load_external_data=False))
+    for name in sorted(used):  # the weights before the graph that reads them
+        os.replace(staged.parent / name, out.parent / name)
+    os.replace(staged, out)
+    sidecar = out.with_name(f"{out.name}.data")
+    if sidecar.name not in used and sidecar.is_file():
+        sidecar.unlink()
+        log.info("removed %s: %s does not use it (left by an earlier export)", sidecar, out)
+
+
+def _external_files(model: Any) -> set[str]:
+    """The files (relative to the model's folder) that any tensor of ``model`` keeps its data in:
+    initializers, sparse initializers and constant attributes, subgraphs included."""
+    from onnx import AttributeProto
+    from onnx.external_data_helper import uses_external_data
+
+    tensors, graphs = [], [model.graph]
+    while graphs:
+        g = graphs.pop()
+        tensors += [*g.initializer, *(s.values for s in g.sparse_initializer)]
+        for attr in (a for node in g.node for a in node.attribute):
+            if attr.type == AttributeProto.TENSOR:
+                tensors.append(attr.t)
+            tensors += attr.tensors
+            graphs += [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
+    return {
+        e.value
+        for t in tensors
+        if uses_external_data(t)
+        for e in t.external_data
+        if e.key == "location"
+    }
 
 
 def _require_export_extra() -> None:
@@ -78,28 +155,32 @@ def _require_export_extra() -> None:
 
 
 def write_onnx(net: nn.Module, image_size: int, out: Path, meta: dict[str, Any]) -> Path:
-    """Export ``net`` (eval mode, CPU) with a dynamic batch and ``meta`` as "preprocess"."""
+    """Export ``net`` (eval mode, CPU) with a dynamic batch and ``meta`` as "preprocess".
+
+    Writes ``out`` in place, weights inline up to protobuf's 2 GB (beyond: ``out.data``, torch's
+    rule); :func:`export_onnx` points it at a staged path and publishes it once verified.
+    """
     import onnx
 
     net = net.eval().cpu()
     example = torch.zeros(TRACE_BATCH, 3, image_size, image_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
     torch.onnx.export(
         net,
         (example,),
         str(out),
         dynamo=True,
+        external_data=False,  # True (torch's default) splits even a 5 MB model into OUT.data
         input_names=["images"],
         output_names=["logits"],
         dynamic_shapes=({0: batch},),
         verbose=False,
     )
-    proto = onnx.load(str(out))
+    proto = onnx.load(str(out), load_external_data=False)  # external weights stay where they are
     entry = proto.metadata_props.add()
     entry.key, entry.value = "preprocess", json.dumps(meta)
-    onnx.checker.check_model(proto)
     onnx.save(proto, str(out))
+    onnx.checker.check_model(str(out))  # by path: also reads external data, and past 2 GB
     return out
 
 
@@ -110,12 +191,14 @@ def verify_onnx(
     mean: tuple[float, ...] = (0.5, 0.5, 0.5),
     std: tuple[float, ...] = (0.5, 0.5, 0.5),
     seed: int = 0,
+    name: Path | None = None,
 ) -> tuple[float, float]:
     """(max |onnxruntime - PyTorch|, max |logit|) on random images in the model's input range
     (uniform pixels through the preprocessing formula); a difference over
-    MAX_DIFF * max(1, max |logit|) is an error naming the file."""
+    MAX_DIFF * max(1, max |logit|) is an error naming the file (``name``, default ``path``)."""
     import onnxruntime as ort
 
+    name = path if name is None else name
     gen = torch.Generator().manual_seed(seed)
     pixels = torch.rand(CHECK_BATCH, 3, image_size, image_size, generator=gen)
     x = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
@@ -125,12 +208,12 @@ def verify_onnx(
     theirs = torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
     if theirs.shape != ours.shape:
         raise UserError(
-            f"{path}: onnxruntime gives shape {list(theirs.shape)}, PyTorch {list(ours.shape)}"
+            f"{name}: onnxruntime gives shape {list(theirs.shape)}, PyTorch {list(ours.shape)}"
         )
     diff, scale = (theirs - ours).abs().max().item(), ours.abs().max().item()
     if not diff <= MAX_DIFF * max(1.0, scale):
         raise UserError(
-            f"{path}: onnxruntime logits differ from PyTorch by {diff:.3g} > "
+            f"{name}: onnxruntime logits differ from PyTorch by {diff:.3g} > "
             f"{MAX_DIFF:g} x max(1, max |logit| {scale:.3g})"
         )
     return diff, scale

@@ -17,6 +17,7 @@ import glob
 import io
 import os
 import random
+import re
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -49,11 +50,12 @@ def _read_label_file(path: Path) -> dict[str, int]:
     return labels
 
 
-def _labels(classes: list[str], out: Path) -> dict[str, int]:
-    """slim's 1-based label of each class folder (module docstring); writes OUT/labels.txt."""
+def _labels(classes: list[str], out: Path) -> tuple[dict[str, int], bool]:
+    """slim's 1-based label of each class folder (module docstring), and whether
+    ``OUT/labels.txt`` must be written (:func:`_write_labels`; nothing is written here)."""
     if is_imagenet_synsets(classes):
         index = {synset: i for i, (synset, _) in enumerate(imagenet_classes())}
-        return {c: index[c] + 1 for c in classes}
+        return {c: index[c] + 1 for c in classes}, False
     path = out / LABELS_FILE
     if path.exists():
         known = _read_label_file(path)
@@ -64,11 +66,14 @@ def _labels(classes: list[str], out: Path) -> dict[str, int]:
                 f"before, {len(known)} classes): convert the split with every class first, or "
                 "write to another folder"
             )
-        return {c: known[c] for c in classes}
-    labels = {c: i for i, c in enumerate(classes, start=1)}  # slim: 0 is the background class
-    out.mkdir(parents=True, exist_ok=True)
+        return {c: known[c] for c in classes}, False
+    return {c: i for i, c in enumerate(classes, start=1)}, True  # slim: 0 is the background
+
+
+def _write_labels(labels: dict[str, int], out: Path) -> Path:
+    path = out / LABELS_FILE
     path.write_text("".join(f"{label}:{c}\n" for c, label in labels.items()))
-    return labels
+    return path
 
 
 def _refuse_stale_shards(out: Path, split: str, names: list[str]) -> None:
@@ -81,29 +86,66 @@ def _refuse_stale_shards(out: Path, split: str, names: list[str]) -> None:
         )
 
 
-def _scan(src: Path, out: Path) -> tuple[list[str], list[tuple[str, int, str]]]:
-    """Sorted class folders and ``(file, label, synset)`` with slim's 1-based labels."""
+def _listdir(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as e:
+        raise UserError(f"cannot list folder {folder}: {e.strerror or e}") from None
+
+
+def _class_images(folder: Path) -> list[Path]:
+    """The image files of one class folder, sorted. A valid symlink is followed (torchvision's
+    ImageFolder opens it); a broken one, or a folder or FIFO named like an image, is refused:
+    torchvision raises FileNotFoundError for the first and reads the images inside a folder."""
+    files = []
+    for f in _listdir(folder):
+        if f.name.startswith(".") or f.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if f.is_file():
+            files.append(f)
+        elif f.is_symlink() and not f.exists():
+            raise UserError(f"image {f} is a broken symbolic link: fix or remove it")
+        elif f.is_dir():
+            raise UserError(
+                f"{f} is a folder named like an image (images are read only directly in "
+                f"{folder}): move its images up or remove it"
+            )
+        else:
+            raise UserError(f"image {f} is not a regular file (a FIFO, socket or device)")
+    if not files:
+        exts = ", ".join(IMAGE_EXTENSIONS)
+        raise UserError(f"class folder {folder} holds no images ({exts}): add some or remove it")
+    return files
+
+
+def _scan(src: Path, out: Path) -> tuple[list[str], list[tuple[str, int, str]], bool]:
+    """Sorted class folders, ``(file, label, synset)`` with slim's 1-based labels, and whether
+    labels.txt is to be written. Reads only: a refused folder leaves ``out`` untouched."""
     if not src.is_dir():
         raise UserError(f"image folder {src} does not exist")
-    classes = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = sorted(d.name for d in _listdir(src) if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise UserError(f"image folder {src} has no class folders (expected {src}/<class>/<image>)")
-    items = []
-    labels = _labels(classes, out)
-    for synset in classes:
-        label = labels[synset]
-        for f in sorted((src / synset).iterdir()):
-            if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."):
-                items.append((str(f), label, synset))
-    if not items:
-        raise UserError(f"no images in {src}/<class>/ (extensions {', '.join(IMAGE_EXTENSIONS)})")
-    return classes, items
+    files = {synset: _class_images(src / synset) for synset in classes}
+    labels, new_labels = _labels(classes, out)
+    items = [(str(f), labels[synset], synset) for synset in classes for f in files[synset]]
+    return classes, items, new_labels
+
+
+def _reason(e: Exception) -> str:
+    """PIL's reason without the repr of the in-memory file it read (``<_io.BytesIO object at
+    0x...>`` in UnidentifiedImageError's message): the caller names the file."""
+    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e)).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _encode(path: str) -> tuple[bytes, int, int, bool]:
     """(JPEG bytes, height, width, re-encoded?) of one image file, fully decoded once to catch
     damaged files now rather than mid-training (slim's _process_image decodes each image too)."""
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:  # removed, unreadable or replaced by a folder since the scan
+        raise UserError(f"cannot read image {path}: {e.strerror or e}") from None
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
@@ -113,13 +155,14 @@ def _encode(path: str) -> tuple[bytes, int, int, bool]:
             out = io.BytesIO()
             im.convert("RGB").save(out, "JPEG", quality=100)  # slim: encode_jpeg(quality=100)
             return out.getvalue(), height, width, True
+    except MemoryError:
+        raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBomb...
-        raise UserError(f"cannot decode image {path}: {e}") from None
+        raise UserError(f"cannot decode image {path}: {_reason(e)}") from None
 
 
-def _write_shard(out: str, items: list[tuple[str, int, str, str]]) -> tuple[int, int]:
-    """Write one shard atomically (a half-written shard never has the final name)."""
-    tmp = Path(out).with_name(f".{Path(out).name}.tmp")
+def _write_shard(tmp: str, items: list[tuple[str, int, str, str]]) -> tuple[int, int]:
+    """Write one shard to ``tmp`` (renamed by the caller once every shard is written)."""
     reencoded = 0
     with TFRecordWriter(tmp) as writer:
         for path, label, synset, text in items:
@@ -141,8 +184,40 @@ def _write_shard(out: str, items: list[tuple[str, int, str, str]]) -> tuple[int,
                     }
                 )
             )
-    os.replace(tmp, out)
     return len(items), reencoded
+
+
+def _write_shards(jobs: list[tuple[str, list]], workers: int) -> list[tuple[int, int]]:
+    """Every job's shard; returns only once no worker writes any more (so the caller can clean
+    up after a failure: pending shards are cancelled, running ones finish)."""
+    if workers <= 1 or len(jobs) == 1:
+        return [_write_shard(*job) for job in jobs]
+    with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+        futures = [pool.submit(_write_shard, *job) for job in jobs]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
+def _new_dirs(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns those created, deepest first."""
+    missing = [d for d in (folder, *folder.parents) if not d.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _discard(files: list[Path], dirs: list[Path]) -> None:
+    """Remove what a failed conversion wrote: its files, then its folders if left empty."""
+    for f in files:
+        f.unlink(missing_ok=True)
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:  # holds files of someone else: keep it
+            break
 
 
 def imagefolder_to_tfrecord(
@@ -156,7 +231,9 @@ def imagefolder_to_tfrecord(
     """Convert ``src/<class>/<image>`` into ``out/{split}-%05d-of-%05d`` slim-schema shards.
 
     ``synsets_text`` maps folder names to ``image/class/text`` (slim: imagenet_metadata.txt);
-    without it ImageNet synsets get ImageNet's names, other folders an empty text. Shards are written by a pool of ``workers`` processes.
+    without it ImageNet synsets get ImageNet's names, other folders an empty text. Shards are
+    written by a pool of ``workers`` processes to hidden temporaries, renamed once all are
+    written; on any failure (Ctrl-C included) what this call wrote is removed again.
     Returns a summary: split, output, shards, records, classes, per_shard, reencoded, files.
     """
     src, out = Path(src), Path(out)
@@ -164,19 +241,26 @@ def imagefolder_to_tfrecord(
         raise UserError(f"--shards must be at least 1, got {shards}")
     names = [f"{split}-{k:05d}-of-{shards:05d}" for k in range(shards)]
     _refuse_stale_shards(out, split, names)
-    classes, items = _scan(src, out)
+    classes, items, new_labels = _scan(src, out)
+    labels = {synset: label for _, label, synset in items}
     order = list(range(len(items)))
     random.Random(12345).shuffle(order)  # build_imagenet_data.py _find_image_files: seed 12345
     text = synsets_text or (dict(imagenet_classes()) if is_imagenet_synsets(classes) else {})
     rows = [(*items[i], str(text.get(items[i][2], ""))) for i in order]
     bounds = np.linspace(0, len(rows), shards + 1).astype(int)  # slim's record split
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out / names[k]), rows[bounds[k] : bounds[k + 1]]) for k in range(shards)]
-    if workers <= 1 or shards == 1:
-        results = [_write_shard(*job) for job in jobs]
-    else:
-        with ProcessPoolExecutor(min(workers, shards)) as pool:
-            results = list(pool.map(_write_shard, *zip(*jobs)))
+    tmps = [out / f".{name}.tmp-{os.getpid()}" for name in names]
+    jobs = [(str(tmps[k]), rows[bounds[k] : bounds[k + 1]]) for k in range(shards)]
+    dirs, written = _new_dirs(out), list(tmps)
+    try:
+        if new_labels:
+            written.append(_write_labels({c: labels[c] for c in classes}, out))
+        results = _write_shards(jobs, workers)
+        for tmp, name in zip(tmps, names):
+            os.replace(tmp, out / name)
+            written.append(out / name)  # after: a shard of an earlier run is never removed
+    except BaseException:
+        _discard(written, dirs)
+        raise
     return {
         "split": split,
         "output": str(out),
