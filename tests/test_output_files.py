@@ -160,3 +160,39 @@ def test_interrupted_export_leaves_nothing(tmp_path, watched):
     assert done.stderr.strip().splitlines()[-1] == "classzoo: interrupted", done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert _listing(out.parent) is None  # no OUT, no temporary, not the folder it created
+
+
+def test_publish_moves_the_external_weights_a_file_references(tmp_path):
+    """Past protobuf's 2 GB torch writes the weights to OUT.data (too big to export here): the
+    published pair loads in onnxruntime from OUT's folder and gives numpy's product."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from classzoo.export import _publish
+
+    w = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    staged = tmp_path / ".a.onnx.tmp-1" / "a.onnx"
+    staged.parent.mkdir()
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(
+        model, str(staged), save_as_external_data=True, location="a.onnx.data", size_threshold=0
+    )
+    (tmp_path / "b.onnx.data").write_bytes(b"another model's weights")
+    _publish(staged, tmp_path / "a.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".a.onnx.tmp-1",
+        "a.onnx",
+        "a.onnx.data",
+        "b.onnx.data",
+    ]
+    x = np.random.default_rng(1).normal(size=(2, 64)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "a.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["y"], {"x": x})[0], x @ w, rtol=1e-5, atol=1e-5)
