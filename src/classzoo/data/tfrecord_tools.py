@@ -86,9 +86,11 @@ def _refuse_stale_shards(out: Path, split: str, names: list[str]) -> None:
         )
 
 
-def _listdir(folder: Path) -> list[Path]:
+def _listdir(folder: Path) -> list[os.DirEntry]:
+    """Entries sorted by name; ``scandir``'s types need no stat per file (ImageNet: 1.3 M)."""
     try:
-        return sorted(folder.iterdir())
+        with os.scandir(folder) as entries:
+            return sorted(entries, key=lambda e: e.name)
     except OSError as e:
         raise UserError(f"cannot list folder {folder}: {e.strerror or e}") from None
 
@@ -98,14 +100,15 @@ def _class_images(folder: Path) -> list[Path]:
     ImageFolder opens it); a broken one, or a folder or FIFO named like an image, is refused:
     torchvision raises FileNotFoundError for the first and reads the images inside a folder."""
     files = []
-    for f in _listdir(folder):
-        if f.name.startswith(".") or f.suffix.lower() not in IMAGE_EXTENSIONS:
+    for e in _listdir(folder):
+        f = Path(e.path)
+        if e.name.startswith(".") or f.suffix.lower() not in IMAGE_EXTENSIONS:
             continue
-        if f.is_file():
+        if e.is_file():
             files.append(f)
-        elif f.is_symlink() and not f.exists():
+        elif e.is_symlink() and not f.exists():
             raise UserError(f"image {f} is a broken symbolic link: fix or remove it")
-        elif f.is_dir():
+        elif e.is_dir():
             raise UserError(
                 f"{f} is a folder named like an image (images are read only directly in "
                 f"{folder}): move its images up or remove it"
