@@ -49,9 +49,9 @@ def _odd(kind: str, cat: Path) -> Path:
     if kind == "broken-symlink":
         bad = cat / "900.jpg"
         bad.symlink_to(cat / "no-such-file.jpg")
-    elif kind == "folder-named-jpg":
+    elif kind == "fifo-named-jpg":  # reading it would hang a worker
         bad = cat / "x.jpg"
-        (bad / "inner").mkdir(parents=True)
+        os.mkfifo(bad)
     elif kind == "empty-class":
         bad = cat.parent / "bird"
         bad.mkdir()
@@ -62,9 +62,7 @@ def _odd(kind: str, cat: Path) -> Path:
     return bad
 
 
-@pytest.mark.parametrize(
-    "kind", ["broken-symlink", "folder-named-jpg", "empty-class", "undecodable"]
-)
+@pytest.mark.parametrize("kind", ["broken-symlink", "fifo-named-jpg", "empty-class", "undecodable"])
 def test_refused_conversion_leaves_no_output(tmp_path, capsys, kind):
     src = _images(tmp_path)
     bad = _odd(kind, src / "cat")
@@ -73,6 +71,22 @@ def test_refused_conversion_leaves_no_output(tmp_path, capsys, kind):
     assert main(argv) == 2
     _one_error_line(capsys, str(bad))
     assert _listing(out) is None  # the folder this run would have created is gone too
+
+
+def test_the_shards_hold_the_images_an_imagefolder_run_reads(tmp_path, capsys):
+    """Images in subfolders of a class folder (and in a folder named like an image) are read
+    by torchvision's ImageFolder, and by classzoo's: the shards hold them too."""
+    import torchvision
+
+    from classzoo.data.tfrecord_tools import inspect_tfrecords
+
+    src = _images(tmp_path)
+    write_imagefolder(src / "cat" / "more", {"x.jpg": 2, "deeper": 3}, fmt="jpg")
+    out = tmp_path / "tfr"
+    argv = ["data", "to-tfrecord", str(src), str(out), "--shards", "2", "--workers", "1"]
+    assert main(argv) == 0
+    truth = torchvision.datasets.ImageFolder(str(src))
+    assert inspect_tfrecords(str(out))["total_records"] == len(truth.samples) == 17
 
 
 def test_failed_conversion_keeps_what_out_held(tmp_path, capsys):

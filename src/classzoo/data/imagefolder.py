@@ -32,7 +32,7 @@ def scan_imagefolder(root: Path) -> tuple[list[str], list[str], np.ndarray]:
     labels: list[int] = []
     for label, name in enumerate(classes):
         folder = root / name
-        names = _images_under(str(folder))
+        names = images_under(str(folder))
         if not names:
             raise UserError(f"class folder {folder} holds no images ({', '.join(IMG_EXTENSIONS)})")
         files.extend(names)
@@ -40,7 +40,7 @@ def scan_imagefolder(root: Path) -> tuple[list[str], list[str], np.ndarray]:
     return classes, files, np.asarray(labels, dtype=np.int64)
 
 
-def _images_under(folder: str) -> list[str]:
+def images_under(folder: str) -> list[str]:
     """Image files anywhere under a class folder, in torchvision's order (``sorted(os.walk(
     folder, followlinks=True))``, then sorted names): its ImageFolder walks class folders
     recursively. A broken symbolic link is a UserError here, not a failure mid-epoch."""

@@ -25,15 +25,12 @@ import numpy as np
 from PIL import Image
 
 from classzoo.data.class_index import imagenet_classes, is_imagenet_synsets
+from classzoo.data.imagefolder import IMG_EXTENSIONS, images_under
 from classzoo.data.tfrecord_dataset import IMAGE_KEY, LABEL_KEY
 from classzoo.data.tfrecord_shards import find_shards
 from classzoo.errors import UserError
 from classzoo.formats.example import build_example, parse_example
 from classzoo.formats.tfrecord import TFRecordReader, TFRecordWriter
-
-# torchvision.datasets.folder.IMG_EXTENSIONS, lower case
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
 
 LABELS_FILE = "labels.txt"  # slim's dataset_utils.write_label_file name and "%d:%s" lines
 
@@ -96,27 +93,15 @@ def _listdir(folder: Path) -> list[os.DirEntry]:
 
 
 def _class_images(folder: Path) -> list[Path]:
-    """The image files of one class folder, sorted. A valid symlink is followed (torchvision's
-    ImageFolder opens it); a broken one, or a folder or FIFO named like an image, is refused:
-    torchvision raises FileNotFoundError for the first and reads the images inside a folder."""
-    files = []
-    for e in _listdir(folder):
-        f = Path(e.path)
-        if e.name.startswith(".") or f.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        if e.is_file():
-            files.append(f)
-        elif e.is_symlink() and not f.exists():
-            raise UserError(f"image {f} is a broken symbolic link: fix or remove it")
-        elif e.is_dir():
-            raise UserError(
-                f"{f} is a folder named like an image (images are read only directly in "
-                f"{folder}): move its images up or remove it"
-            )
-        else:
-            raise UserError(f"image {f} is not a regular file (a FIFO, socket or device)")
+    """The image files of one class folder: the ones classzoo's (and torchvision's) ImageFolder
+    reads, subfolders and links included, in the same order, so the shards hold the images a
+    run on the folder would. A broken link or a FIFO named like an image is refused."""
+    try:
+        files = [Path(p) for p in images_under(str(folder))]
+    except OSError as e:
+        raise UserError(f"cannot list {folder}: {e.strerror or e}") from None
     if not files:
-        exts = ", ".join(IMAGE_EXTENSIONS)
+        exts = ", ".join(IMG_EXTENSIONS)
         raise UserError(f"class folder {folder} holds no images ({exts}): add some or remove it")
     return files
 
