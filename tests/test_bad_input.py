@@ -57,6 +57,7 @@ def test_unreadable_image_is_named(tmp_path):
     # the image is decoded in a DataLoader worker process: the error must still be one line
     proc = classzoo("train", *TRAIN, "--data-dir", str(data), "--output-dir", str(tmp_path / "r"))
     assert_one_line_error(proc, f"unreadable image {bad}")
+    assert "BytesIO" not in proc.stderr  # PIL's in-memory file object is not the user's file
 
 
 def test_output_dir_under_a_file(tmp_path, small_imagefolder):

@@ -14,6 +14,7 @@ that still gives the crop at least the output's resolution (:func:`dct_denominat
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,8 +39,10 @@ class UnreadableImage(UserError):
 
 def unreadable(name: str, exc: BaseException | str) -> UnreadableImage:
     """The one-line error of an image ``name`` that ``exc`` says cannot be decoded."""
-    cause = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-    return UnreadableImage(f"unreadable image {name}: {cause}", cause)
+    if not isinstance(exc, str):  # PIL names the in-memory file it read; the line names the file
+        text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc)).strip()
+        exc = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return UnreadableImage(f"unreadable image {name}: {exc}", exc)
 
 
 @dataclass(frozen=True)
