@@ -131,7 +131,8 @@ def bench_model(
     host_memory.keep_freed_memory(dev.type)  # as a training run does (engine/run.py)
     cl = or_device_default(channels_last, dev, "channels_last")
     model = create_model(model_name, num_classes=num_classes).to(dev)
-    size = image_size or int(getattr(model, "default_cfg", {}).get("input_size", (3, 224, 224))[-1])
+    default = int(getattr(model, "default_cfg", {}).get("input_size", (3, 224, 224))[-1])
+    size = default if image_size is None else image_size  # 0 is refused, not the default
     dtype = resolve_amp(amp, dev)
     fmt = torch.channels_last if cl else torch.contiguous_format
     model = model.to(memory_format=fmt)

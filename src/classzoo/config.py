@@ -14,7 +14,7 @@ import copy
 import dataclasses
 import difflib
 import functools
-import types
+import math
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,16 +23,51 @@ from typing import Any
 
 import yaml
 
-from classzoo.config_yaml import parse_yaml
+from classzoo.config_yaml import RECIPE_DIR as RECIPE_DIR
+from classzoo.config_yaml import DuplicateKeyError, coerce, parse_yaml, read_recipe, recipe_path
+from classzoo.config_yaml import list_recipes as list_recipes
 from classzoo.errors import UserError
+
+# The bounds the checkpoint reader applies to a stored config (formats/checkpoint_schema.py
+# MAX_CLASSES / MAX_IMAGE_SIZE, equal by tests/test_config_values.py): a run must not start with
+# a value its own checkpoints are then refused for. Kept here too: that module imports torch.
+MAX_CLASSES = 1_000_000
+MAX_IMAGE_SIZE = 8192
+
+
+@dataclass(frozen=True)
+class _Range:
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself excluded
+    hi_open: bool = False
+    why: str = ""  # the outside fact behind the bound, shown with the refusal
+
+    def holds(self, v: float) -> bool:
+        low = self.lo is None or (v > self.lo if self.lo_open else v >= self.lo)
+        return low and (self.hi is None or (v < self.hi if self.hi_open else v <= self.hi))
+
+    def text(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo}"
+        left, right = "(["[not self.lo_open], ")]"[not self.hi_open]
+        return f"in {left}{self.lo}, {self.hi}{right}"
 
 
 def _choices(*values: str) -> dict:
     return {"choices": values}
 
 
-def _min(bound: float) -> dict:
-    return {"min": bound}
+def _range(lo=None, hi=None, *, lo_open=False, hi_open=False, why="", pair=False) -> dict:
+    """Bounds of a number (of each number of a list); ``pair``: a [min, max] list."""
+    return {"range": _Range(lo, hi, lo_open, hi_open, why), "pair": pair}
+
+
+def _min(bound: float, why: str = "") -> dict:
+    return _range(bound, why=why)
+
+
+_PROBABILITY = _range(0, 1, why="a probability")
 
 
 _COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -41,12 +76,15 @@ _COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "resnet50"
-    num_classes: int | None = None  # None -> the dataset's class count (or the model's own)
+    # None -> the dataset's class count (or the model's own); 0 would be timm's "no head"
+    num_classes: int | None = field(default=None, metadata=_range(1, MAX_CLASSES))
     checkpoint: str | None = None  # classzoo / safetensors / TF checkpoint, detected by content
     exclude: list[str] = field(default_factory=list)  # checkpoint scopes not loaded (new heads)
     pretrained: bool = False  # timm's pretrained weights from its local hub cache (no download)
-    drop_rate: float | None = None  # None -> the model's default
-    drop_path_rate: float | None = None
+    # None -> the model's default; probabilities (torch.nn.Dropout raises ValueError, timm's
+    # drop_path RuntimeError from bernoulli_, for p outside [0, 1])
+    drop_rate: float | None = field(default=None, metadata=_PROBABILITY)
+    drop_path_rate: float | None = field(default=None, metadata=_PROBABILITY)
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra constructor arguments
 
 
@@ -70,8 +108,14 @@ class DataConfig:
     # training loader: torch (DataLoader workers) or dali (extra `dali`, data/dali_loader.py)
     loader: str = field(default="torch", metadata=_choices("torch", "dali"))
     preset: str | None = field(default=None, metadata=_choices("timm", "vgg", "inception"))
-    image_size: int | None = None  # None -> the model's input size
-    crop_pct: float | None = None  # eval centre crop; None -> the model's default
+    # None -> the model's input size
+    image_size: int | None = field(default=None, metadata=_range(1, MAX_IMAGE_SIZE))
+    # eval centre crop: resize to floor(image_size / crop_pct), crop image_size (timm
+    # data/transforms_factory.py transforms_imagenet_eval). timm sets no upper bound: > 1 pads
+    # the crop (models/volo.py: volo_d4_448, volo_d5_448, volo_d5_512 default to 1.15); past
+    # image_size the resize is to 0 px, which torchvision refuses (_check_together). The vgg /
+    # inception presets take (0, 1] (data/tf_presets.py). None -> the model's default
+    crop_pct: float | None = field(default=None, metadata=_range(0, lo_open=True))
     interpolation: str | None = None  # None -> the model's default
     mean: list[float] | None = None  # None -> the model's default
     std: list[float] | None = None
@@ -79,12 +123,23 @@ class DataConfig:
     # timm train augmentation (preset "timm"); defaults are timm's train.py defaults
     train_interpolation: str | None = None  # None -> interpolation; "random" = timm's train default
     train_crop: str = field(default="rrc", metadata=_choices("rrc", "none"))
-    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
-    hflip: float = 0.5
-    color_jitter: float = 0.4
+    # RandomResizedCrop: [min, max] of the crop's area as a fraction of the image's (torchvision:
+    # "with respect to the area of the original image"; > 1 never fits and falls back to a
+    # centre crop silently) and of its aspect ratio (log-uniform: > 0). torch's uniform_ raises
+    # for min > max at the first crop, so both are [min, max] pairs.
+    scale: list[float] = field(
+        default_factory=lambda: [0.08, 1.0],
+        metadata=_range(0, 1, lo_open=True, why="a fraction of the image's area", pair=True),
+    )
+    ratio: list[float] = field(
+        default_factory=lambda: [3 / 4, 4 / 3],
+        metadata=_range(0, lo_open=True, why="width / height, drawn log-uniformly", pair=True),
+    )
+    hflip: float = field(default=0.5, metadata=_PROBABILITY)  # timm train.py --hflip
+    # timm: brightness, contrast, saturation factor; torchvision ColorJitter raises for < 0
+    color_jitter: float = field(default=0.4, metadata=_min(0))
     auto_augment: str | None = None
-    re_prob: float = 0.0
+    re_prob: float = field(default=0.0, metadata=_PROBABILITY)  # timm RandomErasing probability
     skip_corrupt: bool = False  # count and skip corrupt records/images instead of stopping
     synthetic_size: int = field(default=1024, metadata=_min(1))  # images per split, "synthetic"
 
@@ -129,9 +184,12 @@ class TrainConfig:
     )
     epochs: float = field(default=90.0, metadata=_min(0))
     # stop after this many optimizer steps (smoke / performance runs); None -> no limit
-    max_steps: int | None = field(default=None, metadata=_min(1))
+    max_steps: int | None = field(default=None, metadata=_min(1, "None for no limit"))
     eval_every: int = field(default=1, metadata=_min(0))  # epochs between evaluations; 0 = never
-    label_smoothing: float = 0.0
+    # torch's cross_entropy takes [0, 1]; 1 makes every target uniform, no label is learnt
+    label_smoothing: float = field(
+        default=0.0, metadata=_range(0, 1, hi_open=True, why="1 makes the target uniform")
+    )
     aux_loss_weight: float = 0.4  # slim train_image_classifier.py weight of AuxLogits
     amp: str = field(default="auto", metadata=_choices("auto", "off", "bf16", "fp16"))
     # channels_last (NHWC) and torch.compile of the training network (timm's --torchcompile):
@@ -177,53 +235,10 @@ class Config:
         return dataclasses.asdict(self)
 
 
-RECIPE_DIR = Path(__file__).parent / "recipes"
-
-
-def list_recipes() -> dict[str, str]:
-    """Recipe name -> first line of its header comment (the launch command / purpose)."""
-    out = {}
-    for path in sorted(RECIPE_DIR.glob("*.yaml")):
-        first = ""
-        for line in path.read_text().splitlines():
-            if line.startswith("#"):
-                first = line.lstrip("# ").strip()
-                break
-        out[path.stem] = first
-    return out
-
-
-def recipe_path(name_or_file: str) -> tuple[Path, str | None]:
-    """Resolve ``NAME[:VARIANT]`` or a YAML path; returns (path, variant)."""
-    variant = None
-    spec = name_or_file
-    if ":" in spec and not Path(spec).exists():
-        spec, variant = spec.rsplit(":", 1)
-    candidate = Path(spec)
-    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
-        if not candidate.is_file():
-            raise UserError(f"recipe file {spec} does not exist")
-        return candidate, variant
-    path = RECIPE_DIR / f"{spec}.yaml"
-    if not path.is_file():
-        names = sorted(list_recipes())
-        close = difflib.get_close_matches(spec, names, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise UserError(f"unknown recipe '{spec}'{hint} (known: {', '.join(names)})")
-    return path, variant
-
-
 def load_recipe(name_or_file: str, overrides: Sequence[str] = ()) -> Config:
     """Load a recipe (optionally ``NAME:VARIANT``), apply its variant and ``key=value`` overrides."""
     path, variant = recipe_path(name_or_file)
-    try:
-        raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as exc:
-        raise UserError(f"recipe {path} is not UTF-8 text (byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"recipe {path} must be a mapping of sections")
+    raw = read_recipe(path)
     variants = raw.pop("variants", {}) or {}
     if not isinstance(variants, dict):
         raise UserError(f"recipe {path}: 'variants' must be a mapping of name -> settings")
@@ -265,6 +280,7 @@ def with_values(cfg: Config, values: Mapping[str, Any], source: str) -> Config:
             object.__setattr__(draft, "recipe", None if value is None else str(value))
         else:
             _set(draft, str(dotted), value, source)
+    _check_together(draft, source)
     return draft
 
 
@@ -277,6 +293,8 @@ def with_overrides(cfg: Config, overrides: Sequence[str], source: str = "--set")
         key, text = item.split("=", 1)
         try:
             value = parse_yaml(text) if text != "" else None
+        except DuplicateKeyError as exc:
+            raise UserError(f"{source} {key.strip()}: {exc}") from None
         except yaml.YAMLError:
             value = text
         values[key.strip()] = value
@@ -319,77 +337,39 @@ def _set(cfg: Config, dotted: str, value: Any, source: str) -> None:
             f"{source}: '{dotted}' is a section; set one of its keys, e.g. {dotted}.<key>"
         )
     hints = _type_hints(type(obj))
-    coerced = _coerce(value, hints[f.name], dotted, source)
+    coerced = coerce(value, hints[f.name], dotted, source)
     choices = f.metadata.get("choices")
     if choices and coerced is not None and coerced not in choices:
         raise UserError(f"{source}: {dotted}={coerced!r} is not one of {', '.join(choices)}")
-    low = f.metadata.get("min")
-    if low is not None and coerced is not None and coerced < low:
-        hint = " (None for no limit)" if type(None) in typing.get_args(hints[f.name]) else ""
-        raise UserError(f"{source}: {dotted}={coerced!r} must be >= {low}{hint}")
+    if "range" in f.metadata and coerced is not None:
+        _check_range(coerced, f.metadata["range"], f.metadata["pair"], dotted, source)
     object.__setattr__(obj, f.name, coerced)  # the draft is private until returned
 
 
-def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
-        if is_none and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key, source)
-            except UserError as exc:
-                errors.append(exc)
-        raise errors[0] if errors else UserError(f"{source}: {key} cannot be {value!r}")
-    bad = UserError(f"{source}: {key}={value!r} is not a valid {getattr(tp, '__name__', tp)}")
-    if origin is list:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        (inner,) = typing.get_args(tp)
-        return [_coerce(v, inner, key, source) for v in value]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise bad
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise bad
-    if tp is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise bad
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise bad
-        return str(value)
-    raise bad
+def _check_range(value: Any, rng: _Range, pair: bool, key: str, source: str) -> None:
+    """``value`` (each number of it, for a list) within ``rng``; a ``pair`` is [min, max]."""
+    if pair and len(value) != 2:
+        raise UserError(f"{source}: {key}={value!r} must be two numbers, [min, max]")
+    if pair and value[0] > value[1]:
+        raise UserError(
+            f"{source}: {key}={value!r} must be [min, max] with min <= max "
+            "(torch's uniform_ raises for min > max when the first crop is drawn)"
+        )
+    for v in value if isinstance(value, list) else [value]:
+        if not rng.holds(v):
+            why = f" ({rng.why})" if rng.why else ""
+            raise UserError(f"{source}: {key}={value!r} must be {rng.text()}{why}")
+
+
+def _check_together(cfg: Config, source: str) -> None:
+    """Bounds between keys: crop_pct > image_size resizes to 0 px before the crop, which
+    torchvision refuses at the first evaluation ("height and width must be > 0")."""
+    size, pct = cfg.data.image_size, cfg.data.crop_pct
+    if size is not None and pct is not None and math.floor(size / pct) < 1:
+        raise UserError(
+            f"{source}: data.crop_pct={pct!r} must be <= data.image_size={size} "
+            f"(the eval resize is to floor(image_size / crop_pct) = 0 px)"
+        )
 
 
 def save_config(cfg: Config, path: Path) -> None:

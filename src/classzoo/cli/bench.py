@@ -37,8 +37,17 @@ def add_parser(subparsers) -> None:
         default=None,
         help="ImageFolder root: time the step fed by classzoo's loader from its --split folder",
     )
-    data.add_argument("--split", default="train", help="the folder under --data-dir")
-    data.add_argument("--num-workers", type=int, default=4, help="DataLoader workers")
+    data.add_argument(
+        "--split",
+        default=None,
+        help="the folder under --data-dir (default: train, data.train_split)",
+    )
+    data.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="DataLoader workers (default: 4, data.num_workers)",
+    )
     data.add_argument(
         "--preset", default=None, help="timm|vgg|inception (default: the model's preprocessing)"
     )
@@ -48,7 +57,7 @@ def add_parser(subparsers) -> None:
 def _data_overrides(args: argparse.Namespace) -> dict:
     """The bench flags as config keys of the run the step is taken from."""
     out = {
-        "data.train_split": args.split,
+        "data.train_split": args.split,  # None: the config's defaults (train, 4 workers)
         "data.num_workers": args.num_workers,
         "data.preset": args.preset,
         "data.image_size": args.image_size,
@@ -61,11 +70,44 @@ def _data_overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse, before torch loads, what would end in a traceback (batch 0: ZeroDivisionError,
+    batch -3: RuntimeError), a meaningless figure (0 steps: "0.0 images/s") or be ignored
+    silently (image size 0 ran at the model's own; loader flags without a loader)."""
+    from classzoo.config import MAX_CLASSES, MAX_IMAGE_SIZE
+    from classzoo.errors import UserError
+
+    limits = [
+        ("--batch-size", args.batch_size, 1, None),
+        ("--steps", args.steps, 1, None),
+        ("--warmup", args.warmup, 0, None),
+        ("--image-size", args.image_size, 1, MAX_IMAGE_SIZE),  # data.image_size's bounds
+        ("--num-classes", args.num_classes, 1, MAX_CLASSES),
+        ("--num-workers", args.num_workers, 0, None),
+    ]
+    for flag, value, lo, hi in limits:
+        if value is not None and (value < lo or (hi is not None and value > hi)):
+            bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise UserError(f"bench {flag} {value}: must be an integer {bound}")
+    if args.data_dir is None:
+        for flag, value in (("--preset", args.preset), ("--num-workers", args.num_workers)):
+            if value is not None:
+                raise UserError(
+                    f"bench {flag} needs --data-dir: synthetic tensors have no loader "
+                    "or preprocessing"
+                )
+        if args.split is not None:
+            raise UserError("bench --split needs --data-dir (the folder it names)")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_args(args)
+    from classzoo.config import DataConfig
     from classzoo.engine.threads import choose_wait_policy
 
+    workers = DataConfig().num_workers if args.num_workers is None else args.num_workers
     # before torch loads: on synthetic tensors no loader worker shares the cores
-    choose_wait_policy(args.num_workers if args.data_dir is not None else 0)
+    choose_wait_policy(workers if args.data_dir is not None else 0)
     from classzoo.bench import bench_data, bench_model
     from classzoo.errors import UserError
 

@@ -1,0 +1,218 @@
+"""Config values a run cannot use are refused where the user types them, in one line, exit 2.
+
+Each bound is an outside fact, checked here against its source: the checkpoint reader's own
+bounds (a run must not write checkpoints eval then refuses), torch's cross_entropy, torch's
+uniform_ (RandomResizedCrop draws with it), timm's eval transform (which resizes to
+floor(image_size / crop_pct)), YAML 1.2's unique mapping keys. Every refusal of ``train`` comes
+before the run folder exists.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from classzoo.cli import main
+from conftest import write_imagefolder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("values")
+    write_imagefolder(root / "train", {"a": 2, "b": 2}, size=8)
+    write_imagefolder(root / "val", {"a": 1, "b": 1}, size=8, seed=1)
+    return root
+
+
+def refused(capsys, argv: list[str]) -> str:
+    """Runs the CLI; asserts exit code 2 and exactly one line on stderr, which it returns."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("classzoo: error: "), err
+    return err.strip()
+
+
+# (--set value, the one line) -- quickstart sets data.image_size 32 and data.crop_pct 1.0
+SET_CASES = [
+    # the checkpoint reader's bounds (formats/checkpoint_schema.py): 0 trained at 176 px and
+    # wrote checkpoints eval refused; 100000 was OOM-killed
+    ("data.image_size=0", "data.image_size=0 must be in [1, 8192]"),
+    ("data.image_size=100000", "data.image_size=100000 must be in [1, 8192]"),
+    ("model.num_classes=0", "model.num_classes=0 must be in [1, 1000000]"),
+    # nan < 0 is False: nan passed _min(0) and ended in "cannot convert float NaN to integer"
+    ("train.epochs=nan", "train.epochs='nan' is not a finite number"),
+    ("train.epochs=.inf", "train.epochs=inf is not a finite number"),
+    ("optim.lr=-.inf", "optim.lr=-inf is not a finite number"),
+    ("data.mean=[0.5,.nan,0.5]", "data.mean=nan is not a finite number"),
+    # torch: RuntimeError at step 1; 1.0 makes every target uniform
+    (
+        "train.label_smoothing=1.5",
+        "train.label_smoothing=1.5 must be in [0, 1) (1 makes the target uniform)",
+    ),
+    (
+        "train.label_smoothing=1",
+        "train.label_smoothing=1.0 must be in [0, 1) (1 makes the target uniform)",
+    ),
+    ("data.crop_pct=0", "data.crop_pct=0.0 must be > 0"),
+    (
+        "data.crop_pct=33",
+        "data.crop_pct=33.0 must be <= data.image_size=32 "
+        "(the eval resize is to floor(image_size / crop_pct) = 0 px)",
+    ),
+    ("data.hflip=2", "data.hflip=2.0 must be in [0, 1] (a probability)"),
+    ("data.re_prob=-0.1", "data.re_prob=-0.1 must be in [0, 1] (a probability)"),
+    ("model.drop_rate=1.5", "model.drop_rate=1.5 must be in [0, 1] (a probability)"),
+    ("data.color_jitter=-1", "data.color_jitter=-1.0 must be >= 0"),
+    (
+        "data.scale=[1.0,0.08]",
+        "data.scale=[1.0, 0.08] must be [min, max] with min <= max "
+        "(torch's uniform_ raises for min > max when the first crop is drawn)",
+    ),
+    (
+        "data.scale=[0.5,1.5]",
+        "data.scale=[0.5, 1.5] must be in (0, 1] (a fraction of the image's area)",
+    ),
+    ("data.scale=[0.5]", "data.scale=[0.5] must be two numbers, [min, max]"),
+    (
+        "data.ratio=[0,1]",
+        "data.ratio=[0.0, 1.0] must be > 0 (width / height, drawn log-uniformly)",
+    ),
+    ("train.max_steps=0", "train.max_steps=0 must be >= 1 (None for no limit)"),
+    (
+        "model.kwargs={a: 1, a: 2}",
+        "--set model.kwargs: key 'a' appears twice (lines 1 and 1); YAML forbids repeated keys "
+        "(the first would be dropped silently)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("setting", "line"), SET_CASES, ids=[c[0] for c in SET_CASES])
+def test_train_refuses_a_value_before_the_run_folder(capsys, tmp_path, data, setting, line):
+    out = tmp_path / "run"
+    argv = ["train", "--recipe", "quickstart", "--data-dir", str(data), "--output-dir", str(out)]
+    err = refused(capsys, [*argv, "--set", setting])
+    prefix = (
+        "classzoo: error: " if setting.startswith("model.kwargs") else "classzoo: error: --set: "
+    )
+    assert err == prefix + line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["data.image_size=null", "data.image_size=8192", "data.crop_pct=1.15", "data.crop_pct=32",
+     "train.label_smoothing=0.999", "data.scale=[0.3,0.3]", "data.ratio=[2,2]",
+     "data.hflip=1", "model.drop_path_rate=0"],
+)  # fmt: skip
+def test_values_at_the_bounds_are_accepted(setting):
+    from classzoo.config import load_recipe
+
+    load_recipe("quickstart", [setting])
+
+
+def test_bounds_are_the_checkpoint_readers():
+    from classzoo.config import MAX_CLASSES, MAX_IMAGE_SIZE
+    from classzoo.formats import checkpoint_schema
+
+    assert (MAX_IMAGE_SIZE, MAX_CLASSES) == (
+        checkpoint_schema.MAX_IMAGE_SIZE,
+        checkpoint_schema.MAX_CLASSES,
+    )
+
+
+def test_the_outside_facts_behind_the_bounds():
+    """What the refused values would meet later: torch, torchvision and timm raise."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+    from timm.data import create_transform
+
+    logits, target = torch.zeros(2, 3), torch.tensor([0, 1])
+    with pytest.raises(RuntimeError, match="label_smoothing must be between 0.0 and 1.0"):
+        F.cross_entropy(logits, target, label_smoothing=1.5)
+    uniform = F.cross_entropy(torch.tensor([[5.0, 0.0, 0.0]]), torch.tensor([0]), label_smoothing=1)
+    other = F.cross_entropy(torch.tensor([[5.0, 0.0, 0.0]]), torch.tensor([1]), label_smoothing=1)
+    assert uniform == other  # at 1 the label does not enter the loss
+    with pytest.raises(RuntimeError, match="expects to return a \\[from, to\\) range"):
+        torch.empty(1).uniform_(1.0, 0.08)  # RandomResizedCrop.get_params' draw
+    image = Image.new("RGB", (40, 40))
+    assert create_transform(32, crop_pct=1.15)(image).shape == (3, 32, 32)  # timm's volo default
+    assert create_transform(32, crop_pct=32)(image).shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="height and width must be > 0"):
+        create_transform(32, crop_pct=33)(image)
+
+
+RECIPE = "model:\n  name: resnet10t\ntrain:\n  epochs: 3\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        # PyYAML kept the last `train:` section: epochs 3 was dropped silently
+        (RECIPE + "train:\n  seed: 1\n", "key 'train' appears twice (lines 3 and 5)"),
+        (RECIPE + "  epochs: 4\n", "key 'epochs' appears twice (lines 4 and 5)"),
+        ("model: {name: resnet10t, name: resnet18}\n", "key 'name' appears twice (lines 1 and 1)"),
+    ],
+)
+def test_recipe_with_a_repeated_key_is_refused(capsys, tmp_path, text, line):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    err = refused(capsys, ["recipes", "show", str(path)])
+    assert err == (
+        f"classzoo: error: recipe {path}: {line}; YAML forbids repeated keys "
+        "(the first would be dropped silently)"
+    )
+
+
+def test_merge_keys_may_be_overridden(capsys, tmp_path):
+    """``<<: *base`` then a key of the base is YAML's override, not a repeat."""
+    path = tmp_path / "merge.yaml"
+    path.write_text(
+        "variants:\n  base: &b {train.epochs: 2, train.seed: 3}\n"
+        "  more:\n    <<: *b\n    train.epochs: 5\nmodel:\n  name: resnet10t\n"
+    )
+    assert main(["recipes", "show", f"{path}:more", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"epochs": 5.0' in out and '"seed": 3' in out
+
+
+@pytest.mark.parametrize("text", ["", "# a header\n# and nothing else\n", "\n\n"])
+def test_empty_recipe_is_refused(capsys, tmp_path, data, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    line = f"classzoo: error: recipe {path} is empty: it sets nothing (not even model.name)"
+    assert refused(capsys, ["recipes", "show", str(path)]) == line
+    out = tmp_path / "run"
+    argv = ["train", "--recipe", str(path), "--data-dir", str(data), "--output-dir", str(out)]
+    assert refused(capsys, argv) == line
+    assert not out.exists()
+
+
+BENCH = ["bench", "--model", "resnet10t", "--image-size", "32", "--steps", "1", "--warmup", "0"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "line"),
+    [
+        (["--batch-size", "0"], "bench --batch-size 0: must be an integer >= 1"),  # ZeroDivision
+        (["--batch-size", "-3"], "bench --batch-size -3: must be an integer >= 1"),
+        (["--steps", "0"], "bench --steps 0: must be an integer >= 1"),  # "0.0 images/s"
+        (["--image-size", "0"], "bench --image-size 0: must be an integer in [1, 8192]"),
+        (["--warmup", "-1"], "bench --warmup -1: must be an integer >= 0"),
+        (["--num-classes", "0"], "bench --num-classes 0: must be an integer in [1, 1000000]"),
+        (
+            ["--preset", "timm"],
+            "bench --preset needs --data-dir: synthetic tensors have no loader or preprocessing",
+        ),
+        (
+            ["--num-workers", "2"],
+            "bench --num-workers needs --data-dir: synthetic tensors have no loader or "
+            "preprocessing",
+        ),
+        (["--split", "val"], "bench --split needs --data-dir (the folder it names)"),
+    ],
+)
+def test_bench_refuses_what_it_cannot_time(capsys, flags, line):
+    # later flags win in argparse: the bad one comes after BENCH's good ones
+    assert refused(capsys, [*BENCH, *flags]) == f"classzoo: error: {line}"
