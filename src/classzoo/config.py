@@ -28,9 +28,9 @@ from classzoo.config_yaml import DuplicateKeyError, coerce, parse_yaml, read_rec
 from classzoo.config_yaml import list_recipes as list_recipes
 from classzoo.errors import UserError
 
-# The bounds the checkpoint reader applies to a stored config (formats/checkpoint_schema.py
-# MAX_CLASSES / MAX_IMAGE_SIZE, equal by tests/test_config_values.py): a run must not start with
-# a value its own checkpoints are then refused for. Kept here too: that module imports torch.
+# Sane bounds, far above any real classifier: ImageNet-21k has 21,843 classes (timm's in21k
+# heads), and 8192 px is 16x the largest timm input size (eva02 at 448-512 px). The checkpoint
+# reader (formats/checkpoint_schema.py) applies the same to a stored config.
 MAX_CLASSES = 1_000_000
 MAX_IMAGE_SIZE = 8192
 

@@ -21,14 +21,13 @@ from typing import Any
 
 import torch
 
+from classzoo.config import MAX_CLASSES, MAX_IMAGE_SIZE
 from classzoo.errors import UserError
 
 __all__ = ["MAX_CLASSES", "MAX_IMAGE_SIZE", "check_checkpoint", "check_state_dict"]
 
-# Sane bounds, far above any real classifier: ImageNet-21k has 21,843 classes (timm's
-# in21k heads), and 8192 px is 16x the largest timm input size (eva02 at 448-512 px).
-MAX_CLASSES = 1_000_000
-MAX_IMAGE_SIZE = 8192
+# MAX_CLASSES / MAX_IMAGE_SIZE: the config's own bounds (a run cannot start with a value its
+# checkpoints would then be refused for)
 MAX_DEPTH = 64  # nesting of lists / dicts; real checkpoints stay under 8
 _PARAM_SUFFIXES = (".weight", ".bias", "running_mean", "running_var")
 _NUMBER = (int, float)
