@@ -45,6 +45,27 @@ def write_imagefolder(
     return root
 
 
+def tiny_checkpoint(path: Path):
+    """A plain torch.save of a 4-class resnet10t (narrow: 8-64 channels) with the config a
+    checkpoint without a classzoo record needs; returns the model."""
+    import timm
+    import torch
+
+    model = timm.create_model(
+        "resnet10t", num_classes=4, channels=(8, 16, 32, 64), stem_width=8
+    ).eval()
+    config = {
+        "model": {
+            "name": "resnet10t",
+            "num_classes": 4,
+            "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8},
+        },
+        "data": {"image_size": 32, "crop_pct": 1.0},
+    }
+    torch.save({"model": model.state_dict(), "config": config}, path)
+    return model
+
+
 @pytest.fixture
 def small_imagefolder(tmp_path: Path) -> Path:
     """train/ (4 classes x 10) and val/ (4 x 5) of 16 px images."""

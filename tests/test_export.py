@@ -9,10 +9,10 @@ import re
 
 import numpy as np
 import pytest
-import timm
 import torch
 
 from classzoo.cli import main
+from conftest import tiny_checkpoint
 
 CHECK_LINE = (
     r"onnxruntime check \(fp32, batch 3\): max \|diff\| ([0-9.e+-]+), max \|logit\| ([0-9.e+-]+), "
@@ -25,19 +25,8 @@ def test_onnx_export_matches_pytorch(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     from onnx.reference import ReferenceEvaluator
 
-    model = timm.create_model(
-        "resnet10t", num_classes=4, channels=(8, 16, 32, 64), stem_width=8
-    ).eval()
     ckpt = tmp_path / "tiny.pt"
-    config = {
-        "model": {
-            "name": "resnet10t",
-            "num_classes": 4,
-            "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8},
-        },
-        "data": {"image_size": 32, "crop_pct": 1.0},
-    }
-    torch.save({"model": model.state_dict(), "config": config}, ckpt)
+    model = tiny_checkpoint(ckpt)
     out = tmp_path / "tiny.onnx"
     assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", str(out)]) == 0
     printed = capsys.readouterr().out

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 
 from classzoo.cli import main
-from conftest import write_imagefolder
+from conftest import tiny_checkpoint, write_imagefolder
 
 
 def _listing(folder: Path) -> list[str] | None:
@@ -104,25 +103,9 @@ def test_failed_conversion_keeps_what_out_held(tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def _tiny_checkpoint(path: Path) -> torch.nn.Module:
-    model = timm.create_model(
-        "resnet10t", num_classes=4, channels=(8, 16, 32, 64), stem_width=8
-    ).eval()
-    config = {
-        "model": {
-            "name": "resnet10t",
-            "num_classes": 4,
-            "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8},
-        },
-        "data": {"image_size": 32, "crop_pct": 1.0},
-    }
-    torch.save({"model": model.state_dict(), "config": config}, path)
-    return model
-
-
 def test_export_writes_exactly_one_self_contained_file(tmp_path, capsys):
     ort = pytest.importorskip("onnxruntime")
-    model = _tiny_checkpoint(tmp_path / "tiny.pt")
+    model = tiny_checkpoint(tmp_path / "tiny.pt")
     folder = tmp_path / "models"
     folder.mkdir()
     (folder / "notes.txt").write_text("kept")
@@ -142,7 +125,7 @@ def test_export_writes_exactly_one_self_contained_file(tmp_path, capsys):
 def _interrupt_export(tmp_path: Path, watched: str) -> tuple[subprocess.CompletedProcess, Path]:
     """Run `classzoo export` in its own process group and send the group SIGINT (a terminal's
     Ctrl-C) the moment ``watched`` (a glob under the output folder) first matches."""
-    _tiny_checkpoint(tmp_path / "tiny.pt")
+    tiny_checkpoint(tmp_path / "tiny.pt")
     out = tmp_path / "new" / "a.onnx"
     cmd = [sys.executable, "-m", "classzoo", "export", "--checkpoint", str(tmp_path / "tiny.pt")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
