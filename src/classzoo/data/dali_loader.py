@@ -102,8 +102,8 @@ def _refused(stage: Any) -> str:
         names = [type(op).__name__ for op in stage.ops.transforms]
         if any("Augment" in n or "AugMix" in n for n in names):
             return "timm auto augment (data.auto_augment)"
-        if "CenterCrop" not in names:
-            return f"the timm preset with data.train_crop=none ({', '.join(names)})"
+        if stage.what:
+            return f"{stage.what} ({', '.join(names)})"
     return f"the preprocessing {type(stage).__name__} (it loads training splits only)"
 
 

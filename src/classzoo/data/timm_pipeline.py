@@ -221,9 +221,10 @@ class PilStage:
     stage normalises. Used for timm's eval transform, the resize-only training crop and
     auto-augment (timm's ``use_prefetcher`` split: its PIL ops, then normalise on the device)."""
 
-    def __init__(self, ops, mean, std):
+    def __init__(self, ops, mean, std, what: str | None = None):
         self.ops = T.Compose(list(ops))
         self.mean, self.std = tuple(map(float, mean)), tuple(map(float, std))
+        self.what = what  # which setting made it, for a loader that refuses it
 
     def sample(self, img) -> torch.Tensor:
         return hwc_uint8(self.ops(to_pil(img)))

@@ -153,7 +153,7 @@ def _timm_train(pre: EvalPreprocess, aug: TrainAugment):
         ops: list = [T.Resize(size, interpolation=_interp(interpolation)), T.CenterCrop(size)]
         if aug.hflip > 0:
             ops.append(T.RandomHorizontalFlip(aug.hflip))
-        return PilStage(ops, pre.mean, pre.std)
+        return PilStage(ops, pre.mean, pre.std, "the timm preset with data.train_crop=none")
     kwargs = dict(
         scale=tuple(aug.scale),
         ratio=tuple(aug.ratio),

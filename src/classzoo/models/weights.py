@@ -231,7 +231,8 @@ def _tf_state(model: nn.Module, model_name: str, path, exclude, use_ema: bool, a
         raise UserError(
             f"checkpoint {path}: its {', '.join(auto)} layers have {n} classes, the model "
             f"{getattr(model, 'num_classes', '?')}: set model.num_classes={n} to use them "
-            "(--set model.num_classes=...)"
+            f"(--set model.num_classes={n}; in Python allow_new_head=True trains new ones from "
+            "their initialisation)"
         )
     scopes = [*exclude, *auto]
     state, init = slim_to_state_dict_and_init(
