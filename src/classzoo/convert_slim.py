@@ -57,16 +57,6 @@ def convert_slim(
     if out.suffix == ".safetensors":  # atomic, with its SHA-256 like every classzoo file
         save_safetensors_file(state, out, {"model": model_name, "source": str(checkpoint)})
     else:
-        asked = with_values(
-            Config(),
-            {
-                "model.name": model_name,
-                "model.num_classes": num_classes,
-                "data.source": "tfrecord",
-                "data.val_split": "validation",
-            },  # slim's eval data
-            "convert",
-        )
         weights = {
             "source": str(checkpoint),
             "format": "tf",
@@ -74,18 +64,26 @@ def convert_slim(
             "left_at_init": list(model.load_report.left_at_init),
             "use_ema": use_ema,
         }
-        resolved = resolve(
-            asked,
-            torch.device("cpu"),
-            1,
-            model_defaults(model_name, {}),
-            int(model.num_classes),
-            None,
-            {},
-            weights,
-            None,
-        )
-        payload = {"model": state, "config": asked.to_dict(), "resolved": resolved.to_dict()}
+        payload = _with_record(state, model_name, int(model.num_classes), weights)
         save_checkpoint_file(payload, out, what="weights file")
     log.info("wrote %s (%s, %d tensors) from %s", out, model_name, len(state), checkpoint)
     return out
+
+
+def _with_record(state: dict, model_name: str, num_classes: int, weights: dict) -> dict:
+    """The ``.pt`` payload: the weights with the config and Resolved record of slim's eval."""
+    asked = with_values(
+        Config(),
+        {
+            "model.name": model_name,
+            "model.num_classes": num_classes,
+            "data.source": "tfrecord",
+            "data.val_split": "validation",
+        },  # slim's eval data
+        "convert",
+    )
+    defaults = model_defaults(model_name, {})
+    resolved = resolve(
+        asked, torch.device("cpu"), 1, defaults, num_classes, None, {}, weights, None
+    )
+    return {"model": state, "config": asked.to_dict(), "resolved": resolved.to_dict()}
