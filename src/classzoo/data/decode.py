@@ -37,12 +37,17 @@ class UnreadableImage(UserError):
         self.cause = message if cause is None else cause
 
 
+def decode_reason(exc: BaseException) -> str:
+    """A decoder's reason without the repr of the in-memory file PIL read (``<_io.BytesIO
+    object at 0x...>`` in UnidentifiedImageError's message): the caller names the file."""
+    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc)).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def unreadable(name: str, exc: BaseException | str) -> UnreadableImage:
     """The one-line error of an image ``name`` that ``exc`` says cannot be decoded."""
-    if not isinstance(exc, str):  # PIL names the in-memory file it read; the line names the file
-        text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc)).strip()
-        exc = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return UnreadableImage(f"unreadable image {name}: {exc}", exc)
+    cause = exc if isinstance(exc, str) else decode_reason(exc)
+    return UnreadableImage(f"unreadable image {name}: {cause}", cause)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import glob
 import io
 import os
 import random
-import re
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from classzoo.data.class_index import imagenet_classes, is_imagenet_synsets
+from classzoo.data.decode import decode_reason
 from classzoo.data.imagefolder import IMG_EXTENSIONS, images_under
 from classzoo.data.tfrecord_dataset import IMAGE_KEY, LABEL_KEY
 from classzoo.data.tfrecord_shards import find_shards
@@ -120,13 +120,6 @@ def _scan(src: Path, out: Path) -> tuple[list[str], list[tuple[str, int, str]], 
     return classes, items, new_labels
 
 
-def _reason(e: Exception) -> str:
-    """PIL's reason without the repr of the in-memory file it read (``<_io.BytesIO object at
-    0x...>`` in UnidentifiedImageError's message): the caller names the file."""
-    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e)).strip()
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
 def _encode(path: str) -> tuple[bytes, int, int, bool]:
     """(JPEG bytes, height, width, re-encoded?) of one image file, fully decoded once to catch
     damaged files now rather than mid-training (slim's _process_image decodes each image too)."""
@@ -146,7 +139,7 @@ def _encode(path: str) -> tuple[bytes, int, int, bool]:
     except MemoryError:
         raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBomb...
-        raise UserError(f"cannot decode image {path}: {_reason(e)}") from None
+        raise UserError(f"cannot decode image {path}: {decode_reason(e)}") from None
 
 
 def _write_shard(tmp: str, items: list[tuple[str, int, str, str]]) -> tuple[int, int]:
