@@ -44,13 +44,14 @@ def imagenet_classes() -> tuple[tuple[str, str], ...]:
 
 
 @lru_cache(maxsize=1)
-def _synset_index() -> dict[str, int]:
+def synset_index() -> dict[str, int]:
+    """Each ImageNet-1k synset's place among the 1000 (timm's logit; slim's label - 1)."""
     return {synset: i for i, (synset, _) in enumerate(imagenet_classes())}
 
 
 def is_imagenet_synsets(folders: Sequence[str]) -> bool:
     """Whether every folder name is one of ImageNet-1k's WordNet ids (n01440764, ...)."""
-    index = _synset_index()
+    index = synset_index()
     return bool(folders) and all(f in index for f in folders)
 
 
@@ -92,7 +93,7 @@ def match_class_folders(
         return ClassMatch(index, tuple(stored), "by name, to the checkpoint's classes")
     if imagenet_head(folders, num_logits):
         shift = num_logits - 1000  # slim's 1001: background at 0
-        index = {f: _synset_index()[f] + shift for f in folders}
+        index = {f: synset_index()[f] + shift for f in folders}
         synsets = tuple(s for s, _ in imagenet_classes())
         names = ("background", *synsets) if shift else synsets
         rule = "by name, to ImageNet-1k's synsets" + (" (slim: background at 0)" if shift else "")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from classzoo.data.class_index import imagenet_classes, is_imagenet_synsets
+from classzoo.data.class_index import imagenet_classes, is_imagenet_synsets, synset_index
 from classzoo.data.decode import decode_reason
 from classzoo.data.imagefolder import IMG_EXTENSIONS, images_under
 from classzoo.data.tfrecord_dataset import IMAGE_KEY, LABEL_KEY
@@ -51,8 +51,7 @@ def _labels(classes: list[str], out: Path) -> tuple[dict[str, int], bool]:
     """slim's 1-based label of each class folder (module docstring), and whether
     ``OUT/labels.txt`` must be written (:func:`_write_labels`; nothing is written here)."""
     if is_imagenet_synsets(classes):
-        index = {synset: i for i, (synset, _) in enumerate(imagenet_classes())}
-        return {c: index[c] + 1 for c in classes}, False
+        return {c: synset_index()[c] + 1 for c in classes}, False
     path = out / LABELS_FILE
     if path.exists():
         known = _read_label_file(path)
