@@ -138,3 +138,22 @@ def test_corrupt_checkpoint(tmp_path, content):
         "eval", "--checkpoint", str(ckpt), "--model", "resnet10t", "--data-dir", str(tmp_path)
     )
     assert_one_line_error(proc, str(ckpt))
+
+
+@pytest.mark.parametrize(
+    "recipe, setting",
+    [
+        ("resnet152_slim_finetune:smoke", "data.hflip=0.0"),
+        ("resnet152_slim_finetune:smoke", "data.scale=[0.9,1.0]"),
+        ("inception_v4:smoke", "data.re_prob=0.5"),
+        ("inception_v4:smoke", "data.interpolation=bicubic"),
+    ],
+)
+def test_timm_augmentation_under_a_slim_preset(tmp_path, recipe, setting):
+    """slim's vgg / inception training presets have no such knob (tf_slim preprocessing takes
+    only the image, its size and is_training): the value would be recorded and never applied."""
+    out = tmp_path / "r"
+    proc = classzoo("train", "--recipe", recipe, "--set", setting, "--output-dir", str(out))
+    preset = "vgg" if recipe.startswith("resnet") else "inception"
+    assert_one_line_error(proc, f"{setting.split('=')[0]}=", f"has no effect with preset {preset}")
+    assert not out.exists()  # refused before the run folder is made

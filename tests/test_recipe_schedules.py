@@ -220,3 +220,31 @@ def test_the_logged_lr_is_the_one_each_step_used(tmp_path, small_imagefolder):
     assert lrs[0] == pytest.approx(1e-4, rel=1e-12)
     assert lrs[0] < lrs[1] < lrs[2] < 1.6 * 4 / 2048 * 1.0001  # warming up toward the scaled lr
     assert f"lr:{lrs[0]:.6g}" in (run / "train.log").read_text().splitlines()[0]
+
+
+def test_the_record_states_the_cosine_period_the_steps_use(tmp_path, small_imagefolder):
+    """A cosine with sched.t_max (the InceptionV4 reference's --T_max) spans t_max epochs
+    whatever the run's length: the record says so, and each step's lr is the hand formula
+    min_lr + (lr - min_lr) (1 + cos(pi k / period)) / 2 over that period (40 images / batch 4 =
+    10 steps per epoch; t_max 0.5 -> 5 steps), not over the run's epochs."""
+    import json
+
+    import yaml
+
+    from classzoo.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--recipe", "gluon_resnet50_v1b", "--data-dir", str(small_imagefolder)]
+    argv += ["--output-dir", str(run), "--max-steps", "4", "--batch-size", "4", "--amp", "off"]
+    argv += ["--device", "cpu", "--set", "model.name=resnet10t", "--set", "data.image_size=32"]
+    argv += ["--set", "data.num_workers=0", "--set", "train.progress=false", "--epochs", "3"]
+    argv += ["--set", "sched.warmup_epochs=0", "--set", "sched.t_max=0.5"]
+    assert main([*argv, "--set", "train.log_every=1", "--set", "train.eval_every=0"]) == 0
+    shape = yaml.safe_load((run / "resolved.yaml").read_text())["schedule"]["lr_shape"]
+    assert shape == "cosine to 1e-05 over 0.5 epochs (sched.t_max; the run trains 3)"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if r.get("kind") == "train"]
+    lr, low = 1.6 * 4 / 2048, 1e-5
+    expected = [low + (lr - low) * (1 + math.cos(math.pi * k / 5)) / 2 for k in range(4)]
+    assert lrs == pytest.approx(expected, rel=1e-6)
+    assert f"lr schedule: {shape}" in (run / "console.log").read_text()

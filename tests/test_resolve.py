@@ -233,3 +233,14 @@ def test_resolved_round_trips():
         {"train": SplitInfo("tfrecord", "/d", 10, ("/d/a",), (("/d/x", "why"),), 1, 3)},
     )
     assert Resolved.from_dict(yaml.safe_load(yaml.safe_dump(r.to_dict())), "t") == r
+
+
+@pytest.mark.parametrize("preset", ["vgg", "inception"])
+def test_slim_presets_record_the_kernel_they_resize_with(preset):
+    """slim's preprocessing resizes with TF1's bilinear kernel whatever the model's own default
+    (a timm resnet50's is bicubic): the record names that kernel, not the model's."""
+    from classzoo.config import DataConfig
+
+    defaults = {"input_size": (3, 224, 224), "crop_pct": 0.875, "interpolation": "bicubic"}
+    pre = preprocess_for(DataConfig(preset=preset), defaults)
+    assert pre.interpolation == "bilinear"

@@ -64,15 +64,14 @@ def run(args: argparse.Namespace) -> int:
 
         return relaunch_with_torchrun(args.nproc_per_node, sys.argv[1:])
     from classzoo.config import load_recipe, with_overrides, with_values
-    from classzoo.engine.threads import choose_wait_policy
+    from classzoo.engine.threads import choose_wait_policy, loader_threads
 
     flags = {key: getattr(args, flag[2:].replace("-", "_")) for flag, key, _, _ in SHORTCUTS}
     given = {key: value for key, value in flags.items() if value is not None}
     cfg = with_values(load_recipe(args.recipe), given, "command line")
     cfg = with_overrides(cfg, args.overrides)
-    # before torch loads (engine/threads.py); DALI runs at least one thread beside the step
-    d = cfg.data
-    choose_wait_policy(d.num_workers if d.loader == "torch" else max(1, d.num_workers))
+    # before torch loads (engine/threads.py)
+    choose_wait_policy(loader_threads(cfg.data.loader, cfg.data.num_workers))
     from classzoo.engine.run import run as run_recipe
 
     out = Path(args.output_dir) if args.output_dir else None

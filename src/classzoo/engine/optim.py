@@ -90,8 +90,7 @@ def build_scheduler(
     if cfg.name == "const":
         return None
     if cfg.name == "cosine":
-        period_epochs = cfg.t_max if cfg.t_max is not None else epochs - cfg.cooldown_epochs
-        period = max(1, round(period_epochs * steps_per_epoch))
+        period = max(1, round(cosine_epochs(cfg, epochs) * steps_per_epoch))
         return CosineLRScheduler(
             optimizer,
             t_initial=period,
@@ -110,6 +109,29 @@ def build_scheduler(
             t_in_epochs=False,
         )
     raise UserError(f"sched.name={cfg.name!r} is not one of cosine, step, const")
+
+
+def cosine_epochs(cfg: SchedConfig, epochs: float) -> float:
+    """The cosine's period in epochs: ``sched.t_max`` (the InceptionV4 reference's --T_max,
+    independent of how long the run trains), else the run's epochs less the cooldown."""
+    return cfg.t_max if cfg.t_max is not None else epochs - cfg.cooldown_epochs
+
+
+def lr_shape(cfg: SchedConfig, epochs: float) -> str:
+    """The schedule in words, for the record: a cosine whose period is not the run's length
+    (``sched.t_max``) ends the run at another lr than the period's end."""
+    warm = (
+        f"; its first {cfg.warmup_epochs:g} epochs a linear warmup from {cfg.warmup_lr:g}"
+        if cfg.warmup_epochs
+        else ""
+    )
+    if cfg.name == "const":
+        return "constant"
+    if cfg.name == "step":
+        return f"x {cfg.decay_rate:g} every {cfg.decay_epochs:g} epochs{warm}"
+    period = cosine_epochs(cfg, epochs)
+    why = f"sched.t_max; the run trains {epochs:g}" if cfg.t_max is not None else "train.epochs"
+    return f"cosine to {cfg.min_lr:g} over {period:g} epochs ({why}){warm}"
 
 
 def lr_at(scheduler: Scheduler | None, optimizer: torch.optim.Optimizer, step: int) -> float:

@@ -30,6 +30,17 @@ log = logging.getLogger("classzoo")
 # slim preprocessing/vgg_preprocessing.py _R_MEAN, _G_MEAN, _B_MEAN (0-255 pixels, no scaling)
 VGG_MEANS = (123.68, 116.78, 103.94)
 SLIM_PRESETS = ("vgg", "inception")
+# data.* keys only preset timm reads: timm's train augmentation (data/timm_pipeline.py)
+TIMM_AUGMENT_KEYS = (
+    "train_interpolation",
+    "train_crop",
+    "scale",
+    "ratio",
+    "hflip",
+    "color_jitter",
+    "auto_augment",
+    "re_prob",
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,7 @@ class Schedule:
     lr_rule: str
     steps_per_epoch: int
     total_steps: int
+    lr_shape: str = ""  # optim.lr_shape; "" in records written before it was recorded
 
 
 @dataclass(frozen=True)
@@ -213,6 +225,11 @@ def preprocess_for(data: DataConfig, defaults: dict[str, Any]) -> Preprocess:
                     f"data.{key} has no effect with preset {preset} (slim's preprocessing fixes "
                     f"its pixel formula); unset it or use preset timm"
                 )
+        if data.interpolation not in (None, "bilinear"):
+            raise UserError(
+                f"data.interpolation={data.interpolation} has no effect with preset {preset} "
+                "(slim resizes with TF1's bilinear kernel); unset it or use preset timm"
+            )
         mean, std = (
             (tuple(m / 255 for m in VGG_MEANS), (1 / 255,) * 3)
             if preset == "vgg"
@@ -231,7 +248,9 @@ def preprocess_for(data: DataConfig, defaults: dict[str, Any]) -> Preprocess:
         crop_pct=float(
             data.crop_pct if data.crop_pct is not None else defaults.get("crop_pct", 0.875)
         ),
-        interpolation=data.interpolation or defaults.get("interpolation", "bilinear"),
+        interpolation="bilinear"
+        if preset in SLIM_PRESETS
+        else data.interpolation or defaults.get("interpolation", "bilinear"),
         mean=mean,
         std=std,
     )
@@ -242,6 +261,27 @@ def preprocess_for(data: DataConfig, defaults: dict[str, Any]) -> Preprocess:
         sample=pixels["sample"],
         steps=pixels["steps"],
     )
+
+
+def check_train_augment(data: DataConfig, preset: str) -> None:
+    """slim's training presets fix their own augmentation (vgg: short side and crop; inception:
+    distorted box, flip, colours): a timm augmentation key changed there would be recorded in the
+    run and never applied."""
+    if preset not in SLIM_PRESETS:
+        return
+    default = DataConfig()
+    for key in TIMM_AUGMENT_KEYS:
+        value = getattr(data, key)
+        if _listed(value) != _listed(getattr(default, key)):
+            raise UserError(
+                f"data.{key}={value} has no effect with preset {preset} (slim's "
+                f"{preset}_preprocessing fixes its training augmentation); unset it or use "
+                "preset timm"
+            )
+
+
+def _listed(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 # ---- the record ---------------------------------------------------------------------------
@@ -349,4 +389,6 @@ def describe(r: Resolved) -> str:
             f"{s.grad_accum} accumulation; lr {s.lr:.6g} ({s.lr_rule}); {s.steps_per_epoch} steps "
             f"per epoch, {s.total_steps} steps"
         )
+        if s.lr_shape:
+            lines.append(f"lr schedule: {s.lr_shape}")
     return "\n".join(lines)

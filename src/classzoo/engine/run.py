@@ -29,10 +29,11 @@ from classzoo.engine.evaluate import EvalOptions, evaluate
 from classzoo.engine.evaluate_mode import checkpoint_paths, evaluate_checkpoints, labelled_for
 from classzoo.engine.logs import setup_console_logging
 from classzoo.engine.loop import Hooks, LoopConfig, StepConfig, steps_per_epoch, train
-from classzoo.engine.optim import build_optimizer, build_scheduler, scaled_lr
+from classzoo.engine.optim import build_optimizer, build_scheduler, lr_shape, scaled_lr
 from classzoo.engine.resolve import (
     Resolved,
     Schedule,
+    check_train_augment,
     describe,
     label_offset_for,
     num_classes_for,
@@ -141,6 +142,8 @@ def set_up(asked: Config, env: DistEnv, need_train: bool, need_val: bool) -> Set
     data, m = asked.data, asked.model
     defaults = build.model_defaults(m.name, dict(m.kwargs))
     pre = preprocess_for(data, defaults)
+    if need_train:
+        check_train_augment(data, pre.preset)
     offset = label_offset_for(data, defaults, m.num_classes)
     n_synth = m.num_classes or 10
     train = val = None
@@ -182,6 +185,7 @@ def _schedule(asked: Config, n_train: int, world_size: int) -> Schedule:
         lr_rule=rule,
         steps_per_epoch=spe,
         total_steps=t.max_steps or max(1, round(t.epochs * spe)),
+        lr_shape=lr_shape(asked.sched, t.epochs),
     )
 
 

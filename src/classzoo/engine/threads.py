@@ -82,6 +82,12 @@ def choose_wait_policy(loader_workers: int) -> str:
     return wait_policy()
 
 
+def loader_threads(loader: str, num_workers: int) -> int:
+    """Loader processes or threads running beside the training step: ``data.num_workers``
+    DataLoader workers, or DALI's threads (at least one)."""
+    return num_workers if loader == "torch" else max(1, num_workers)
+
+
 def wait_policy() -> str:
     """What libgomp waits with in this process, as its environment says, for the log."""
     if _ours():

@@ -154,6 +154,10 @@ def check(cmd: Command) -> None:
             f"--use_nesterov true: {cfg.optim.name} has no Nesterov form (TF's RMSPropOptimizer "
             "has no such option either); pass --use_nesterov False"
         )
+    if cmd.verb == "train":  # count_records below loads torch: libgomp reads its policy then
+        from classzoo.engine.threads import choose_wait_policy, loader_threads
+
+        choose_wait_policy(loader_threads(cfg.data.loader, cfg.data.num_workers))
     if cmd.image_num is not None:
         evaluating = cmd.verb == "eval" or cfg.train.mode == "evaluate"
         split = cfg.data.val_split if evaluating else cfg.data.train_split
