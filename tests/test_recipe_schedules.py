@@ -241,10 +241,23 @@ def test_the_record_states_the_cosine_period_the_steps_use(tmp_path, small_image
     argv += ["--set", "sched.warmup_epochs=0", "--set", "sched.t_max=0.5"]
     assert main([*argv, "--set", "train.log_every=1", "--set", "train.eval_every=0"]) == 0
     shape = yaml.safe_load((run / "resolved.yaml").read_text())["schedule"]["lr_shape"]
-    assert shape == "cosine to 1e-05 over 0.5 epochs (sched.t_max; the run trains 3)"
+    assert shape == "cosine to 1e-05 over 0.5 epochs (sched.t_max)"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in rows if r.get("kind") == "train"]
     lr, low = 1.6 * 4 / 2048, 1e-5
     expected = [low + (lr - low) * (1 + math.cos(math.pi * k / 5)) / 2 for k in range(4)]
     assert lrs == pytest.approx(expected, rel=1e-6)
     assert f"lr schedule: {shape}" in (run / "console.log").read_text()
+
+
+def test_a_warmup_of_the_constant_schedule_is_refused(tmp_path, capsys):
+    """The const schedule has no scheduler (engine/optim.py build_scheduler), so a warmup asked
+    of it was recorded and never ran: refused before the run folder exists."""
+    from classzoo.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--recipe", "resnet152_slim_finetune:smoke", "--output-dir", str(out)]
+    assert main([*argv, "--set", "sched.warmup_epochs=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("classzoo: error: sched.warmup_epochs=1 has no effect")
+    assert not out.exists()

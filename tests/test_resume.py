@@ -186,5 +186,14 @@ def test_resume_refuses_other_classes_images_or_pixels_before_writing(tmp_path, 
     assert "preprocess.image_size was 32" in refused(
         "--resume", "auto", "--set", "data.image_size=48"
     )
+    # its steps counted batches of 8 and its scheduler holds a 3-epoch cosine: a resume at batch
+    # 4 had trained to epoch 3.7 of 3, and one with 6 epochs kept the 3-epoch cosine's min_lr
+    batch = "global batch (data.batch_size x devices x train.grad_accum_steps) was 8"
+    assert f"{batch} when the run began, now 4" in refused(
+        "--resume", "auto", "--set", "data.batch_size=4"
+    )
+    line = refused("--resume", "auto", "--epochs", "6")
+    assert "lr schedule was cosine to 1e-05 over 3 epochs (train.epochs)" in line
+    assert "now cosine to 1e-05 over 6 epochs (train.epochs)" in line
     assert main([*args, "--max-steps", "4", "--resume", "auto"]) == 0  # as it began: resumed
     assert "resumed from" in capsys.readouterr().err

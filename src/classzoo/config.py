@@ -172,7 +172,8 @@ class SchedConfig:
     warmup_lr: float = 0.0
     min_lr: float = 0.0
     cooldown_epochs: float = 0.0
-    t_max: float | None = None  # cosine period in epochs; None -> epochs - warmup - cooldown
+    # cosine period in epochs; None -> epochs - cooldown (timm's cosine counts the warmup in it)
+    t_max: float | None = None
     decay_epochs: float = 30.0  # step schedule
     decay_rate: float = 0.1
 

@@ -118,8 +118,14 @@ def cosine_epochs(cfg: SchedConfig, epochs: float) -> float:
 
 
 def lr_shape(cfg: SchedConfig, epochs: float) -> str:
-    """The schedule in words, for the record: a cosine whose period is not the run's length
-    (``sched.t_max``) ends the run at another lr than the period's end."""
+    """The schedule in words, for the record (and for a resume: engine/same_run.py): a cosine
+    whose period is ``sched.t_max`` ends a shorter run before the period's end. A warmup asked
+    of the constant schedule (which has none: build_scheduler) is a UserError."""
+    if cfg.name == "const" and cfg.warmup_epochs:
+        raise UserError(
+            f"sched.warmup_epochs={cfg.warmup_epochs:g} has no effect with sched.name=const "
+            "(a constant lr); set it to 0, or use sched.name=cosine or step"
+        )
     warm = (
         f"; its first {cfg.warmup_epochs:g} epochs a linear warmup from {cfg.warmup_lr:g}"
         if cfg.warmup_epochs
@@ -130,7 +136,7 @@ def lr_shape(cfg: SchedConfig, epochs: float) -> str:
     if cfg.name == "step":
         return f"x {cfg.decay_rate:g} every {cfg.decay_epochs:g} epochs{warm}"
     period = cosine_epochs(cfg, epochs)
-    why = f"sched.t_max; the run trains {epochs:g}" if cfg.t_max is not None else "train.epochs"
+    why = "sched.t_max" if cfg.t_max is not None else "train.epochs"
     return f"cosine to {cfg.min_lr:g} over {period:g} epochs ({why}){warm}"
 
 

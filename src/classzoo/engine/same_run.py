@@ -7,8 +7,12 @@ on silently (measured: a 4-class run resumed after renaming folder ``a`` to ``z`
 with b, c, d, z as labels 0..3, and its resolved.yaml was overwritten with the new record).
 So the record of the run to continue (the folder's resolved.yaml for ``--resume auto``, the
 checkpoint's for ``--resume FILE``) is compared, before anything is written, with what this
-attempt resolved, on the fields that decide what its numbers mean. The world size, device,
-thread count, step limit and data location may change; these may not.
+attempt resolved, on the fields that decide what its numbers mean. The global batch, the lr
+and the schedule's shape are among them: the checkpoint's step counts batches of the size the run
+began with, and its scheduler state holds the old schedule (measured: a 2-rank run at global batch
+8 resumed on 1 rank at 4 trained to epoch 3.727 of 3, its last 8 steps at min_lr). The world size
+(with the per-device batch that keeps the global one), device, thread count, step limit, number
+of epochs under a schedule that does not depend on it, and data location may change.
 """
 
 from __future__ import annotations
@@ -57,6 +61,15 @@ def _meaning(r: dict[str, Any]) -> dict[str, Any]:
         **{f"preprocess.{k}": _plain(pre.get(k)) for k in _PIXELS},
         "train images": train.get("count"),
         "seed": r.get("seed"),
+        **_schedule(r.get("schedule") or {}),
+    }
+
+
+def _schedule(s: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "global batch (data.batch_size x devices x train.grad_accum_steps)": s.get("global_batch"),
+        "lr": s.get("lr"),
+        "lr schedule": s.get("lr_shape") or None,  # "" / absent: a record from before it was kept
     }
 
 
