@@ -286,3 +286,28 @@ def test_interrupted_run_is_labelled_from_resolved_yaml(tmp_path):
     )
     text = build_report([run], None)
     assert _rows(text, "incomplete8", 7)[0][1] == "8p-GPU"
+
+
+def test_a_recipe_run_on_other_classes_is_not_compared_with_imagenet(tmp_path, small_imagefolder):
+    """A gluon recipe run on a 4-class folder leaves model.num_classes null in config.yaml (one
+    logit per folder, decided by the data); report read that null as "maybe ImageNet" and printed
+    the run's delta against resnet50.gluon_in1k's 77.58. Its resolved.yaml says 4 classes, and
+    says which precision ``amp: auto`` became (config.yaml's "auto" was shown)."""
+    from classzoo.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--recipe", "gluon_resnet50_v1b", "--data-dir", str(small_imagefolder)]
+    argv += ["--output-dir", str(run), "--max-steps", "1", "--batch-size", "4", "--device", "cpu"]
+    argv += ["--set", "model.name=resnet10t", "--set", "data.image_size=32"]
+    argv += ["--set", "data.num_workers=0", "--set", "train.progress=false"]
+    assert main(argv) == 0
+    resolved = yaml.safe_load((run / "resolved.yaml").read_text())
+    assert (
+        resolved["num_classes"] == 4
+        and yaml.safe_load((run / "config.yaml").read_text())["model"]["num_classes"] is None
+    )
+    text = build_report([run], None)
+    assert "run: 4 classes, not ImageNet-1k; no published match." in text
+    assert "77.58" not in text
+    assert [r[5:] for r in _rows(text, "run")] == [["-", "-", "-"]]
+    assert _rows(text, "run", 7)[0][6] == resolved["train_precision"]

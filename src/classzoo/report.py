@@ -97,8 +97,19 @@ class Run:
         return self.reported("model") or self.setting("model", "name")
 
     @property
+    def num_classes(self) -> int | None:
+        """Logits of the model the run trained: resolved.yaml's (config.yaml's ``null`` means
+        one per class folder), else config.yaml's."""
+        n = self.resolved.get("num_classes")
+        return n if n is not None else self.setting("model", "num_classes")
+
+    @property
     def amp(self) -> str | None:
-        amp = self.reported("amp") or self.setting("train", "amp")
+        """The precision the run trained in (an evaluate-mode run: evaluated in), as resolved;
+        config.yaml's ``auto`` only when nothing resolved was written."""
+        r = self.resolved
+        amp = self.reported("amp") or r.get("train_precision") or r.get("eval_precision")
+        amp = amp or self.setting("train", "amp")
         return "off" if amp is False else amp  # YAML 1.1 reads a bare `amp: off` as false
 
     def final(self, key: str) -> Any:
@@ -250,7 +261,7 @@ def _other_model(run: Run, key: str | None) -> bool:
 def _notes(run: Run, refs: tuple[Published, ...], key: str | None) -> list[str]:
     """The qualifications of one run's comparison with the published figures."""
     notes = []
-    classes = run.setting("model", "num_classes")
+    classes = run.num_classes
     if classes is not None and classes not in IMAGENET_CLASSES:
         notes.append(f"{run.name}: {classes} classes, not ImageNet-1k; no published match.")
     if _other_model(run, key):
@@ -286,7 +297,8 @@ def paper_table(runs: list[Run]) -> tuple[list[str], list[str]]:
         at = "" if best is None or best_epoch is None else f" (ep {float(best_epoch):g})"
         ours = [label, run.model or "-", _num(top1), _num(best) + at, _num(top5)]
         key = published_key(run.recipe, run.model)
-        classes = run.setting("model", "num_classes")
+        classes = run.num_classes
+        partial = run.final("count") not in (None, IMAGENET_VAL_COUNT)
         refs = (
             ()
             if classes is not None and classes not in IMAGENET_CLASSES
@@ -297,7 +309,7 @@ def paper_table(runs: list[Run]) -> tuple[list[str], list[str]]:
             rows.append([*ours, "-", "-", "-"])
         for ref in refs:
             delta = "-" if top1 is None else f"{top1 - ref.top1:+.2f}"
-            if (not ref.comparable or _other_model(run, key)) and top1 is not None:
+            if (not ref.comparable or partial or _other_model(run, key)) and top1 is not None:
                 delta = f"({delta})"
             rows.append([*ours, _num(ref.top1), delta, ref.source])
     header = ["Run", "Model", "top-1 last", "top-1 best", "top-5 last", "top-1 published",
