@@ -157,3 +157,23 @@ def test_timm_augmentation_under_a_slim_preset(tmp_path, recipe, setting):
     preset = "vgg" if recipe.startswith("resnet") else "inception"
     assert_one_line_error(proc, f"{setting.split('=')[0]}=", f"has no effect with preset {preset}")
     assert not out.exists()  # refused before the run folder is made
+
+
+def test_a_checkpoint_of_another_width_is_not_called_another_class_count(
+    tmp_path, small_imagefolder
+):
+    """A narrow resnet10t's weights (fc 64 -> 4) into the default width (fc 512 -> 4): the class
+    count is the same, so the old advice (set model.num_classes=4) could not help."""
+    import timm
+
+    narrow = timm.create_model("resnet10t", num_classes=4, channels=(8, 16, 32, 64), stem_width=8)
+    ckpt = tmp_path / "narrow.pth"
+    torch.save(narrow.state_dict(), ckpt)
+    proc = classzoo(
+        "eval", "--checkpoint", str(ckpt), "--data-dir", str(small_imagefolder),
+        "--model", "resnet10t", "--set", "model.num_classes=4",
+    )  # fmt: skip
+    assert_one_line_error(
+        proc, "fc.weight (4, 64) takes other features than the model's (4, 512)", "model.kwargs"
+    )
+    assert "set model.num_classes" not in proc.stderr

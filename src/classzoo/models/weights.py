@@ -144,6 +144,13 @@ def _new_head(own, state, model: nn.Module, source: str, allow: bool, skipped) -
     if keys and not allow:
         k = keys[0]
         n = state[k].shape[0]  # Linear / 1x1-conv classifiers: (classes, ...)
+        if n == own[k].shape[0]:  # as many classes, another feature width: another network
+            raise UserError(
+                f"checkpoint {source}: its classifier {k} {tuple(state[k].shape)} takes other "
+                f"features than the model's {tuple(own[k].shape)} (same {n} classes): the "
+                "checkpoint is of another width or variant of the network; set model.name / "
+                "model.kwargs to the ones it was trained with"
+            )
         raise UserError(
             f"checkpoint {source} has a classifier of another size ({k} "
             f"{tuple(state[k].shape)} vs the model's {tuple(own[k].shape)}): set "
