@@ -1,6 +1,8 @@
 """Command line: one module per verb (``add_parser`` + ``run``); no logic of its own.
 
-Every :class:`UserError` ends the program with one line on stderr and exit code 2. A closed
+Every :class:`UserError` ends the program with one line on stderr and exit code 2. Under
+torchrun, a rank whose collective failed only because another rank went away ends with one line
+naming it and exit code 3 (the other rank printed the cause; classzoo.engine.launch). A closed
 pipe (``classzoo data inspect ... | head``) ends quietly with 141, the status a shell reports for
 a process killed by SIGPIPE (128 + 13), so ``set -o pipefail`` scripts see what ``cat`` gives.
 """
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below
         return code
     except UserError as exc:
-        print(f"classzoo: error: {_one_line(exc)}", file=sys.stderr)
+        _report(f"classzoo: error: {_one_line(exc)}", "error")
         return UserError.exit_code
     except KeyboardInterrupt:
         print("classzoo: interrupted", file=sys.stderr)
@@ -65,6 +67,22 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _silence_stdout()
         return BROKEN_PIPE_EXIT
+    except Exception as exc:
+        from classzoo.engine.launch import PEER_STOPPED_EXIT, peer_stopped, peer_stopped_line
+
+        if not peer_stopped(exc):
+            raise
+        _report(peer_stopped_line(), "peer")
+        return PEER_STOPPED_EXIT
+
+
+def _report(line: str, kind: str) -> None:
+    """``line`` on stderr, or to ``classzoo train --nproc-per-node``'s launcher, which prints
+    each distinct line once for all ranks (classzoo.engine.launch)."""
+    from classzoo.engine.launch import hand_to_launcher
+
+    if not hand_to_launcher(line, kind):
+        print(line, file=sys.stderr)
 
 
 def _silence_stdout() -> None:
