@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from classzoo.cli.common import add_set_flag, add_verb, print_json
 
@@ -60,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         args.device,
         quiet=args.json,
     )
+    if not _rank0():  # under torchrun every rank holds the same all-reduced numbers
+        return 0
     if args.json:
         print_json(result)
     else:
@@ -68,3 +71,9 @@ def run(args: argparse.Namespace) -> int:
             f"count {result['count']}"
         )
     return 0
+
+
+def _rank0() -> bool:
+    """This process prints the result: rank 0 of torchrun's group (its RANK, which
+    engine.distributed.init_distributed joins by), or the only process."""
+    return os.environ.get("RANK", "0") == "0"
