@@ -78,3 +78,34 @@ def test_tf_written_resnet_v1_50_exports_to_tfs_logits(tmp_path, capsys):
     # TF's logits on its own input (normal(0, 1) pixels): the parity tests' tolerance
     assert np.abs(logits - out["logits"]).max() <= 1e-3
     print(printed)
+
+
+def test_onnx_metadata_names_each_logit_as_predict_does(tmp_path, small_imagefolder, capsys):
+    """An ONNX user maps logit k to a class through the metadata's ``classes``: for a run on
+    class folders a..d, onnxruntime's top logit on an image is named as `classzoo predict` names
+    its top-1 (the metadata had no names: index 2 meant nothing outside classzoo)."""
+    ort = pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    run = tmp_path / "run"
+    argv = ["train", "--recipe", "quickstart", "--data-dir", str(small_imagefolder)]
+    argv += ["--output-dir", str(run), "--max-steps", "2", "--set", "model.name=resnet10t"]
+    argv += ["--set", "data.num_workers=0", "--set", "train.progress=false"]
+    assert main([*argv, "--set", "train.amp=off", "--set", "train.mode=train"]) == 0
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(run), str(out)]) == 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["preprocess"])
+    assert meta["classes"] == ["a", "b", "c", "d"]
+    assert meta["steps"][0] == ["div", 255.0] and meta["sample"]
+    image = small_imagefolder / "val" / "c" / "00001.png"
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(run), str(image), "--format", "json"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"][0]["class"]
+    # the metadata's own recipe: resize to image_size (crop_pct 1, bilinear), then its steps
+    size = meta["image_size"]
+    pixels = Image.open(image).convert("RGB").resize((size, size), Image.BILINEAR)
+    x = np.asarray(pixels, dtype=np.float32) / 255.0
+    x = (x - np.array(meta["mean"], np.float32)) / np.array(meta["std"], np.float32)
+    logits = session.run(["logits"], {"images": x.transpose(2, 0, 1)[None]})[0][0]
+    assert meta["classes"][int(logits.argmax())] == top

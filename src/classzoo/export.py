@@ -27,6 +27,7 @@ from torch import nn
 
 from classzoo.engine.inference import load_for_inference
 from classzoo.errors import UserError
+from classzoo.predict import class_names
 
 log = logging.getLogger("classzoo")
 
@@ -70,6 +71,10 @@ def export_onnx(
         "formula": pre.formula,
         "mean": list(pre.mean),
         "std": list(pre.std),
+        "sample": pre.sample,  # what the formula is applied to (a TF1 bilinear resize for slim)
+        "steps": [list(step) for step in pre.steps],
+        # the name of each logit, as `classzoo predict` prints it; None: numbers only
+        "classes": class_names(resolved.num_classes, resolved.classes),
     }
     out = Path(output)
     with _staging(out) as staged:
