@@ -94,8 +94,11 @@ def test_eval_data_dir_mistakes_say_what_to_do(tmp_path, small_imagefolder):
     assert_one_line_error(
         proc,
         f"no TFRecord files in {small_imagefolder / 'val'} (it holds class folders such as a/: "
-        "--set data.source=imagefolder)",
+        "an ImageFolder, which train / eval read with --set data.source=imagefolder",
     )
+    # data inspect (TFRecords only, no --set) says how to convert it
+    proc = classzoo("data", "inspect", str(small_imagefolder / "val"))
+    assert_one_line_error(proc, "`classzoo data to-tfrecord` converts")
 
 
 def test_unknown_recipe(tmp_path):

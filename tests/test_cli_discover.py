@@ -66,3 +66,13 @@ def test_models_lists_classzoo_layouts_and_timm_names(capsys):
     text = _out(capsys, ["models", "*inception_v4"])
     assert "inception_v4     [classzoo slim layout; timm: slim_inception_v4]" in text
     assert "\ninception_v4\n" not in text  # timm's own inception_v4 is shadowed inside classzoo
+
+
+def test_models_with_a_bare_word_says_the_pattern_is_whole(capsys):
+    """fnmatch, as timm.list_models: 'slim' matches no name and printed nothing at all."""
+    assert timm.list_models("slim") == []
+    assert main(["models", "slim"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "classzoo models '*slim*'" in captured.err
+    assert "slim_resnet_v1_50" in _out(capsys, ["models", "*slim*"])

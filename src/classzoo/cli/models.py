@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from classzoo.cli.common import add_verb, print_json
 
@@ -52,6 +53,10 @@ def model_rows(pattern: str) -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     rows = model_rows(args.pattern)
+    if not rows and not any(c in args.pattern for c in "*?["):
+        # fnmatch, as timm.list_models: a bare word matches only that exact name
+        print(f"no model is named {args.pattern!r}; for names containing it: "
+              f"classzoo models '*{args.pattern}*'", file=sys.stderr)  # fmt: skip
     if args.json:
         print_json(rows)
         return 0

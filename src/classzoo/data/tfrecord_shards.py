@@ -236,7 +236,11 @@ def _imagefolder_hint(folder: Path) -> str:
     checkpoint records data.source tfrecord, slim's data): say so in the refusal."""
     subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if subs and any(f.is_file() for f in subs[0].iterdir()):
-        return f" (it holds class folders such as {subs[0].name}/: --set data.source=imagefolder)"
+        return (
+            f" (it holds class folders such as {subs[0].name}/: an ImageFolder, which train / "
+            "eval read with --set data.source=imagefolder and `classzoo data to-tfrecord` "
+            "converts)"
+        )
     return ""
 
 
