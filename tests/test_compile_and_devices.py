@@ -8,6 +8,7 @@ bit for bit.
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -125,5 +126,9 @@ def test_bench_times_the_step_with_the_real_loader(small_imagefolder):
     assert r["data"] == str(small_imagefolder) and r["workers"] == 1
     assert r["images_per_sec"] > 0 and 0.0 <= r["data_wait"] < 1.0
     assert r["image_size"] == 32 and r["channels_last"] is True and r["compile"] is False
+    # on a CPU the peak is the process's max RSS (ru_maxrss), not a tensor peak as on CUDA
+    assert r["peak_memory_kind"].startswith("process max RSS")
+    rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert 0 < r["peak_memory_mb"] <= rss_mb
     bad = subprocess.run([*cmd[:-1], "--mode", "infer"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--data-dir times training" in bad.stderr

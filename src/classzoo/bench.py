@@ -46,6 +46,13 @@ def peak_matmul_flops(device: torch.device, dtype: torch.dtype | None, n: int = 
     return 2 * n**3 / best
 
 
+def peak_memory_kind(device: torch.device) -> str:
+    """What ``peak_memory_mb`` measures on ``device``: not comparable across device types."""
+    if device.type == "cuda":
+        return "CUDA allocator peak (torch.cuda.max_memory_allocated)"
+    return "process max RSS, libraries and data included"
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -102,6 +109,7 @@ def _report(name, mode, batch, size, dtype, cl, compiled, dev, flops, warm_s, dt
         "peak_matmul_tflops": peak / 1e12,
         "mfu": achieved / peak,
         "peak_memory_mb": round(_peak_memory_mb(dev), 1),
+        "peak_memory_kind": peak_memory_kind(dev),
         "host_memory": host_memory.describe(),
     }
 

@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         f"{r['images_per_sec']:.1f} images/s, "
         f"{r['tflops']:.3f} TFLOP/s = MFU {100 * r['mfu']:.1f} % of the "
         f"{r['peak_matmul_tflops']:.3f} TFLOP/s measured matmul peak; peak memory "
-        f"{r['peak_memory_mb']:.0f} MiB; warm-up {r['warmup_s']:.1f} s; host memory: "
+        f"{r['peak_memory_mb']:.0f} MiB ({r['peak_memory_kind']}); warm-up {r['warmup_s']:.1f} s; host memory: "
         f"{r['host_memory']}"
     )
     return 0
