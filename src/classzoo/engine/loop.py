@@ -123,6 +123,7 @@ def train_step(
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.pos.step += 1
+    state.share_bn_stats(env)  # several ranks without sync_bn: the same statistics on each
     if state.ema is not None:
         state.ema.update(state.model, step=state.pos.step)
     if state.scheduler is not None:

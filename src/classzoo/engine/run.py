@@ -225,7 +225,7 @@ def training_state(
     scheduler = build_scheduler(optimizer, asked.sched, t.epochs, r.schedule.steps_per_epoch)
     ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema else None
     scaler = make_scaler(env.device, r.precision_dtype("train"))
-    state = TrainState(model, optimizer, scheduler, scaler, ema)
+    state = TrainState(model, optimizer, scheduler, scaler, ema, reduce_bn=not t.sync_bn)
     ckpts = CheckpointManager(run_dir / "checkpoints", t.keep_max, t.keep_best, t.best_metric)
     if env.is_main:
         ckpts.clean_stale()

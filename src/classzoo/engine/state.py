@@ -12,6 +12,7 @@ from torch import nn
 from classzoo.engine.checkpoint import rng_state, set_rng_state
 from classzoo.engine.distributed import DistEnv
 from classzoo.engine.logs import utc_now
+from classzoo.engine.sync_bn import average_over_ranks, running_stat_buffers
 
 
 @dataclass
@@ -31,6 +32,27 @@ class TrainState:
     scaler: torch.amp.GradScaler
     ema: Any = None
     pos: Position = field(default_factory=Position)
+    # no train.sync_bn on several ranks: each rank's BatchNorm keeps running statistics of its
+    # own batches, averaged over the ranks after every optimizer step (share_bn_stats)
+    reduce_bn: bool = False
+    _bn_buffers: list[torch.Tensor] | None = field(default=None, repr=False)
+
+    def share_bn_stats(self, env: DistEnv) -> None:
+        """Average the model's BatchNorm running statistics over the ranks (a collective), after
+        each optimizer step and before the EMA update, so that every rank holds the same model
+        and EMA at every step. timm's train.py averages them once per epoch, before its eval
+        (``distribute_bn(model, world_size, reduce=True)``, its ``--dist-bn reduce`` default);
+        per step here, because a checkpoint can be written at any step (a graceful stop): it
+        must hold what every rank continues with (resume bit for bit; DDP re-broadcasts only
+        rank 0's model buffers at each forward, the EMA's per-rank copies it never sees), and an
+        evaluation must score what is saved (each rank scored its val shard with its own
+        statistics; only rank 0's were saved). One all-reduce of 212 kB for timm's resnet50
+        (53,120 statistics), against its 102 MB of gradients."""
+        if not (self.reduce_bn and env.distributed):
+            return
+        if self._bn_buffers is None:
+            self._bn_buffers = running_stat_buffers(self.model)
+        average_over_ranks(self._bn_buffers, env.world_size)
 
     def payload(self, env: DistEnv, extra: dict[str, Any]) -> dict[str, Any]:
         """The checkpoint dict; a collective (the RNG states of every rank are gathered)."""

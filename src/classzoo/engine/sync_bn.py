@@ -4,14 +4,62 @@ torch's ``nn.SyncBatchNorm`` runs only on CUDA-like devices. On CPU (gloo) and o
 :class:`GlobalBatchNorm2d` computes the batch statistics over all ranks with a differentiable
 all-reduce of (sum, sum of squares, count), so a run on W processes sees the same statistics,
 and the same gradients, as one process with the whole global batch.
+
+Without it each rank's BatchNorm keeps running statistics of its own batches:
+:func:`average_over_ranks` of :func:`running_stat_buffers` averages them over the ranks (timm's
+``distribute_bn`` with its train.py default ``--dist-bn reduce``; engine/state.py says when).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
+
+_RUNNING = ("running_mean", "running_var")
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce SUM whose backward is the all-reduce SUM of the gradients: what
+    ``torch.distributed.nn.functional.all_reduce`` computes (its ``_AllReduce``), without its
+    FutureWarning on every call (deprecated in torch 2.x for ``_functional_collectives``, whose
+    autograd support is recent: torch >= 2.5 is allowed here)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _SumOverRanks.apply(grad)
+
+
+def running_stat_buffers(module: nn.Module) -> list[torch.Tensor]:
+    """The floating-point ``running_mean`` / ``running_var`` buffers of ``module`` (the buffers
+    timm's ``distribute_bn`` averages, found by the same names)."""
+    return [
+        b for name, b in module.named_buffers() if name.endswith(_RUNNING) and b.is_floating_point()
+    ]
+
+
+def average_over_ranks(bufs: Sequence[torch.Tensor], world_size: int) -> None:
+    """Replace each tensor of ``bufs`` by its mean over the ranks, in place: timm's
+    ``distribute_bn(..., reduce=True)`` (an all-reduce SUM divided by the world size), here as
+    one collective of float32 values (HCCL and MPS refuse float64). Every rank must call it with
+    the same list at the same point."""
+    if world_size < 2 or not bufs:
+        return
+    flat = torch.cat([b.detach().reshape(-1).to(torch.float32) for b in bufs])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= float(world_size)
+    offset = 0
+    for b in bufs:
+        b.copy_(flat[offset : offset + b.numel()].view_as(b))
+        offset += b.numel()
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
@@ -34,7 +82,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
                 torch.tensor([x.numel() // c], dtype=torch.float32, device=x.device),
             ]
         )
-        total = dist_fn.all_reduce(local, op=dist.ReduceOp.SUM)  # backward: all-reduce of grads
+        total = _SumOverRanks.apply(local)  # backward: all-reduce of the gradients
         n = total[-1]
         mean = total[:c] / n
         var = (total[c : 2 * c] / n - mean * mean).clamp_min(0.0)
