@@ -269,11 +269,11 @@ def _train_mode(
         loop = loop_config(asked, r)
         result = train(state, net, loader, sampler, loop, env, hooks, evaluate_after, s.train.batch)
     if result["stopped"]:
-        logger.marker(f"stopped by {stop.signal_name} at step {state.pos.step}")
+        logger.marker(f"stopped by {stop.reason} at step {state.pos.step}")
         log.warning(
             "stopped by %s at step %d; checkpoint saved in %s; continue with: --output-dir %s "
             "--resume auto",
-            stop.signal_name,
+            stop.reason,
             state.pos.step,
             ckpts.directory,
             run_dir,

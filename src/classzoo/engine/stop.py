@@ -63,6 +63,7 @@ class GracefulStop:
         self.signals = tuple(signals)
         self.repeat_window_s = repeat_window_s
         self.signum: int | None = None
+        self.agreed_signum: int | None = None  # the signal the ranks stopped for (any rank's)
         self._first_at = 0.0
         self._pid = os.getpid()
         self._previous: dict[int, Any] = {}
@@ -75,7 +76,18 @@ class GracefulStop:
 
     @property
     def signal_name(self) -> str | None:
+        """The signal this process received (None on a rank that received none)."""
         return signal.Signals(self.signum).name if self.signum is not None else None
+
+    @property
+    def reason(self) -> str:
+        """Why the ranks stopped, on every rank: "SIGTERM", or "SIGTERM to another rank" where
+        this process received no signal itself (the agreement carries the signal's number)."""
+        if self.signum is not None:
+            return signal.Signals(self.signum).name
+        if self.agreed_signum:
+            return f"{signal.Signals(self.agreed_signum).name} to another rank"
+        return "a signal to another rank"
 
     def install(self) -> GracefulStop:
         if threading.current_thread() is not threading.main_thread():
@@ -119,11 +131,13 @@ class GracefulStop:
     def should_stop(self, env: Any) -> bool:
         """Whether to stop after the step just done; the same answer on every rank.
 
-        One process: the flag. Under torchrun: a MAX all-reduce of the flag, launched
-        asynchronously at one step and read at the next (no host sync on the step's own work),
-        so every rank stops at the same step, one step after the first rank saw a signal.
+        One process: the flag. Under torchrun: a MAX all-reduce of the signal's number (0: none),
+        launched asynchronously at one step and read at the next (no host sync on the step's own
+        work), so every rank stops at the same step, one step after the first rank saw a signal,
+        and knows which signal it was (``reason``).
         """
         if not getattr(env, "distributed", False):
+            self.agreed_signum = self.signum
             return self.requested
         stop = False
         if self._pending is not None:
@@ -133,17 +147,20 @@ class GracefulStop:
                 event.synchronize()  # the copy queued after the previous step: done by now
             else:
                 work.wait()
-            stop = bool(int((host if host is not None else buf).item()) > 0)
+            agreed = int((host if host is not None else buf).item())
+            stop = agreed > 0
+            self.agreed_signum = agreed if stop else None
         if not stop:
-            self._pending = _launch(self.requested, env.device)
+            self._pending = _launch(self.signum or 0, device=env.device)
         return stop
 
 
-def _launch(flag: bool, device: torch.device) -> tuple:
-    """An async MAX all-reduce of ``flag``; on CUDA, its copy to pinned host memory is queued."""
+def _launch(signum: int, device: torch.device) -> tuple:
+    """An async MAX all-reduce of ``signum`` (0: no signal); on CUDA, its copy to pinned host
+    memory is queued."""
     import torch.distributed as dist
 
-    buf = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    buf = torch.tensor([signum], dtype=torch.int32, device=device)
     work = dist.all_reduce(buf, op=dist.ReduceOp.MAX, async_op=True)
     if device.type != "cuda":
         return work, buf, None, None
