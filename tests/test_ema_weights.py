@@ -66,9 +66,10 @@ def test_eval_of_an_ema_run_uses_the_weights_the_run_evaluated(tmp_path, capsys)
     evaluate = [*text, "--set", "data.num_workers=0", "--json"]
     ours, _ = _eval(capsys, evaluate)
     assert ours["loss"] == pytest.approx(truth["ema"]["loss"], rel=1e-4)
-    assert ours["top1"] == pytest.approx(truth["ema"]["top1"])
+    assert ours["top1"] == pytest.approx(truth["ema"]["top1"]) and ours["weights"] == "ema"
     ours, _ = _eval(capsys, [*evaluate, "--set", "train.ema=false"])
     assert ours["loss"] == pytest.approx(truth["model"]["loss"], rel=1e-4)
+    assert ours["weights"] == "model"
     assert main([*text, "--set", "data.num_workers=0"]) == 0  # the log names the weights
     assert f"weights from {ckpt} (classzoo, EMA):" in capsys.readouterr().err
 

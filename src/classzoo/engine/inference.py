@@ -234,7 +234,9 @@ def eval_checkpoint(
     opts = EvalOptions(
         p.resolved.precision_dtype("eval"), p.resolved.channels_last, not quiet, p.split.batch
     )
-    return {**evaluate(p.net, loader, env, opts), "checkpoint": src.path}
+    # which weights were scored, named as summary.json's eval_weights
+    weights = "ema" if p.resolved.weights.get("ema") else "model"
+    return {**evaluate(p.net, loader, env, opts), "checkpoint": src.path, "weights": weights}
 
 
 def load_for_inference(
