@@ -175,6 +175,11 @@ class CheckpointManager:
         index[name]["metrics"] = {**index[name]["metrics"], **_clean_metrics(metrics)}
         self._commit(index, max(e["step"] for e in index.values()))
 
+    def metrics_for(self, step: int) -> dict[str, float]:
+        """The metrics recorded for the checkpoint of ``step`` ({} if none, or no such file)."""
+        entry = self._entries().get(self.path_for(step).name)
+        return dict(entry["metrics"]) if entry is not None else {}
+
     def latest_good(self) -> tuple[Path, dict[str, Any]] | None:
         """The newest checkpoint that verifies and has what resume needs; each newer one that
         does not is logged with the reason. None if the folder has none; UserError if it has

@@ -150,11 +150,13 @@ class _Interval:
 
 @dataclass
 class Hooks:
-    """What the loop calls out to: saving, logging a line, asking whether to stop."""
+    """What the loop calls out to: saving, logging a line, asking whether to stop, and whether
+    the checkpoint of a step has an evaluation recorded (the same answer on every rank)."""
 
     save: Callable[[], Any]
     log_line: Callable[[int, float, float, float, float, float, float], None]
     should_stop: Callable[[], bool] = lambda: False
+    scored: Callable[[int], bool] = lambda step: True
 
 
 def epoch_float(state: TrainState, sampler: TrainBatchSampler) -> float:
@@ -270,6 +272,11 @@ def train(
     images, seconds, reason, last_eval = 0, 0.0, "epoch", {}
     bar = Progress(loop.total_steps, "train", loop.progress and env.is_main)
     bar.update(state.pos.step)
+    if evaluate_after_epoch is not None and _unscored_on_resume(state, loop, hooks):
+        # resumed from the checkpoint of an epoch whose evaluation never ended (the process
+        # died in it): evaluated now, as the uninterrupted run did, so eval.log and best.pt
+        # have it
+        evaluate_after_epoch(False)
     while state.pos.step < loop.total_steps and reason != "stop":
         reason, n, dt = train_one_epoch(
             state, net, loader, sampler, loop, env, hooks, bar, batch_fn
@@ -294,6 +301,16 @@ def train(
         "train_time_s": seconds,
         "stopped": reason == "stop",
     }
+
+
+def _unscored_on_resume(state: TrainState, loop: LoopConfig, hooks: Hooks) -> bool:
+    """At the end of an epoch whose periodic evaluation was due, with no score recorded for its
+    checkpoint; the final step is train()'s own case."""
+    epoch_end = state.pos.step > 0 and state.pos.sample == 0
+    due = loop.eval_every > 0 and state.pos.epoch % loop.eval_every == 0
+    return (
+        epoch_end and due and state.pos.step < loop.total_steps and not hooks.scored(state.pos.step)
+    )
 
 
 def steps_per_epoch(n: int, batch_size: int, world_size: int, grad_accum: int) -> int:

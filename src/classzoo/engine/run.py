@@ -24,7 +24,13 @@ from classzoo.engine import build, host_memory
 from classzoo.engine.checkpoint import CheckpointManager
 from classzoo.engine.checkpoint import load as load_ckpt
 from classzoo.engine.devices import make_scaler
-from classzoo.engine.distributed import DistEnv, barrier, init_distributed, shutdown
+from classzoo.engine.distributed import (
+    DistEnv,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    shutdown,
+)
 from classzoo.engine.evaluate import EvalOptions, evaluate
 from classzoo.engine.evaluate_mode import checkpoint_paths, evaluate_checkpoints, labelled_for
 from classzoo.engine.logs import setup_console_logging
@@ -265,6 +271,7 @@ def _train_mode(
             save=lambda: save(state, env, ckpts, extra),
             log_line=logger.train_step,
             should_stop=lambda: stop.should_stop(env),
+            scored=lambda step: _scored(ckpts, step, env),
         )
         loop = loop_config(asked, r)
         result = train(state, net, loader, sampler, loop, env, hooks, evaluate_after, s.train.batch)
@@ -280,6 +287,14 @@ def _train_mode(
         )
     ips = result["images_per_sec"] if result["images"] else None  # None: nothing trained now
     return result["eval"], ips, state.pos.step / r.schedule.steps_per_epoch
+
+
+def _scored(ckpts: CheckpointManager, step: int, env: DistEnv) -> bool:
+    """Whether the checkpoint of ``step`` has an evaluation recorded; rank 0 reads the index,
+    every rank gets its answer (a collective)."""
+    answer = [bool(ckpts.metrics_for(step)) if env.is_main else None]
+    broadcast_object(answer, env)
+    return bool(answer[0])
 
 
 def _eval_during(state, val_loader, batch, r: Resolved, env, logger, sampler, final, progress):
