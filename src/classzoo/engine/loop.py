@@ -160,6 +160,12 @@ class Hooks:
 
 
 def epoch_float(state: TrainState, sampler: TrainBatchSampler) -> float:
+    """Epochs done: the last step of an epoch reads the completed epoch in every log, also when
+    the epoch's last few images are skipped (a batch too small to split over the ranks) and
+    the epoch counter has not moved on yet."""
+    left = global_batches(sampler.n, sampler.batch_size, sampler.world_size, state.pos.sample)
+    if state.pos.sample > 0 and not left:
+        return state.pos.epoch + 1.0
     return state.pos.epoch + state.pos.sample / max(sampler.n, 1)
 
 
