@@ -211,6 +211,6 @@ def peer_stopped(exc: BaseException) -> bool:
 
 
 def peer_stopped_line() -> str:
-    rank = os.environ.get("RANK", "?")
     """The one line of such a rank: the rank that stopped first printed why, before it."""
+    rank = os.environ.get("RANK", "?")
     return f"classzoo: rank {rank} stopped because another rank stopped; its error is above"
