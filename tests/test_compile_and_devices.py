@@ -129,6 +129,6 @@ def test_bench_times_the_step_with_the_real_loader(small_imagefolder):
     # on a CPU the peak is the process's max RSS (ru_maxrss), not a tensor peak as on CUDA
     assert r["peak_memory_kind"].startswith("process max RSS")
     rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    assert 0 < r["peak_memory_mb"] <= rss_mb
+    assert 0 < r["peak_memory_mb"] <= rss_mb + 0.05  # bench rounds it to 0.1 MiB
     bad = subprocess.run([*cmd[:-1], "--mode", "infer"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--data-dir times training" in bad.stderr
