@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -43,6 +44,16 @@ def write_imagefolder(
                 pixels = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(folder / f"{i:05d}.{fmt}")
     return root
+
+
+def foolbox_data() -> Path:
+    """The data folder of the foolbox package: 20 real labelled ImageNet validation JPEGs
+    (``imagenet_<index>_<label>.jpg``). Found without importing foolbox (its files are read,
+    the package is not run); the test is skipped where it is not installed."""
+    spec = importlib.util.find_spec("foolbox")
+    if spec is None or spec.origin is None:
+        pytest.skip("foolbox (its 20 ImageNet JPEGs) is not installed")
+    return Path(spec.origin).parent / "data"
 
 
 def tiny_checkpoint(path: Path):

@@ -12,7 +12,6 @@ must equal what ``classzoo eval --json`` prints with default settings (fp32, iss
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -26,6 +25,7 @@ tf = import_tf()
 slim = import_tf_slim()
 from tf_slim.nets import resnet_v1  # noqa: E402
 
+from conftest import foolbox_data  # noqa: E402
 from test_slim_parity_tf import _random_value  # noqa: E402  (He-scaled, BN stats included)
 from test_tf_preprocessing import slim_vgg_eval  # noqa: E402  (slim's preprocess_for_eval)
 
@@ -39,10 +39,7 @@ MIN_GAP = 1e-2
 
 def _foolbox_jpegs() -> list[bytes]:
     """The JPEG files foolbox ships, read as bytes (foolbox itself is not imported)."""
-    spec = importlib.util.find_spec("foolbox")
-    if spec is None or spec.origin is None:
-        pytest.skip("foolbox (its 20 ImageNet JPEGs) is not installed")
-    files = sorted((Path(spec.origin).parent / "data").glob("imagenet_*.jpg"))
+    files = sorted(foolbox_data().glob("imagenet_*.jpg"))
     if len(files) != N_IMAGES:
         pytest.skip("foolbox's 20 ImageNet JPEGs not found")
     return [f.read_bytes() for f in files]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from classzoo.config import load_recipe
 from classzoo.engine.run import run
@@ -192,6 +193,11 @@ def test_resume_refuses_other_classes_images_or_pixels_before_writing(tmp_path, 
     assert f"{batch} when the run began, now 4" in refused(
         "--resume", "auto", "--set", "data.batch_size=4"
     )
+    # the record said bf16 (amp auto on AMX) or fp32 while the run went on in the other
+    began = yaml.safe_load(record)["train_precision"]
+    other = "fp32" if began == "bf16" else "bf16"
+    line = refused("--resume", "auto", "--set", f"train.amp={'off' if other == 'fp32' else other}")
+    assert f"train_precision (train.amp) was {began} when the run began, now {other}" in line
     line = refused("--resume", "auto", "--epochs", "6")
     assert "lr schedule was cosine to 1e-05 over 3 epochs (train.epochs)" in line
     assert "now cosine to 1e-05 over 6 epochs (train.epochs)" in line

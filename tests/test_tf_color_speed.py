@@ -19,6 +19,7 @@ import torch
 from classzoo.data import tf_color
 from classzoo.data.decode import decode_tf
 from classzoo.data.tf_color_batch import distort_batch
+from conftest import foolbox_data
 from tf_compat import import_tf
 
 
@@ -28,8 +29,7 @@ def tf():
 
 
 def _photo_crops(n: int = 8) -> torch.Tensor:
-    foolbox = pytest.importorskip("foolbox")  # only for its data folder of real ImageNet JPEGs
-    files = sorted(glob.glob(os.path.join(os.path.dirname(foolbox.__file__), "data", "imagenet_*")))
+    files = sorted(glob.glob(os.path.join(foolbox_data(), "imagenet_*")))
     crops = [decode_tf(open(f, "rb").read(), f)[100:164, 80:160] for f in files[:n]]
     return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().mul(1.0 / 255.0)
 

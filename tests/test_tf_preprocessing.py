@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from classzoo.data import tf_preprocessing as tfp
+from conftest import foolbox_data
 from tf_compat import import_tf
 
 pytestmark = pytest.mark.compat
@@ -26,10 +27,7 @@ tf = import_tf()
 
 
 def _foolbox_jpegs() -> list[str]:
-    foolbox = pytest.importorskip("foolbox")
-    files = sorted(
-        glob.glob(os.path.join(os.path.dirname(foolbox.__file__), "data", "imagenet_*.jpg"))
-    )
+    files = sorted(glob.glob(os.path.join(foolbox_data(), "imagenet_*.jpg")))
     if len(files) != 20:
         pytest.skip("foolbox's 20 ImageNet JPEGs not found")
     return files

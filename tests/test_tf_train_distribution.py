@@ -14,6 +14,7 @@ from scipy import stats
 
 from classzoo.data import tf_color, tf_crop
 from classzoo.data.decode import decode_tf
+from conftest import foolbox_data
 from tf_compat import import_tf
 
 pytestmark = pytest.mark.compat
@@ -66,8 +67,7 @@ def test_distorted_crop_matches_tf_by_ks_over_10000_draws(hw):
 
 
 def _photo_crops() -> torch.Tensor:
-    foolbox = pytest.importorskip("foolbox")
-    files = sorted(glob.glob(os.path.join(os.path.dirname(foolbox.__file__), "data", "imagenet_*")))
+    files = sorted(glob.glob(os.path.join(foolbox_data(), "imagenet_*")))
     crops = [decode_tf(open(f, "rb").read(), f)[100:164, 80:160] for f in files[:8]]
     x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() * (1.0 / 255.0)
     return x.contiguous()

@@ -31,6 +31,7 @@ from classzoo.formats.tfrecord import (
     read_records,
 )
 from classzoo.formats.wire import WireError
+from conftest import foolbox_data
 
 # tf.io.TFRecordWriter output for the single record b"123456789" (TF 2.21). By hand: length
 # 9 as uint64 LE; footer = mask(0xE3069283), the CRC-32C check value of "123456789":
@@ -324,8 +325,8 @@ def test_index_cache_falls_back_to_xdg_cache(tmp_path, monkeypatch):
 
 
 def test_dataset_images_labels_offset(tmp_path):
-    foolbox_data = Path(pytest.importorskip("foolbox").__file__).parent / "data"
-    files = sorted(foolbox_data.glob("imagenet_*.jpg"))[:6]
+    data = foolbox_data()
+    files = sorted(data.glob("imagenet_*.jpg"))[:6]
     labels = [int(f.stem.split("_")[-1]) + 1 for f in files]  # slim: 1-based
     for k, part in enumerate([files[:4], files[4:]]):
         with TFRecordWriter(tmp_path / f"validation-{k:05d}-of-00002") as w:
@@ -368,8 +369,8 @@ def test_label_policy():
 
 
 def test_imagefolder_to_tfrecord_and_inspect(tmp_path):
-    foolbox_data = Path(pytest.importorskip("foolbox").__file__).parent / "data"
-    files = sorted(foolbox_data.glob("imagenet_*.jpg"))[:5]
+    data = foolbox_data()
+    files = sorted(data.glob("imagenet_*.jpg"))[:5]
     src = tmp_path / "images"
     for cls, f in zip(["n02", "n01", "n01", "n03", "n02"], files):
         (src / cls).mkdir(parents=True, exist_ok=True)

@@ -42,9 +42,9 @@ def add_parser(subparsers) -> None:
     e.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON object {top1, top5, loss, count, checkpoint, weights} (non-finite "
-        "numbers as null; checkpoint: the file evaluated; weights: ema or model, which of its "
-        "weights were scored)",
+        help="print one JSON object {top1, top5, loss, count, checkpoint, weights, precision} "
+        "(non-finite numbers as null; checkpoint: the file evaluated; weights: ema or model, "
+        "which of its weights were scored; precision: fp32, bf16 or fp16, as eval.amp resolved)",
     )
 
 

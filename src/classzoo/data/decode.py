@@ -123,12 +123,30 @@ def decode_pil(data: bytes, name: str) -> Image.Image:
             pass  # CMYK / unusual JPEGs: PIL handles (or names) them below
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return img.convert("RGB")
-    except MemoryError:
+            return _eight_bit(img, name).convert("RGB")
+    except (MemoryError, UnreadableImage):
         raise
     except Exception as exc:  # on bad bytes PIL's plugins raise OSError, ValueError,
         # SyntaxError, EOFError, struct.error, DecompressionBombError...: all the file's fault
         raise unreadable(name, exc) from None
+
+
+def _eight_bit(img: Image.Image, name: str) -> Image.Image:
+    """8-bit values of a 16-bit image (PNG, TIFF: PIL mode ``I;16``): their high byte, as TF's
+    ``decode_png(dtype=uint8)`` (and DALI) give them. PIL's ``convert("RGB")`` clips them instead
+    (every value >= 255 white: timm's and torchvision's loaders do that silently). A 32-bit
+    integer or float image with values outside 0..255 has no such reading: refused."""
+    if img.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8), "L")
+    if img.mode in ("I", "F"):
+        lo, hi = img.getextrema()
+        if lo < 0 or hi > 255:
+            raise unreadable(
+                name,
+                f"a {'32-bit integer' if img.mode == 'I' else 'float'} image with values "
+                f"{lo}..{hi}; classzoo reads 8- and 16-bit images (convert it to 8 bits)",
+            )
+    return img
 
 
 def decode_tf(data: bytes, name: str) -> np.ndarray:

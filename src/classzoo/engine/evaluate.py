@@ -16,7 +16,7 @@ from classzoo.data.device import to_device
 from classzoo.engine.devices import traits
 from classzoo.engine.distributed import DistEnv, all_reduce_sum
 from classzoo.engine.logs import Progress
-from classzoo.engine.loop import batches_of
+from classzoo.engine.loop import batches_of, input_layout
 from classzoo.engine.precision import autocast
 
 log = logging.getLogger("classzoo")
@@ -59,8 +59,8 @@ def _accumulate(model, images, targets, env: DistEnv, opts: EvalOptions, sums) -
     images = to_device(images, env.device)
     if opts.batch_fn is not None:  # the pipeline's batch stage on the device
         images = opts.batch_fn(images)
-    if opts.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    # the recorded layout either way (engine/loop.py channels_last_input)
+    images = images.contiguous(memory_format=input_layout(opts.channels_last))
     targets = targets.to(env.device, non_blocking=True)
     with autocast(env.device, opts.amp_dtype):
         logits = model(images)

@@ -236,7 +236,9 @@ def eval_checkpoint(
     )
     # which weights were scored, named as summary.json's eval_weights
     weights = "ema" if p.resolved.weights.get("ema") else "model"
-    return {**evaluate(p.net, loader, env, opts), "checkpoint": src.path, "weights": weights}
+    precision = p.resolved.eval_precision
+    result = evaluate(p.net, loader, env, opts)
+    return {**result, "checkpoint": src.path, "weights": weights, "precision": precision}
 
 
 def load_for_inference(

@@ -80,10 +80,18 @@ def compute_loss(
     return ce, ce + aux_loss_weight * aux_ce
 
 
+def input_layout(channels_last: bool) -> torch.memory_format:
+    """The memory format of a model input under ``train.channels_last``."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def channels_last_input(x: torch.Tensor, device: torch.device, channels_last: bool):
+    """The batch on ``device`` in the recorded layout: the CPU batch stages hand channels_last
+    views over, so ``train.channels_last: false`` makes them contiguous NCHW (as torchvision's
+    loader gives them), or the setting would be recorded and not run."""
     x = x.to(device, non_blocking=True)
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=input_layout(channels_last))
     return x
 
 

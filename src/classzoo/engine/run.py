@@ -305,12 +305,15 @@ def _eval_during(state, val_loader, batch, r: Resolved, env, logger, sampler, fi
     model = state.ema.module if state.ema is not None else state.model
     amp = r.precision_dtype("eval" if final else "periodic")
     result = evaluate(model, val_loader, env, EvalOptions(amp, r.channels_last, progress, batch))
-    logger.evaluation(state.pos.step, epoch_float(state, sampler), result)
+    precision = r.eval_precision if final else r.periodic_eval_precision
+    weights = "ema" if state.ema is not None else "model"  # metrics.jsonl says what it scored
+    row = {**result, "precision": precision, "weights": weights}
+    logger.evaluation(state.pos.step, epoch_float(state, sampler), row)
     log.info(
         "eval step %d (%s%s): top1 %.2f top5 %.2f loss %.4f over %d images",
         state.pos.step,
         "EMA weights, " if state.ema is not None else "",
-        r.eval_precision if final else r.periodic_eval_precision,
+        precision,
         result["top1"],
         result["top5"],
         result["loss"],
@@ -344,7 +347,9 @@ def save(state: TrainState, env: DistEnv, ckpts: CheckpointManager, extra: dict[
     if bad:  # never let a diverged model replace the good checkpoints
         raise UserError(
             f"non-finite weights at step {state.pos.step} ({bad[0]}{' and others' if len(bad) > 1 else ''});"
-            f" not saved, the last good checkpoint in {ckpts.directory} is kept (lower the lr or use amp=off)"
+            f" not saved, the last good checkpoint in {ckpts.directory} is kept (lower the lr; a"
+            " bf16 run on a CPU: train.amp=off, oneDNN's bf16 gradient of a stride-2 convolution"
+            " on a 1x1 feature map can be NaN, docs/benchmarks.md)"
         )
     payload = state.payload(env, extra)  # collective (RNG gather): every rank takes part
     return ckpts.save(state.pos.step, payload) if env.is_main else None

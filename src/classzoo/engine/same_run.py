@@ -7,7 +7,8 @@ on silently (measured: a 4-class run resumed after renaming folder ``a`` to ``z`
 with b, c, d, z as labels 0..3, and its resolved.yaml was overwritten with the new record).
 So the record of the run to continue (the folder's resolved.yaml for ``--resume auto``, the
 checkpoint's for ``--resume FILE``) is compared, before anything is written, with what this
-attempt resolved, on the fields that decide what its numbers mean. The global batch, the lr
+attempt resolved, on the fields that decide what its numbers mean. The training precision, the
+global batch, the lr
 and the schedule's shape are among them: the checkpoint's step counts batches of the size the run
 began with, and its scheduler state holds the old schedule (measured: a 2-rank run at global batch
 8 resumed on 1 rank at 4 trained to epoch 3.727 of 3, its last 8 steps at min_lr). The world size
@@ -61,6 +62,8 @@ def _meaning(r: dict[str, Any]) -> dict[str, Any]:
         **{f"preprocess.{k}": _plain(pre.get(k)) for k in _PIXELS},
         "train images": train.get("count"),
         "seed": r.get("seed"),
+        # amp: auto means bf16 on one CPU and fp32 on another: the precision itself is compared
+        "train_precision (train.amp)": r.get("train_precision"),
         **_schedule(r.get("schedule") or {}),
     }
 
