@@ -46,6 +46,31 @@ def write_imagefolder(
     return root
 
 
+def kill_in_the_evaluation_after(checkpoint: Path, argv: list[str]) -> None:
+    """Run ``classzoo ARGV`` (one torch thread) and SIGKILL its process group 0.2 s after
+    ``checkpoint`` appears: inside the evaluation that follows it when the validation split is
+    large enough (800 images of 16 px take seconds)."""
+    import signal
+    import subprocess
+    import time
+
+    code = "import sys; from classzoo.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.2)  # into the evaluation
+    assert proc.poll() is None, "the run ended before it could be killed in its evaluation"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def foolbox_data() -> Path:
     """The data folder of the foolbox package: 20 real labelled ImageNet validation JPEGs
     (``imagenet_<index>_<label>.jpg``). Found without importing foolbox (its files are read,

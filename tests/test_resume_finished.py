@@ -9,16 +9,11 @@ the final checkpoint run on its own.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from classzoo.cli import main
-from conftest import write_imagefolder
+from conftest import kill_in_the_evaluation_after, write_imagefolder
 
 pytestmark = pytest.mark.slow
 
@@ -61,21 +56,7 @@ def test_a_run_killed_in_its_final_evaluation_is_evaluated_when_resumed(tmp_path
     write_imagefolder(data / "val", dict.fromkeys("ab", 400), seed=2)  # a final eval of seconds
     run = tmp_path / "run"
     final = run / "checkpoints" / "ckpt-000000002.pt"
-    code = "import sys; from classzoo.cli import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, *_args(data, run)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    deadline = time.monotonic() + 300
-    while not final.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    time.sleep(0.2)  # into the evaluation of 800 images
-    assert proc.poll() is None, "the run ended before it could be killed in its evaluation"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_in_the_evaluation_after(final, _args(data, run))
     assert not (run / "summary.json").exists()  # killed before any score was written
     assert main(_args(data, run)) == 0
     summary = json.loads((run / "summary.json").read_text())
