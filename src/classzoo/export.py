@@ -93,11 +93,11 @@ def _staging(out: Path) -> Iterator[Path]:
         raise UserError(f"output {out} is a folder: give a file name such as {out}/model.onnx")
     created = [d for d in out.parents if not d.exists()]
     folder = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
-        folder.mkdir(parents=True)
-    except OSError as e:
-        raise UserError(f"cannot write beside {out}: {e.strerror or e}") from None
-    try:
+    try:  # a Ctrl-C as mkdir returns (the folder made) is cleaned up too: seen under load
+        try:
+            folder.mkdir(parents=True)
+        except OSError as e:
+            raise UserError(f"cannot write beside {out}: {e.strerror or e}") from None
         yield folder / out.name
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

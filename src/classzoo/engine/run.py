@@ -129,7 +129,9 @@ def _run(
         logger.marker(f"resumed (--resume {resume})")
     if env.is_main:
         save_config(asked, run_dir / "config.yaml")
-        _write_yaml(s.resolved.to_dict(), run_dir / "resolved.yaml")
+        (run_dir / "resolved.yaml").write_text(
+            yaml.safe_dump(s.resolved.to_dict(), sort_keys=False)
+        )
         log.info("resolved (resolved.yaml):\n%s", describe(s.resolved))
     if mode == "evaluate":
         result = _evaluate_mode(asked, s, env, logger)
@@ -396,7 +398,3 @@ def _log_skipped_tail(n: int, batch_size: int, env: DistEnv) -> None:
             n - used,
             env.world_size,
         )
-
-
-def _write_yaml(data: dict[str, Any], path: Path) -> None:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
