@@ -77,6 +77,9 @@ def test_a_subset_of_the_training_classes_is_scored_by_class_name(tmp_path, caps
     code, err = _cli(capsys, [*mode, str(tmp_path / "ev2"), "--set", "model.num_classes=1001"])
     assert code == 0, err
     assert "ckpt-000000030.pt: step 30 top1 100.000" in err
+    # the record names what was evaluated (it said "weights: random init (seed 0)")
+    n = len(list((run / "checkpoints").glob("ckpt-*.pt")))
+    assert f"weights: each of the {n} checkpoint(s) in {run / 'checkpoints'}, loaded" in err
     # predict names the logits after the run's folders, not ImageNet's 1001 (background first)
     image = str(next((data / "val" / "c").iterdir()))
     code, out = _cli(capsys, ["predict", "--checkpoint", ckpt, image, "--format", "json"])

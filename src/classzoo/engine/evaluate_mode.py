@@ -77,7 +77,11 @@ def _check_head(ckpt: dict[str, Any], path: Path, num_logits: int) -> None:
 def labelled_for(val: Split, resolved: Resolved, paths: list[Path]) -> tuple[Split, Resolved]:
     """The val split labelled by the first classzoo checkpoint's classes (an ImageFolder;
     TFRecord labels are numbers already) and the record saying so (its ``classes``: the names
-    of the logits, which every classzoo checkpoint evaluated must have been trained on)."""
+    of the logits, which every classzoo checkpoint evaluated must have been trained on; its
+    ``weights``: the checkpoints, not the model's initialisation the log named before)."""
+    where = paths[0].parent if paths else "?"
+    init = f"each of the {len(paths)} checkpoint(s) in {where}, loaded in turn"
+    resolved = replace(resolved, weights={"source": None, "init": init})
     if not val.classes:
         return val, resolved
     first = next((p for p in paths if detect_format(p) == "classzoo"), None)
