@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_imagefolder
+from conftest import tiny_checkpoint, write_imagefolder
 
 
 def classzoo(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -180,3 +180,19 @@ def test_a_checkpoint_of_another_width_is_not_called_another_class_count(
         proc, "fc.weight (4, 64) takes other features than the model's (4, 512)", "model.kwargs"
     )
     assert "set model.num_classes" not in proc.stderr
+
+
+def test_eval_with_more_workers_than_cpus_says_so_in_one_line(tmp_path, small_imagefolder):
+    """An 8-worker recipe evaluated on a 2-CPU machine: torch warned in three lines ("This
+    DataLoader will create 8 worker processes in total ..."); the evaluation takes one worker
+    per CPU and says so (the scores do not depend on the count)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    ckpt = tmp_path / "tiny.pt"
+    tiny_checkpoint(ckpt)
+    argv = ["eval", "--checkpoint", str(ckpt), "--data-dir", str(small_imagefolder)]
+    proc = classzoo(*argv, "--set", f"data.num_workers={cores + 2}")
+    assert proc.returncode == 0, proc.stderr
+    assert "worker processes in total" not in proc.stderr
+    assert f"{cores} loader workers (data.num_workers {cores + 2}; {cores} CPUs)" in proc.stderr

@@ -26,6 +26,7 @@ from classzoo.data.transforms import EvalPreprocess, TrainAugment, build_transfo
 from classzoo.engine.distributed import DistEnv
 from classzoo.engine.resolve import Preprocess, SplitInfo
 from classzoo.engine.stop import worker_ignore_signals
+from classzoo.engine.threads import available_cores
 from classzoo.errors import UserError
 from classzoo.models import registry
 from classzoo.models.weights import LoadReport, load_checkpoint
@@ -232,5 +233,12 @@ def train_loader(
 
 
 def eval_loader(dataset, batch_size: int, num_workers: int, env: DistEnv):
+    """Every image once, in order. At most one worker per CPU this process may use: more only
+    wait their turn, and torch warns about them in three lines (an 8-worker recipe evaluated
+    on a laptop); the numbers do not depend on the count (per-sample seeds, ordered batches)."""
+    workers = min(num_workers, available_cores())
+    if workers < num_workers and env.is_main:
+        log.info("evaluation: %d loader workers (data.num_workers %d; %d CPUs)", workers,
+                 num_workers, workers)  # fmt: skip
     sampler = EvalBatchSampler(len(dataset), batch_size, env.rank, env.world_size)
-    return _loader(dataset, sampler, num_workers, env.device, persistent=False)
+    return _loader(dataset, sampler, workers, env.device, persistent=False)
