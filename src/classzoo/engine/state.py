@@ -35,7 +35,6 @@ class TrainState:
     # no train.sync_bn on several ranks: each rank's BatchNorm keeps running statistics of its
     # own batches, averaged over the ranks after every optimizer step (share_bn_stats)
     reduce_bn: bool = False
-    _bn_buffers: list[torch.Tensor] | None = field(default=None, repr=False)
 
     def share_bn_stats(self, env: DistEnv) -> None:
         """Average the model's BatchNorm running statistics over the ranks (a collective), after
@@ -48,11 +47,8 @@ class TrainState:
         evaluation must score what is saved (each rank scored its val shard with its own
         statistics; only rank 0's were saved). One all-reduce of 212 kB for timm's resnet50
         (53,120 statistics), against its 102 MB of gradients."""
-        if not (self.reduce_bn and env.distributed):
-            return
-        if self._bn_buffers is None:
-            self._bn_buffers = running_stat_buffers(self.model)
-        average_over_ranks(self._bn_buffers, env.world_size)
+        if self.reduce_bn and env.distributed:  # the buffers found afresh: a .to() replaces them
+            average_over_ranks(running_stat_buffers(self.model), env.world_size)
 
     def payload(self, env: DistEnv, extra: dict[str, Any]) -> dict[str, Any]:
         """The checkpoint dict; a collective (the RNG states of every rank are gathered)."""
