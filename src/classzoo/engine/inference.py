@@ -32,7 +32,8 @@ from classzoo.engine.checkpoint import newest_in_run
 from classzoo.engine.distributed import init_distributed
 from classzoo.engine.evaluate import EvalOptions, evaluate
 from classzoo.engine.logs import setup_console_logging
-from classzoo.engine.resolve import Resolved, describe, resolve
+from classzoo.engine.resolve import Resolved, resolve
+from classzoo.engine.resolved_text import describe
 from classzoo.errors import UserError
 from classzoo.formats.torch_checkpoint import load_checkpoint_file
 from classzoo.models.weights import (

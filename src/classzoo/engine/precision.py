@@ -49,6 +49,28 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_amx() else None
 
 
+def train_amp(
+    amp: str, device: torch.device, bf16_wrong: list[str], image_size: int
+) -> tuple[torch.dtype | None, str | None]:
+    """The training autocast dtype and, when ``auto`` set bf16 aside, why. ``bf16_wrong``: the
+    layers whose CPU bf16 weight gradient is wrong at ``image_size``
+    (engine/bf16_conv_check.py); asking bf16 for them is refused."""
+    dtype = resolve_amp(amp, device)
+    if dtype != torch.bfloat16 or device.type != "cpu" or not bf16_wrong:
+        return dtype, None
+    layers = ", ".join(bf16_wrong[:3]) + (" ..." if len(bf16_wrong) > 3 else "")
+    why = (
+        f"oneDNN's bf16 weight gradient of {layers} (a strided convolution on a 1-pixel-wide "
+        f"map at {image_size} px) is wrong on a CPU"
+    )
+    if amp == "auto":
+        return None, f"fp32, not bf16: {why}"
+    raise UserError(
+        f"train.amp={amp}: {why}; use train.amp=off or a larger data.image_size "
+        "(docs/benchmarks.md, bf16 on a CPU)"
+    )
+
+
 def precision_name(dtype: torch.dtype | None) -> str:
     """The name the Resolved record and summary.json use: fp32 (no autocast), bf16 or fp16."""
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

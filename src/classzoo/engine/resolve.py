@@ -22,7 +22,7 @@ from classzoo.data.transforms import EvalPreprocess
 from classzoo.data.transforms import describe as describe_pixels
 from classzoo.engine.devices import traits
 from classzoo.engine.optim import fused_choice
-from classzoo.engine.precision import precision_name, resolve_amp
+from classzoo.engine.precision import precision_name, resolve_amp, train_amp
 from classzoo.errors import UserError
 
 log = logging.getLogger("classzoo")
@@ -117,6 +117,7 @@ class Resolved:
     seed: int = 0
     compile: str | None = None  # torch.compile mode of the training network; None: eager
     fused_optimizer: bool | None = None  # torch's fused optimizer kernel; None: no training
+    precision_note: str | None = None  # why train.amp auto set its rule aside (bf16_conv_check)
     loader: str = "torch"  # the training loader: torch | dali
     threads: int | None = None  # compute threads (engine/threads.py); a resume reuses them
     thread_plan: str | None = None  # why that many (cores, busy cores, or as recorded)
@@ -297,8 +298,10 @@ def resolve(
     data: dict[str, SplitInfo],
     weights: dict[str, Any],
     schedule: Schedule | None,
+    bf16_wrong: list[str] | None = None,
 ) -> Resolved:
-    """The Resolved record of a run (or of an evaluation: schedule None)."""
+    """The Resolved record of a run (or of an evaluation: schedule None). ``bf16_wrong``: the
+    layers engine/bf16_conv_check.py finds (CPU training only)."""
     offset = label_offset_for(asked.data, model_defaults, asked.model.num_classes)
     for split, info in data.items():
         if info.label_min is not None:
@@ -311,7 +314,11 @@ def resolve(
             )
     # an evaluation record (no schedule) does not resolve the training precision: a checkpoint
     # trained in fp16 on a GPU evaluates on a CPU, where fp16 autocast does not exist
-    train = precision_name(resolve_amp(asked.train.amp, device)) if schedule else None
+    pre = preprocess_for(asked.data, model_defaults)
+    train = note = None
+    if schedule:
+        dtype, note = train_amp(asked.train.amp, device, bf16_wrong or [], pre.image_size)
+        train = precision_name(dtype)
     final = precision_name(resolve_amp(asked.eval.amp, device))
     return Resolved(
         model=asked.model.name,
@@ -323,8 +330,9 @@ def resolve(
         train_precision=train,
         eval_precision=final,
         periodic_eval_precision=(train or final) if asked.eval.periodic_amp == "train" else final,
+        precision_note=note,
         channels_last=or_device_default(asked.train.channels_last, device, "channels_last"),
-        preprocess=preprocess_for(asked.data, model_defaults),
+        preprocess=pre,
         data=data,
         weights=weights,
         schedule=schedule,
@@ -342,53 +350,3 @@ def resolve(
 def or_device_default(value: bool | None, device: torch.device, name: str) -> bool:
     """``value`` as asked, or the device type's default from engine/devices.py when None."""
     return bool(getattr(traits(device), name)) if value is None else value
-
-
-def describe(r: Resolved) -> str:
-    """The start-of-run log block: one line per decision."""
-    p = r.preprocess
-    lines = [
-        f"model {r.model}: {r.num_classes} classes, label_offset {r.label_offset}"
-        + (
-            f", classes {', '.join(r.classes[:5])}{'...' if len(r.classes) > 5 else ''}"
-            if r.classes
-            else ""
-        ),
-        f"device {r.device} x{r.world_size}; precision train {r.train_precision or 'n/a'}, eval "
-        f"{r.eval_precision} (periodic {r.periodic_eval_precision}); channels_last "
-        f"{r.channels_last}; compile {r.compile or 'off'}; training loader {r.loader}"
-        + ("" if r.fused_optimizer is None else f"; fused optimizer {r.fused_optimizer}"),
-        *([f"threads {r.threads} compute ({r.thread_plan})"] if r.threads else []),
-        *([f"host memory: {r.host_memory}"] if r.host_memory else []),
-        f"preprocess {p.preset} {p.image_size}px crop_pct {p.crop_pct:g} {p.interpolation}, "
-        f"{p.decoder} JPEG decoder; {p.formula} with mean "
-        f"{[round(m, 6) for m in p.mean]} std {[round(s, 6) for s in p.std]}",
-    ]
-    for split, info in r.data.items():
-        labels = (
-            f", labels {info.label_min}..{info.label_max}" if info.label_min is not None else ""
-        ) + (f" ({info.labels_by})" if info.labels_by else "")
-        files = f" in {len(info.files)} files" if info.files else ""
-        lines.append(
-            f"{split}: {info.count} images{files} from {info.location} ({info.source}){labels}"
-        )
-        lines += [f"{split}: not used: {f} ({why})" for f, why in info.ignored]
-    w = r.weights
-    if w.get("source"):
-        lines.append(
-            f"weights from {w['source']} ({w.get('format')}{', EMA' if w.get('ema') else ''}): "
-            f"{w.get('loaded', 0)} tensors loaded, "
-            f"left at init: {', '.join(w.get('left_at_init') or []) or 'none'}"
-        )
-    else:
-        lines.append(f"weights: {w.get('init', 'random init')} (seed {r.seed})")
-    if r.schedule is not None:
-        s = r.schedule
-        lines.append(
-            f"global batch {s.global_batch} = {s.per_device_batch} x {r.world_size} devices x "
-            f"{s.grad_accum} accumulation; lr {s.lr:.6g} ({s.lr_rule}); {s.steps_per_epoch} steps "
-            f"per epoch, {s.total_steps} steps"
-        )
-        if s.lr_shape:
-            lines.append(f"lr schedule: {s.lr_shape}")
-    return "\n".join(lines)

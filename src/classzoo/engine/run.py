@@ -21,6 +21,7 @@ from classzoo.config import Config, save_config, with_values
 from classzoo.data.class_index import imagenet_head
 from classzoo.data.sampling import global_batches
 from classzoo.engine import build, host_memory
+from classzoo.engine.bf16_conv_check import cpu_training_check
 from classzoo.engine.checkpoint import CheckpointManager
 from classzoo.engine.checkpoint import load as load_ckpt
 from classzoo.engine.devices import make_scaler
@@ -40,12 +41,12 @@ from classzoo.engine.resolve import (
     Resolved,
     Schedule,
     check_train_augment,
-    describe,
     label_offset_for,
     num_classes_for,
     preprocess_for,
     resolve,
 )
+from classzoo.engine.resolved_text import describe
 from classzoo.engine.run_dir import claim_run_dir, create_run_dir, recorded_threads, remove_if_empty
 from classzoo.engine.run_log import RunLogger
 from classzoo.engine.run_summary import run_summary
@@ -171,8 +172,9 @@ def set_up(asked: Config, env: DistEnv, need_train: bool, need_val: bool) -> Set
         train, val, classes = build.imagenet_labelled(train, val, n)
     infos = {k: v.info for k, v in (("train", train), ("val", val)) if v is not None}
     schedule = _schedule(asked, len(train.dataset), env.world_size) if train is not None else None
+    wrong = schedule and cpu_training_check(model, asked.train.amp, env.device, pre.image_size)
     resolved = resolve(
-        asked, env.device, env.world_size, defaults, n, classes, infos, weights, schedule
+        asked, env.device, env.world_size, defaults, n, classes, infos, weights, schedule, wrong
     )
     model.to(env.device)
     if resolved.channels_last:
@@ -292,8 +294,7 @@ def _train_mode(
 
 
 def _scored(ckpts: CheckpointManager, step: int, env: DistEnv) -> bool:
-    """Whether the checkpoint of ``step`` has an evaluation recorded; rank 0 reads the index,
-    every rank gets its answer (a collective)."""
+    """Whether the checkpoint of ``step`` has an evaluation recorded (a collective)."""
     answer = [bool(ckpts.metrics_for(step)) if env.is_main else None]
     broadcast_object(answer, env)
     return bool(answer[0])
@@ -349,9 +350,8 @@ def save(state: TrainState, env: DistEnv, ckpts: CheckpointManager, extra: dict[
     if bad:  # never let a diverged model replace the good checkpoints
         raise UserError(
             f"non-finite weights at step {state.pos.step} ({bad[0]}{' and others' if len(bad) > 1 else ''});"
-            f" not saved, the last good checkpoint in {ckpts.directory} is kept (lower the lr; a"
-            " bf16 run on a CPU: train.amp=off, oneDNN's bf16 gradient of a stride-2 convolution"
-            " on a 1x1 feature map can be NaN, docs/benchmarks.md)"
+            f" not saved, the last good checkpoint in {ckpts.directory} is kept (lower the lr,"
+            " or try train.amp=off)"
         )
     payload = state.payload(env, extra)  # collective (RNG gather): every rank takes part
     return ckpts.save(state.pos.step, payload) if env.is_main else None
