@@ -71,6 +71,15 @@ def test_output_dir_under_a_file(tmp_path, small_imagefolder):
         )
 
 
+def test_amp_in_evaluate_mode_is_not_silently_ignored(tmp_path, small_imagefolder):
+    """``--amp fp16`` with ``--mode evaluate`` on a CPU ran in fp32 without a word: --amp is
+    the training precision; an evaluation's is eval.amp."""
+    argv = ["train", "--recipe", "quickstart", "--data-dir", str(small_imagefolder)]
+    argv += ["--output-dir", str(tmp_path / "r"), "--mode", "evaluate", "--amp", "fp16"]
+    assert_one_line_error(classzoo(*argv), "--amp sets the training precision", "eval.amp")
+    assert not (tmp_path / "r").exists()
+
+
 def test_resume_and_overwrite_together(tmp_path, small_imagefolder):
     """--overwrite was silently ignored and the run resumed."""
     argv = ["train", "--recipe", "quickstart", "--data-dir", str(small_imagefolder)]

@@ -70,6 +70,13 @@ def run(args: argparse.Namespace) -> int:
     given = {key: value for key, value in flags.items() if value is not None}
     cfg = with_values(load_recipe(args.recipe), given, "command line")
     cfg = with_overrides(cfg, args.overrides)
+    if "train.amp" in given and cfg.train.mode == "evaluate":  # else silently not used
+        from classzoo.errors import UserError
+
+        raise UserError(
+            "--amp sets the training precision (train.amp), which --mode evaluate does not use;"
+            " its precision is eval.amp (--set eval.amp=...)"
+        )
     # before torch loads (engine/threads.py)
     choose_wait_policy(loader_threads(cfg.data.loader, cfg.data.num_workers))
     from classzoo.engine.run import run as run_recipe
