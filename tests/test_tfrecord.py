@@ -8,6 +8,7 @@ files, and counts of what the test itself wrote.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from classzoo.cli import main
 from classzoo.data.labels import check_labels
 from classzoo.data.tfrecord_dataset import TFRecordImageDataset
 from classzoo.data.tfrecord_index import sidecar_path
@@ -31,7 +33,7 @@ from classzoo.formats.tfrecord import (
     read_records,
 )
 from classzoo.formats.wire import WireError
-from conftest import foolbox_data
+from conftest import foolbox_data, write_imagefolder
 
 # tf.io.TFRecordWriter output for the single record b"123456789" (TF 2.21). By hand: length
 # 9 as uint64 LE; footer = mask(0xE3069283), the CRC-32C check value of "123456789":
@@ -366,6 +368,27 @@ def test_label_policy():
 
 
 # ---- tools ----------------------------------------------------------------------------------
+
+
+def test_inspect_counts_each_split_of_a_folder_apart(tmp_path, capsys):
+    """A folder with train-* and validation-* shards (slim's layout) was one total of both."""
+    write_imagefolder(tmp_path / "img" / "train", {"a": 3, "b": 2}, seed=1)
+    write_imagefolder(tmp_path / "img" / "validation", {"a": 1, "b": 1}, seed=2)
+    out = str(tmp_path / "records")
+    for split, shards in (("train", "2"), ("validation", "1")):
+        args = [str(tmp_path / "img" / split), out, "--split", split, "--shards", shards]
+        assert main(["data", "to-tfrecord", *args]) == 0
+    capsys.readouterr()
+    assert main(["data", "inspect", out]) == 0
+    text = capsys.readouterr().out
+    assert "train: 5 records in 2 of the shards" in text
+    assert "validation: 2 records in 1 of the shards" in text
+    assert main(["data", "inspect", "--json", out]) == 0
+    splits = json.loads(capsys.readouterr().out)["splits"]
+    assert splits == {
+        "train": {"shards": 2, "records": 5},
+        "validation": {"shards": 1, "records": 2},
+    }
 
 
 def test_imagefolder_to_tfrecord_and_inspect(tmp_path):

@@ -73,6 +73,12 @@ def _split_of(name: str) -> set[str]:
     return {s for s in SPLITS if s in parts}
 
 
+def split_label(name: str) -> str:
+    """The split a shard file's name says it holds (``validation-00000-of-00001``:
+    validation), for listings; "unnamed" when it names none."""
+    return "/".join(sorted(_split_of(name))) or "unnamed"
+
+
 def _names(split: str) -> set[str]:
     return _ALIASES.get(split.lower(), {split.lower()})
 

@@ -27,7 +27,7 @@ from classzoo.data.class_index import imagenet_classes, is_imagenet_synsets, syn
 from classzoo.data.decode import decode_reason
 from classzoo.data.imagefolder import IMG_EXTENSIONS, images_under
 from classzoo.data.tfrecord_dataset import IMAGE_KEY, LABEL_KEY
-from classzoo.data.tfrecord_shards import find_shards
+from classzoo.data.tfrecord_shards import find_shards, split_label
 from classzoo.errors import UserError
 from classzoo.formats.example import build_example, parse_example
 from classzoo.formats.tfrecord import TFRecordReader, TFRecordWriter
@@ -291,18 +291,25 @@ def _stats(values: np.ndarray) -> dict:
 def inspect_tfrecords(location: str, workers: int = 4) -> dict:
     """Read every record of every shard at ``location`` (CRCs checked, image headers decoded).
 
-    Returns ``{location, total_records, shards: [{path, records, bytes, corrupt}], classes,
-    label_min, label_max, height, width ({min, max, mean}), corrupt_count, corrupt: [{shard,
-    offset, reason}]}``. Damaged records are listed, not raised.
+    Returns ``{location, total_records, splits: {name: {shards, records}}, shards: [{path,
+    records, bytes, corrupt}], classes, label_min, label_max, height, width ({min, max, mean}),
+    corrupt_count, corrupt: [{shard, offset, reason}]}``. Damaged records are listed, not
+    raised.
     """
     paths = find_shards(location)
     with ThreadPoolExecutor(max(1, min(workers, len(paths)))) as pool:
         shards = list(pool.map(_inspect_shard, paths))
     labels = np.concatenate([s["labels"] for s in shards])
+    splits: dict[str, dict] = {}  # one folder can hold train-* and validation-*: never one sum
+    for s in shards:
+        split = splits.setdefault(split_label(Path(s["path"]).name), {"shards": 0, "records": 0})
+        split["shards"] += 1
+        split["records"] += s["records"]
     corrupt = [{"shard": s["path"], **c} for s in shards for c in s["corrupt"]]
     return {
         "location": location,
         "total_records": sum(s["records"] for s in shards),
+        "splits": splits,
         "shards": [
             {k: s[k] for k in ("path", "records", "bytes")} | {"corrupt": len(s["corrupt"])}
             for s in shards
@@ -325,10 +332,20 @@ def format_inspect(d: dict, max_rows: int = 32) -> str:
             return "-"
         return f"{s['min']}..{s['max']} (mean {s['mean']:.1f})"
 
+    splits = d.get("splits", {}).items()
+
     lines = [
         f"TFRecords at {d['location']}: {len(d['shards'])} shards, "
         f"{d['total_records']:,} records, {d['classes']} classes "
         f"(labels {d['label_min']}..{d['label_max']})",
+        *(
+            [
+                f"{name}: {v['records']:,} records in {v['shards']} of the shards"
+                for name, v in splits
+            ]
+            if len(splits) > 1
+            else []
+        ),
         f"image height {size(d['height'])}, width {size(d['width'])}",
         f"corrupt records: {d['corrupt_count']}",
         "",
