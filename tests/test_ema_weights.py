@@ -82,5 +82,7 @@ def test_eval_of_an_ema_run_uses_the_weights_the_run_evaluated(tmp_path, capsys)
     timm_eval += ["--set", "data.crop_pct=0.875"]
     ours, _ = _eval(capsys, timm_eval)
     assert ours["loss"] == pytest.approx(truth["model"]["loss"], rel=1e-4)
+    assert main([a for a in timm_eval if a != "--json"]) == 0  # the log says what is left
+    assert f"checkpoint {timm_file} also holds EMA weights" in capsys.readouterr().err
     ours, _ = _eval(capsys, [*timm_eval, "--set", "train.ema=true"])
     assert ours["loss"] == pytest.approx(truth["ema"]["loss"], rel=1e-4)

@@ -81,6 +81,8 @@ def state_from_checkpoint(
     """The model weights inside an already-read torch checkpoint (classzoo, timm, torchvision)."""
     if not isinstance(ckpt, dict):
         raise UserError(f"checkpoint {path} does not hold a state dict")
+    if not use_ema and any(ckpt.get(k) is not None for k in ("ema", "state_dict_ema")):
+        _ema_not_used(path)
     if use_ema:
         for key in ("ema", "state_dict_ema"):
             if ckpt.get(key) is not None:
@@ -91,6 +93,14 @@ def state_from_checkpoint(
     if "state_dict" in ckpt:  # timm / torchvision training checkpoints
         return ckpt["state_dict"]
     return ckpt
+
+
+def _ema_not_used(path: str | Path) -> None:
+    log.info(
+        "checkpoint %s also holds EMA weights; these are its raw weights (an evaluation takes "
+        "the EMA ones with --set train.ema=true; a fine-tune starts from the raw ones)",
+        path,
+    )
 
 
 def read_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
@@ -232,6 +242,8 @@ def _tf_state(model: nn.Module, model_name: str, path, exclude, use_ema: bool, a
 
     with open_tf_checkpoint(str(path)) as ckpt:
         variables = ckpt.read_all()
+    if not use_ema and any(n.endswith("/ExponentialMovingAverage") for n in variables):
+        _ema_not_used(path)  # eval_image_classifier --moving_average_decay would take them
     auto = auto_head_excludes(model_name, variables, getattr(model, "num_classes", None), exclude)
     if auto and not allow:
         n = next(v.shape[-1] for k, v in variables.items() if k.endswith(f"/{auto[0]}/biases"))
