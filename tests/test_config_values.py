@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from classzoo.cli import main
 from conftest import write_imagefolder
@@ -79,6 +80,35 @@ SET_CASES = [
         "data.ratio=[0.0, 1.0] must be > 0 (width / height, drawn log-uniformly)",
     ),
     ("train.max_steps=0", "train.max_steps=0 must be >= 1 (None for no limit)"),
+    # YAML 1.2 (core schema, 10.3.2) has no base 60: YAML 1.1 read 1:30 as 90 epochs
+    ("train.epochs=1:30", "train.epochs='1:30' is not a valid float"),
+    # a misspelt kernel reached timm's str_to_interp_mode: KeyError traceback, exit 1
+    (
+        "data.interpolation=bilnear",
+        "data.interpolation='bilnear' is not one of nearest, bilinear, bicubic, box, hamming, "
+        "lanczos",
+    ),
+    (
+        "data.train_interpolation=foo",
+        "data.train_interpolation='foo' is not one of nearest, bilinear, bicubic, box, hamming, "
+        "lanczos, random",
+    ),
+    # torch's optimizers raise "Invalid learning rate" (after the run folder was written, naming
+    # optim.name and the batch-scaled lr); 1.5 made EMA weights that grow without bound
+    ("optim.lr=-0.1", "optim.lr=-0.1 must be >= 0"),
+    ("train.ema_decay=1.5", "train.ema_decay=1.5 must be in [0, 1] (timm ModelEmaV3's decay)"),
+    ("sched.warmup_epochs=-3", "sched.warmup_epochs=-3.0 must be >= 0"),
+    # slim's 0-255 channel means under timm's pixel / 255 formula
+    (
+        "data.mean=[123.68,116.78,103.94]",
+        "data.mean=[123.68, 116.78, 103.94] must be in [0, 1] (timm normalises pixel / 255: "
+        "0.485, not 123.68)",
+    ),
+    # the same name in another section: it had suggested train.epochs, another setting
+    (
+        "train.warmup_epochs=1",
+        "unknown key 'train.warmup_epochs'; did you mean 'sched.warmup_epochs'?",
+    ),
     (
         "model.kwargs={a: 1, a: 2}",
         "--set model.kwargs: key 'a' appears twice (lines 1 and 1); YAML forbids repeated keys "
@@ -95,7 +125,92 @@ def test_train_refuses_a_value_before_the_run_folder(capsys, tmp_path, data, set
     prefix = (
         "classzoo: error: " if setting.startswith("model.kwargs") else "classzoo: error: --set: "
     )
-    assert err == prefix + line
+    assert err == prefix + line or (err.startswith(prefix + line + " (allowed: "))
+    assert not out.exists()
+
+
+# YAML 1.2 core schema integers and floats (section 10.3.2), by hand: YAML 1.1 (PyYAML's
+# default) read 010 as octal 8, 0o10 as a string and 1e-5 (no dot) as a string
+YAML_NUMBERS = [
+    ("data.batch_size=010", "data", "batch_size", 10),
+    ("data.batch_size=0o10", "data", "batch_size", 8),
+    ("data.batch_size=0x10", "data", "batch_size", 16),
+    ("data.batch_size=1_000", "data", "batch_size", 1000),
+    ("train.epochs=010", "train", "epochs", 10.0),
+    ("model.kwargs={drop_path_rate: 1e-2}", "model", "kwargs", {"drop_path_rate": 0.01}),
+    ("model.exclude=fc, layer4", "model", "exclude", ["fc", "layer4"]),
+]
+
+
+@pytest.mark.parametrize(("setting", "section", "key", "value"), YAML_NUMBERS)
+def test_values_are_read_as_yaml_1_2_reads_them(tmp_path, setting, section, key, value):
+    from classzoo.config import load_recipe
+
+    got = getattr(getattr(load_recipe("quickstart", [setting]), section), key)
+    assert got == value and type(got) is type(value)
+    recipe = tmp_path / "r.yaml"  # a recipe file reads the same
+    entry = f"  {key}: {setting.split('=', 1)[1]}\n"
+    head = "model:\n  name: resnet10t\n"
+    recipe.write_text(head + entry if section == "model" else f"{head}{section}:\n{entry}")
+    assert getattr(getattr(load_recipe(str(recipe)), section), key) == value
+
+
+# settings recorded in config.yaml that the run would never read (each gave bit-identical weights
+# to the run without it), or that leave nothing to train (helper hunt, session 9)
+UNUSED_CASES = [
+    (["optim.name=adamw", "optim.momentum=0.1"], "optim.momentum=0.1 has no effect with adamw"),
+    (["optim.eps=0.001"], "optim.eps=0.001 has no effect with sgd"),  # quickstart: adamw
+    (["sched.name=step"], "sched.min_lr=1e-05 has no effect with sched.name=step"),
+    (["sched.t_max=2", "sched.cooldown_epochs=1"], "sched.cooldown_epochs=1.0 has no effect with"),
+    (["sched.cooldown_epochs=3"], "sched.cooldown_epochs=3 leaves no cosine: train.epochs=3"),
+    (["optim.clip_grad=-1"], "optim.clip_grad=-1.0 must be > 0"),  # an ascent: min(1, c/norm)
+    (["optim.momentum=1.5"], "optim.momentum=1.5 must be in [0, 1)"),
+    (["sched.min_lr=-0.1"], "sched.min_lr=-0.1 must be >= 0"),  # timm asserted: a traceback
+]
+
+
+@pytest.mark.parametrize(("settings", "line"), UNUSED_CASES, ids=[c[1][:30] for c in UNUSED_CASES])
+def test_a_setting_the_run_would_not_use_is_refused(capsys, tmp_path, data, settings, line):
+    out = tmp_path / "run"
+    argv = ["train", "--recipe", "quickstart", "--data-dir", str(data), "--output-dir", str(out)]
+    if settings[0] == "optim.eps=0.001":
+        argv += ["--set", "optim.name=sgd"]
+    err = refused(capsys, [*argv, *(a for s in settings for a in ("--set", s))])
+    assert line in err
+    assert not out.exists()
+
+
+def test_the_outside_facts_behind_the_unused_settings():
+    """timm's adamw has no momentum and its sgd no eps (timm drops them without a word)."""
+    from timm.optim import create_optimizer_v2
+
+    adamw = create_optimizer_v2(torch.nn.Linear(1, 1), "adamw", lr=0.1, momentum=0.1)
+    sgd = create_optimizer_v2(torch.nn.Linear(1, 1), "sgd", lr=0.1, eps=1e3)
+    assert "momentum" not in adamw.param_groups[0] and "eps" not in sgd.param_groups[0]
+
+
+def test_an_unknown_optimizer_is_refused_before_the_run_folder(capsys, tmp_path, data):
+    out = tmp_path / "run"
+    argv = ["train", "--recipe", "quickstart", "--data-dir", str(data), "--output-dir", str(out)]
+    err = refused(capsys, [*argv, "--set", "optim.name=sgdd"])
+    assert "optim.name='sgdd'" in err
+    assert not out.exists()  # it had left config.yaml and resolved.yaml, blocking the folder
+
+
+def test_a_flag_and_a_set_of_one_key_are_refused(capsys, tmp_path, data):
+    """``--max-steps 1 --set train.max_steps=3`` ran 3 steps without a word."""
+    argv = ["train", "--recipe", "quickstart", "--data-dir", str(data)]
+    err = refused(capsys, [*argv, "--max-steps", "1", "--set", "train.max_steps=3"])
+    assert "train.max_steps is given twice, by --max-steps and by --set" in err
+
+
+def test_a_timm_policy_timm_cannot_read_is_one_line(capsys, tmp_path, data):
+    """timm asserts (``randaug``: an AssertionError without a message): a traceback, exit 1."""
+    out = tmp_path / "run"
+    argv = ["train", "--recipe", "quickstart", "--data-dir", str(data), "--output-dir", str(out)]
+    argv += ["--set", "data.train_crop=rrc"]
+    err = refused(capsys, [*argv, "--set", "data.auto_augment=randaug"])
+    assert "data.auto_augment='randaug' is not a policy timm reads" in err
     assert not out.exists()
 
 

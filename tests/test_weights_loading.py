@@ -47,6 +47,18 @@ def test_other_class_count_reports_the_head_left_at_init(ten_class_checkpoint, c
     assert sorted(report.loaded) == sorted(k for k in saved if not k.startswith("fc."))
 
 
+def test_an_exclude_that_matches_nothing_is_refused(ten_class_checkpoint):
+    """``model.exclude=head`` (resnet's classifier is ``fc``) loaded every tensor and said
+    "left at init: none": the layer meant to start fresh was fine-tuned from the checkpoint."""
+    path, saved = ten_class_checkpoint
+    model = classzoo.create_model("resnet18", num_classes=10)
+    with pytest.raises(UserError, match="model.exclude 'head' matches no key .* classifier is fc"):
+        load_checkpoint(model, "resnet18", path, exclude=["head"])
+    report = load_checkpoint(model, "resnet18", path, exclude=["fc", "layer4"])
+    assert all(k.startswith(("fc.", "layer4.")) for k in report.left_at_init)
+    assert {k.split(".")[0] for k in report.left_at_init} == {"fc", "layer4"}
+
+
 def test_the_new_head_is_the_same_for_the_same_seed(ten_class_checkpoint):
     path, _ = ten_class_checkpoint
     heads = []

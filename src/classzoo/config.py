@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import functools
 import math
 import typing
@@ -24,7 +23,14 @@ from typing import Any
 import yaml
 
 from classzoo.config_yaml import RECIPE_DIR as RECIPE_DIR
-from classzoo.config_yaml import DuplicateKeyError, coerce, parse_yaml, read_recipe, recipe_path
+from classzoo.config_yaml import (
+    DuplicateKeyError,
+    coerce,
+    nearest_key,
+    parse_yaml,
+    read_recipe,
+    recipe_path,
+)
 from classzoo.config_yaml import list_recipes as list_recipes
 from classzoo.errors import UserError
 
@@ -54,6 +60,9 @@ class _Range:
         return f"in {left}{self.lo}, {self.hi}{right}"
 
 
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
 def _choices(*values: str) -> dict:
     return {"choices": values}
 
@@ -68,6 +77,7 @@ def _min(bound: float, why: str = "") -> dict:
 
 
 _PROBABILITY = _range(0, 1, why="a probability")
+_UNIT = "timm normalises pixel / 255: 0.485, not 123.68"
 
 
 _COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -116,12 +126,17 @@ class DataConfig:
     # image_size the resize is to 0 px, which torchvision refuses (_check_together). The vgg /
     # inception presets take (0, 1] (data/tf_presets.py). None -> the model's default
     crop_pct: float | None = field(default=None, metadata=_range(0, lo_open=True))
-    interpolation: str | None = None  # None -> the model's default
-    mean: list[float] | None = None  # None -> the model's default
-    std: list[float] | None = None
+    # timm's names (timm/data/transforms.py _str_to_pil_interpolation); None -> the model's
+    interpolation: str | None = field(default=None, metadata=_choices(*INTERPOLATIONS))
+    # None -> the model's default; pixel / 255 units (timm), not slim's 0-255 channel means
+    mean: list[float] | None = field(default=None, metadata=_range(0, 1, why=_UNIT))
+    std: list[float] | None = field(default=None, metadata=_range(0, 1, lo_open=True, why=_UNIT))
     label_offset: int | None = None  # subtracted from stored labels; None -> model (slim: 1 or 0)
     # timm train augmentation (preset "timm"); defaults are timm's train.py defaults
-    train_interpolation: str | None = None  # None -> interpolation; "random" = timm's train default
+    # None -> interpolation; "random" = timm's train.py default (bilinear or bicubic per image)
+    train_interpolation: str | None = field(
+        default=None, metadata=_choices(*INTERPOLATIONS, "random")
+    )
     train_crop: str = field(default="rrc", metadata=_choices("rrc", "none"))
     # RandomResizedCrop: [min, max] of the crop's area as a fraction of the image's (torchvision:
     # "with respect to the area of the original image"; > 1 never fits and falls back to a
@@ -147,19 +162,22 @@ class DataConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     name: str = "sgd"  # any timm optimizer name: sgd, momentum, rmsproptf, adamw, lamb, ...
-    lr: float = 0.1
+    lr: float = field(default=0.1, metadata=_min(0))  # torch refuses < 0
     lr_base_batch: int | None = (
         None  # lr is for this global batch; scaled linearly. None: no scaling
     )
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    eps: float | None = None  # None -> the optimizer's default
-    alpha: float | None = None  # RMSProp decay (TF "decay"); None -> the optimizer's default
+    momentum: float = field(default=0.9, metadata=_range(0, 1, hi_open=True))
+    weight_decay: float = field(default=1e-4, metadata=_min(0))
+    eps: float | None = field(default=None, metadata=_min(0))  # None -> the optimizer's default
+    # RMSProp decay (TF "decay"); None -> the optimizer's default
+    alpha: float | None = field(default=None, metadata=_min(0))
     # None -> the optimizer's own form (timm: "sgd" is Nesterov, "momentum" is not); rmsproptf
     # has no Nesterov form (nor has TF's RMSPropOptimizer), so true is an error there
     nesterov: bool | None = None
     filter_bias_and_bn: bool = True  # no weight decay on biases and norm parameters (timm)
-    clip_grad: float | None = None  # max gradient norm; None -> no clipping
+    # max gradient norm; None -> no clipping (torch's clip_grad_norm_ scales by min(1, c / norm):
+    # a negative c turns the step into an ascent)
+    clip_grad: float | None = field(default=None, metadata=_range(0, lo_open=True))
     # torch's fused kernel (sgd / momentum / nesterov / adam / adamw / adagrad); None -> where
     # the device has one (engine/devices.py), the per-parameter loop for other optimizers
     fused: bool | None = None
@@ -168,14 +186,14 @@ class OptimConfig:
 @dataclass(frozen=True)
 class SchedConfig:
     name: str = field(default="cosine", metadata=_choices("cosine", "step", "const"))
-    warmup_epochs: float = 0.0
-    warmup_lr: float = 0.0
-    min_lr: float = 0.0
-    cooldown_epochs: float = 0.0
+    warmup_epochs: float = field(default=0.0, metadata=_min(0))
+    warmup_lr: float = field(default=0.0, metadata=_min(0))
+    min_lr: float = field(default=0.0, metadata=_min(0))
+    cooldown_epochs: float = field(default=0.0, metadata=_min(0))
     # cosine period in epochs; None -> epochs - cooldown (timm's cosine counts the warmup in it)
-    t_max: float | None = None
-    decay_epochs: float = 30.0  # step schedule
-    decay_rate: float = 0.1
+    t_max: float | None = field(default=None, metadata=_range(0, lo_open=True))
+    decay_epochs: float = field(default=30.0, metadata=_range(0, lo_open=True))  # step schedule
+    decay_rate: float = field(default=0.1, metadata=_min(0))
 
 
 @dataclass(frozen=True)
@@ -199,7 +217,7 @@ class TrainConfig:
     compile: bool | None = None
     compile_mode: str = field(default="default", metadata=_choices(*_COMPILE_MODES))
     ema: bool = False
-    ema_decay: float = 0.9998
+    ema_decay: float = field(default=0.9998, metadata=_range(0, 1, why="timm ModelEmaV3's decay"))
     seed: int = 0
     grad_accum_steps: int = field(default=1, metadata=_min(1))
     sync_bn: bool = False
@@ -306,8 +324,9 @@ def _check_key(obj: Any, name: str, source: str, prefix: str = "") -> dataclasse
     fields = {f.name: f for f in dataclasses.fields(obj)}
     if name not in fields:
         allowed = sorted(fields)
-        close = difflib.get_close_matches(name, allowed, n=1)
-        hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+        sections = {s.name: getattr(Config(), s.name) for s in dataclasses.fields(Config)}
+        close = nearest_key(name, prefix, allowed, sections)
+        hint = f"; did you mean '{close}'?" if close else ""
         raise UserError(
             f"{source}: unknown key '{prefix}{name}'{hint} (allowed: {', '.join(prefix + a for a in allowed)})"
         )

@@ -6,6 +6,7 @@ no repeated keys) and how a value read is coerced to a key's declared type.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import re
@@ -39,8 +40,10 @@ class DuplicateKeyError(yaml.YAMLError):
 
 
 class _Loader(_SafeLoader):
-    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as booleans,
-    which would turn ``amp: off`` into False. Repeated mapping keys are refused."""
+    """YAML 1.2 booleans and numbers (the core schema, section 10.3.2). YAML 1.1 also reads
+    on/off/yes/no as booleans, which would turn ``amp: off`` into False; ``010`` as octal 8,
+    ``1:30`` as base-60 90, and ``1e-5`` (no dot) as a string. Repeated mapping keys are
+    refused."""
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -67,13 +70,40 @@ def _refuse_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool) -> N
         seen[key] = line
 
 
+_BOOL, _INT, _FLOAT = (f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float"))
 _Loader.yaml_implicit_resolvers = {
-    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    ch: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
     for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
+# the core schema's int and float, plus Python's digit-group underscores (1_000); the int
+# resolver is tried first, so "10" is an int and only a dot or an exponent makes a float
+_Loader.add_implicit_resolver(
+    _INT,
+    re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7][0-7_]*|0x[0-9a-fA-F][0-9a-fA-F_]*)$"),
+    list("-+0123456789"),
+)
+_Loader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9][0-9_]*|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+.0123456789"),
+)
+
+
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    """Decimal unless 0o / 0x: PyYAML's own reads a leading 0 as octal and a colon as base 60."""
+    text = loader.construct_scalar(node).replace("_", "")
+    if text[:2] in ("0o", "0x"):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text, 10)
+
+
+_Loader.add_constructor(_INT, _construct_int)
 
 
 def parse_yaml(text: str):
@@ -115,6 +145,27 @@ def recipe_path(name_or_file: str) -> tuple[Path, str | None]:
     return path, variant
 
 
+def nearest_key(name: str, prefix: str, allowed: list[str], sections: dict[str, Any]) -> str | None:
+    """The key a misplaced or misspelt ``prefix + name`` most likely meant: the same name in
+    another section (train.warmup_epochs -> sched.warmup_epochs), else the closest name in its
+    own section (``allowed``), else the closest ``section.key`` of all. ``sections``: name ->
+    a default instance of each config section."""
+    every = [
+        f"{s}.{k.name}"
+        for s, section in sections.items()
+        if dataclasses.is_dataclass(section)
+        for k in dataclasses.fields(section)
+    ]
+    moved = [k for k in every if k.split(".", 1)[1] == name]
+    if moved:
+        return moved[0]
+    own = difflib.get_close_matches(name, allowed, n=1)
+    if own:
+        return prefix + own[0]
+    close = difflib.get_close_matches(prefix + name, every, n=1)
+    return close[0] if close else None
+
+
 def read_recipe(path: Path) -> dict[str, Any]:
     """A recipe file's ``{section: {key: value}}``; every way the file is unusable is one line
     naming it."""
@@ -154,7 +205,7 @@ def coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     bad = UserError(f"{source}: {key}={value!r} is not a valid {getattr(tp, '__name__', tp)}")
     if origin is list:
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
+            value = [v.strip() for v in value.split(",") if v.strip()]  # "fc, layer4"
         if not isinstance(value, (list, tuple)):
             raise bad
         (inner,) = typing.get_args(tp)

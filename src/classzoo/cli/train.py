@@ -68,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
 
     flags = {key: getattr(args, flag[2:].replace("-", "_")) for flag, key, _, _ in SHORTCUTS}
     given = {key: value for key, value in flags.items() if value is not None}
+    both = sorted(set(given) & {o.split("=", 1)[0].strip() for o in args.overrides})
+    if both:  # the --set would win: a silent choice between two values the user typed
+        from classzoo.errors import UserError
+
+        flag = next(f for f, key, _, _ in SHORTCUTS if key == both[0])
+        raise UserError(f"{both[0]} is given twice, by {flag} and by --set: give it once")
     cfg = with_values(load_recipe(args.recipe), given, "command line")
     cfg = with_overrides(cfg, args.overrides)
     if "train.amp" in given and cfg.train.mode == "evaluate":  # else silently not used

@@ -166,9 +166,9 @@ def _timm_train(pre: EvalPreprocess, aug: TrainAugment):
         std=pre.std,
     )
     if aug.re_prob > 0:  # timm erases on the normalised image, per sample
-        return FloatStage(create_transform(pre.image_size, is_training=True, **kwargs))
+        return FloatStage(_timm_policy(pre.image_size, kwargs, use_prefetcher=False))
     if aug.auto_augment:
-        ops = create_transform(pre.image_size, is_training=True, use_prefetcher=True, **kwargs)
+        ops = _timm_policy(pre.image_size, kwargs, use_prefetcher=True)
         return PilStage(_pil_ops(ops), pre.mean, pre.std)
     return TimmTrain(
         pre.image_size,
@@ -180,6 +180,21 @@ def _timm_train(pre: EvalPreprocess, aug: TrainAugment):
         pre.mean,
         pre.std,
     )
+
+
+def _timm_policy(size: int, kwargs: dict[str, Any], use_prefetcher: bool) -> T.Compose:
+    """timm's train transform; a policy string timm does not parse is one line (timm asserts,
+    some policies without a message)."""
+    try:
+        return create_transform(size, is_training=True, use_prefetcher=use_prefetcher, **kwargs)
+    except (AssertionError, KeyError, ValueError) as exc:
+        policy = kwargs.get("auto_augment")
+        if not policy:
+            raise
+        raise UserError(
+            f"data.auto_augment={policy!r} is not a policy timm reads ({exc or 'no reason given'})"
+            "; e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original, v0"
+        ) from None
 
 
 def _interp(name: str) -> T.InterpolationMode:

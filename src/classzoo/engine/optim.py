@@ -82,6 +82,24 @@ def build_optimizer(
         raise UserError(f"optim.name={cfg.name!r}: {exc}") from None
 
 
+def check_optimizer(cfg: OptimConfig, lr: float) -> None:
+    """Build ``cfg``'s optimizer over one parameter: a name or an argument timm or torch
+    refuses is a UserError before the run folder is written, not after."""
+    groups = build_optimizer(nn.Linear(1, 1), cfg, lr).param_groups[0]
+    # timm drops the arguments an optimizer has no use for without a word (momentum of adamw)
+    default = OptimConfig()
+    for key, used in (("momentum", "momentum" in groups), ("eps", "eps" in groups)):
+        if not used and getattr(cfg, key) != getattr(default, key):
+            raise UserError(
+                f"optim.{key}={getattr(cfg, key)} has no effect with {cfg.name}; leave it at its "
+                f"default (--set optim.{key}={_yaml(getattr(default, key))})"
+            )
+
+
+def _yaml(value: object) -> str:
+    return "null" if value is None else str(value)
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: SchedConfig, epochs: float, steps_per_epoch: int
 ) -> Scheduler | None:
@@ -131,6 +149,7 @@ def lr_shape(cfg: SchedConfig, epochs: float) -> str:
         if cfg.warmup_epochs
         else ""
     )
+    _check_sched_keys(cfg, epochs)
     if cfg.name == "const":
         return "constant"
     if cfg.name == "step":
@@ -138,6 +157,36 @@ def lr_shape(cfg: SchedConfig, epochs: float) -> str:
     period = cosine_epochs(cfg, epochs)
     why = "sched.t_max" if cfg.t_max is not None else "train.epochs"
     return f"cosine to {cfg.min_lr:g} over {period:g} epochs ({why}){warm}"
+
+
+# the sched keys each schedule reads (build_scheduler); any other key set is recorded and unused
+_SCHED_KEYS = {
+    "const": {"name"},
+    "step": {"name", "warmup_epochs", "warmup_lr", "decay_epochs", "decay_rate"},
+    "cosine": {"name", "warmup_epochs", "warmup_lr", "min_lr", "cooldown_epochs", "t_max"},
+}
+
+
+def _check_sched_keys(cfg: SchedConfig, epochs: float) -> None:
+    """A sched key the schedule never reads, or a cosine left with no length, is a UserError."""
+    default = SchedConfig()
+    unused = {
+        k: f"with sched.name={cfg.name}"
+        for k in vars(cfg)
+        if k not in _SCHED_KEYS[cfg.name] and getattr(cfg, k) != getattr(default, k)
+    }
+    if cfg.name == "cosine" and cfg.t_max is not None and cfg.cooldown_epochs:
+        unused["cooldown_epochs"] = "with sched.t_max (which sets the cosine's period)"
+    for key, why in unused.items():
+        raise UserError(
+            f"sched.{key}={getattr(cfg, key)} has no effect {why}; leave it at its default "
+            f"(--set sched.{key}={_yaml(getattr(default, key))})"
+        )
+    if cfg.name == "cosine" and cosine_epochs(cfg, epochs) <= 0:
+        raise UserError(
+            f"sched.cooldown_epochs={cfg.cooldown_epochs:g} leaves no cosine: train.epochs="
+            f"{epochs:g} - cooldown <= 0"
+        )
 
 
 def lr_at(scheduler: Scheduler | None, optimizer: torch.optim.Optimizer, step: int) -> float:

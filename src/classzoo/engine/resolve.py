@@ -21,7 +21,7 @@ from classzoo.data.labels import check_labels, infer_num_classes
 from classzoo.data.transforms import EvalPreprocess
 from classzoo.data.transforms import describe as describe_pixels
 from classzoo.engine.devices import traits
-from classzoo.engine.optim import fused_choice
+from classzoo.engine.optim import check_optimizer, fused_choice
 from classzoo.engine.precision import precision_name, resolve_amp, train_amp
 from classzoo.errors import UserError
 
@@ -317,6 +317,7 @@ def resolve(
     pre = preprocess_for(asked.data, model_defaults)
     train = note = None
     if schedule:
+        check_optimizer(asked.optim, schedule.lr)
         dtype, note = train_amp(asked.train.amp, device, bf16_wrong or [], pre.image_size)
         train = precision_name(dtype)
     final = precision_name(resolve_amp(asked.eval.amp, device))

@@ -195,6 +195,13 @@ def load_into(
         f"checkpoint {source}",
     )
     prefixes = [p if p.endswith(".") or p in own else p + "." for p in exclude]
+    for given, p in zip(exclude, prefixes):  # a typo would load the layer it meant to leave
+        if not any(k == p or k.startswith(p) for k in (*own, *state)):
+            heads = ", ".join(h.rstrip(".") for h in _classifier_prefixes(model)) or "?"
+            raise UserError(
+                f"model.exclude '{given}' matches no key of {type(model).__name__} nor of "
+                f"checkpoint {source} (whole dotted names; its classifier is {heads})"
+            )
 
     def skipped(key: str) -> bool:
         return any(key == p or key.startswith(p) for p in prefixes)
