@@ -360,3 +360,25 @@ def test_pipeline_from_jpeg_bytes_matches_slim_within_1_over_255(photos, preset,
         f"{preset} pipeline vs slim on {len(photos)} ImageNet JPEGs: max {worst:.2e}, mean {np.mean(means):.2e}"
     )
     assert worst <= 1 / 255
+
+
+def test_a_jpeg_libjpeg_only_warns_about_decodes_as_tf_decodes_it(photos):
+    """Bytes before the end-of-image marker make libjpeg warn ("Corrupt JPEG data: 27
+    extraneous bytes before marker 0xd9"); TF and PIL decode such a file. classzoo fell back to
+    PIL's ISLOW pixels for it where slim's are TF's IFAST. A truncated file stays refused, as
+    TF refuses it."""
+    from classzoo.data.decode import UnreadableImage, decode_pil, decode_tf
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(photos[0])).convert("RGB").save(buf, "JPEG", quality=90)
+    good = buf.getvalue()
+    warned = good[:-2] + b"\x00" * 27 + good[-2:]
+    np.testing.assert_array_equal(
+        decode_tf(warned, "w.jpg"), tf.io.decode_jpeg(warned, channels=3).numpy()
+    )
+    np.testing.assert_array_equal(np.asarray(decode_pil(warned, "w.jpg")), np.asarray(_pil(warned)))
+    truncated = good[: len(good) // 2]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_jpeg(truncated, channels=3).numpy()
+    with pytest.raises(UnreadableImage, match="t.jpg"):
+        decode_tf(truncated, "t.jpg")

@@ -100,27 +100,42 @@ def decode_scaled(img: EncodedImage, tf_pixels: bool, denom: int = 1) -> tuple[n
         kw = {}
         if denom > 1:  # libjpeg rounds scaled sizes up: ceil(size / d)
             kw = {"min_height": -(-hw[0] // denom), "min_width": -(-hw[1] // denom)}
-        try:
-            arr = simplejpeg.decode_jpeg(
-                img.data, colorspace="RGB", fastdct=tf_pixels, fastupsample=False, **kw
-            )
-        except ValueError:
-            arr = None  # CMYK / unusual JPEGs: PIL handles (or names) them below
+        arr = _turbo(img.data, tf_pixels, **kw)  # None: CMYK / unusual JPEGs, PIL below
         if arr is not None:
             return arr, denom if arr.shape[:2] != hw else 1
     return np.asarray(decode_pil(img.data, img.name)), 1
+
+
+def _turbo(data: bytes, fastdct: bool, **kw) -> np.ndarray | None:
+    """libjpeg-turbo's RGB decode (fancy upsampling), or None where it refuses (CMYK, ...).
+
+    A JPEG libjpeg only warns about (``Corrupt JPEG data: 27 extraneous bytes before marker
+    0xd9``) decodes, as TF's ``decode_jpeg`` and PIL decode it; simplejpeg's default ``strict``
+    raised, and the PIL fallback gave ISLOW pixels where slim's are IFAST (4-255 levels off TF
+    on such files). A truncated one (``Premature end of JPEG file``, no end-of-image marker)
+    stays refused, as TF refuses it."""
+    try:
+        return simplejpeg.decode_jpeg(
+            data, colorspace="RGB", fastdct=fastdct, fastupsample=False, **kw
+        )
+    except ValueError as exc:
+        if not str(exc).startswith("Corrupt JPEG data") or data.rstrip(b"\0")[-2:] != b"\xff\xd9":
+            return None
+    try:
+        return simplejpeg.decode_jpeg(
+            data, colorspace="RGB", fastdct=fastdct, fastupsample=False, strict=False, **kw
+        )
+    except ValueError:
+        return None
 
 
 def decode_pil(data: bytes, name: str) -> Image.Image:
     """RGB PIL image with PIL's pixels. JPEGs go through libjpeg-turbo directly (ISLOW DCT, fancy
     upsampling: the same pixels as PIL, tests/test_decode.py, ~5% less CPU); others through PIL."""
     if jpeg_size(data) is not None:
-        try:
-            return Image.fromarray(
-                simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False)
-            )
-        except ValueError:
-            pass  # CMYK / unusual JPEGs: PIL handles (or names) them below
+        arr = _turbo(data, fastdct=False)
+        if arr is not None:
+            return Image.fromarray(arr)  # else CMYK / unusual JPEGs: PIL handles (or names) them
     try:
         with Image.open(io.BytesIO(data)) as img:
             return _eight_bit(img, name).convert("RGB")
