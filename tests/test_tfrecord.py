@@ -391,6 +391,29 @@ def test_inspect_counts_each_split_of_a_folder_apart(tmp_path, capsys):
     }
 
 
+def test_to_tfrecord_keeps_camera_jpegs_and_reads_16_bit_images_as_tf(tmp_path, capsys):
+    """A camera JPEG with an MPF block (PIL's format "MPO") was re-encoded (up to 17 levels
+    off), where slim keeps every JPEG's bytes; a 16-bit PNG was clipped to white where TF's
+    decode_png keeps each value's high byte (tests/test_decode.py)."""
+    src = tmp_path / "img" / "a"
+    src.mkdir(parents=True)
+    photo = Image.open(sorted(foolbox_data().glob("imagenet_*.jpg"))[0]).convert("RGB")
+    photo.save(src / "cam.jpg", "MPO", save_all=True, append_images=[photo.resize((64, 64))])
+    assert Image.open(src / "cam.jpg").format == "MPO"
+    grey = (np.arange(128 * 128, dtype=np.uint16).reshape(128, 128) * 4).astype(np.uint16)
+    Image.fromarray(grey).save(src / "g16.png")
+    out = tmp_path / "records"
+    assert main(["data", "to-tfrecord", str(tmp_path / "img"), str(out), "--shards", "1"]) == 0
+    assert "1 re-encoded as JPEG quality 100" in capsys.readouterr().out
+    stored = {}
+    for rec in read_records(next(out.glob("train-*"))):
+        ex = parse_example(rec)
+        stored[ex["image/filename"][0].decode()] = ex["image/encoded"][0]
+    assert stored["cam.jpg"] == (src / "cam.jpg").read_bytes()
+    pixels = np.asarray(Image.open(io.BytesIO(stored["g16.png"])).convert("L"), dtype=float)
+    assert abs(pixels.mean() - (grey >> 8).mean()) < 1.0  # clipped: 255 nearly everywhere
+
+
 def test_imagefolder_to_tfrecord_and_inspect(tmp_path):
     data = foolbox_data()
     files = sorted(data.glob("imagenet_*.jpg"))[:5]

@@ -44,6 +44,12 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"wrote {info['records']} records of {info['classes']} classes to "
             f"{info['shards']} shards in {info['output']}"
+            + (
+                f"; {info['reencoded']} re-encoded as JPEG quality 100 (not JPEG, or CMYK),"
+                " as slim's build_imagenet_data.py does"
+                if info["reencoded"]
+                else ""
+            )
         )
         return 0
     info = tfrecord_tools.inspect_tfrecords(args.path)

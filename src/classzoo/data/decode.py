@@ -138,7 +138,7 @@ def decode_pil(data: bytes, name: str) -> Image.Image:
             return Image.fromarray(arr)  # else CMYK / unusual JPEGs: PIL handles (or names) them
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return _eight_bit(img, name).convert("RGB")
+            return eight_bit(img, name).convert("RGB")
     except (MemoryError, UnreadableImage):
         raise
     except Exception as exc:  # on bad bytes PIL's plugins raise OSError, ValueError,
@@ -146,7 +146,7 @@ def decode_pil(data: bytes, name: str) -> Image.Image:
         raise unreadable(name, exc) from None
 
 
-def _eight_bit(img: Image.Image, name: str) -> Image.Image:
+def eight_bit(img: Image.Image, name: str) -> Image.Image:
     """8-bit values of a 16-bit image (PNG, TIFF: PIL mode ``I;16``): their high byte, as TF's
     ``decode_png(dtype=uint8)`` (and DALI) give them. PIL's ``convert("RGB")`` clips them instead
     (every value >= 255 white: timm's and torchvision's loaders do that silently). A 32-bit

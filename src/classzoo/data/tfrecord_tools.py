@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from classzoo.data.class_index import imagenet_classes, is_imagenet_synsets, synset_index
-from classzoo.data.decode import decode_reason
+from classzoo.data.decode import decode_reason, eight_bit
 from classzoo.data.imagefolder import IMG_EXTENSIONS, images_under
 from classzoo.data.tfrecord_dataset import IMAGE_KEY, LABEL_KEY
 from classzoo.data.tfrecord_shards import find_shards, split_label
@@ -130,12 +130,15 @@ def _encode(path: str) -> tuple[bytes, int, int, bool]:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             width, height = im.size
-            if im.format == "JPEG" and im.mode in ("RGB", "L"):
+            # MPO: a camera's JPEG with an MPF block (PIL's name for it); TF and the ImageFolder
+            # route decode its first image, so its bytes stay as they are, like any JPEG's
+            if im.format in ("JPEG", "MPO") and im.mode in ("RGB", "L"):
                 return data, height, width, False
             out = io.BytesIO()
-            im.convert("RGB").save(out, "JPEG", quality=100)  # slim: encode_jpeg(quality=100)
+            # 16-bit PNG / TIFF: their high byte, as TF's decode_png reads them (not clipped)
+            eight_bit(im, path).convert("RGB").save(out, "JPEG", quality=100)  # slim: q 100
             return out.getvalue(), height, width, True
-    except MemoryError:
+    except (MemoryError, UserError):  # UserError: eight_bit's refusal names the file already
         raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBomb...
         raise UserError(f"cannot decode image {path}: {decode_reason(e)}") from None
