@@ -188,3 +188,35 @@ def test_training_on_imagenet_synset_folders_keeps_a_pretrained_1001_head(synset
     ckpt = str(run / "checkpoints" / "ckpt-000000001.pt")
     code, err = _cli(capsys, ["eval", "--checkpoint", ckpt, "--data-dir", str(root)])
     assert code == 0 and _top1(err) == 100.0, err
+
+
+def test_weights_without_class_names_need_the_order_where_timm_and_torchvision_differ(
+    tmp_path, capsys
+):
+    """Folders c2, c3, c10: torchvision's ImageFolder numbers them c10, c2, c3 (sorted names),
+    timm's ImageDataset c2, c3, c10 (natural order). Weights trained by timm scored 0 % where
+    timm scores 100 %, without an error. The truth: timm's own reader's class_to_idx."""
+    from timm.data.readers.reader_image_folder import find_images_and_targets
+
+    defaults = {"input_size": (3, 8, 8), "crop_pct": 1.0, "mean": (0,) * 3, "std": (1,) * 3}
+    for name, level in zip(("c2", "c3", "c10"), LEVELS):  # level k: logit k (_probe_file)
+        (tmp_path / "val" / name).mkdir(parents=True)
+        for i in range(4):
+            pixels = np.full((8, 8, 3), level, np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "val" / name / f"{i}.png")
+    _, timm_index = find_images_and_targets(str(tmp_path / "val"))
+    assert timm_index == {"c2": 0, "c3": 1, "c10": 2}  # the order the weights were trained in
+    with registered_model("test_order_probe", _Probe, {**defaults, "preset": "timm"}):
+        weights = _probe_file(tmp_path / "w.safetensors", 3, [0, 1, 2])
+        evaluate = ["eval", "--checkpoint", weights, "--model", "test_order_probe"]
+        evaluate += ["--set", "model.num_classes=3", "--data-dir", str(tmp_path)]
+        evaluate += ["--set", "data.num_workers=0", "--device", "cpu"]
+        code, err = _cli(capsys, evaluate)
+        assert code == EXIT_USER_ERROR
+        assert "logit 0 is folder 'c10' in torchvision's sorted order but 'c2' in timm's" in err
+        code, err = _cli(capsys, [*evaluate, "--set", "data.class_order=natural"])
+        assert code == 0 and _top1(err) == 100.0, err
+        assert "natural order 0..N-1 (timm's ImageDataset)" in err
+        code, err = _cli(capsys, [*evaluate, "--set", "data.class_order=sorted"])
+        assert code == 0 and _top1(err) == 0.0  # what the user asked for, said in the log
+        assert "sorted folder names 0..N-1 (torchvision's rule)" in err

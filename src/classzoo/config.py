@@ -132,6 +132,10 @@ class DataConfig:
     mean: list[float] | None = field(default=None, metadata=_range(0, 1, why=_UNIT))
     std: list[float] | None = field(default=None, metadata=_range(0, 1, lo_open=True, why=_UNIT))
     label_offset: int | None = None  # subtracted from stored labels; None -> model (slim: 1 or 0)
+    # class folders -> logits of weights that name no classes (data/class_index.py, rule 3):
+    # sorted (torchvision's ImageFolder) or natural (timm's ImageDataset: 2 before 10); None:
+    # refused where the two orders differ
+    class_order: str | None = field(default=None, metadata=_choices("sorted", "natural"))
     # timm train augmentation (preset "timm"); defaults are timm's train.py defaults
     # None -> interpolation; "random" = timm's train.py default (bilinear or bicubic per image)
     train_interpolation: str | None = field(

@@ -12,19 +12,28 @@ folders). So folders are matched by name, by the first rule that applies:
    k was logit k, also under a head with more logits than folders, e.g. a recipe's 1001);
 2. ImageNet-1k, when every folder is a WordNet id and the head has 1000 logits (timm's order,
    the sorted synsets) or 1001 (slim's: background at 0, synset k at k + 1);
-3. the sorted folder names 0..N-1, only when there are as many folders as logits.
+3. the folder names in order 0..N-1, only when there are as many folders as logits: sorted
+   (torchvision's ImageFolder) or natural (timm's ImageDataset, ``timm.utils.misc.natural_key``:
+   case-insensitive, digits as numbers, so 2 before 10). Weights that name no classes do not
+   say which order trained them: where the two differ, ``data.class_order`` must say.
 
 Anything else is one UserError naming the folder or the counts.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
 from classzoo.errors import UserError
+
+ORDERS = {
+    "sorted": "sorted folder names 0..N-1 (torchvision's rule)",
+    "natural": "folder names in natural order 0..N-1 (timm's ImageDataset)",
+}
 
 __all__ = [
     "ClassMatch",
@@ -60,6 +69,11 @@ def imagenet_head(folders: Sequence[str], num_logits: int) -> bool:
     return num_logits in (1000, 1001) and is_imagenet_synsets(folders)
 
 
+def natural_key(name: str) -> list:
+    """timm's ``natural_key`` (timm/utils/misc.py), which its ImageDataset sorts classes by."""
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", name.lower())]
+
+
 @dataclass(frozen=True)
 class ClassMatch:
     """Folder name -> logit index, the names of the logits, and the rule, in words."""
@@ -70,10 +84,15 @@ class ClassMatch:
 
 
 def match_class_folders(
-    folders: Sequence[str], num_logits: int, stored: Sequence[str] | None, where: str
+    folders: Sequence[str],
+    num_logits: int,
+    stored: Sequence[str] | None,
+    where: str,
+    order: str | None = None,
 ) -> ClassMatch:
     """Match the class ``folders`` found in ``where`` to a head of ``num_logits`` logits;
-    ``stored``: the class names the checkpoint was trained with (None when it has none)."""
+    ``stored``: the class names the checkpoint was trained with (None when it has none);
+    ``order``: rule 3's order, sorted or natural (None: refused where they differ)."""
     if stored and len(stored) > num_logits:
         raise UserError(
             f"the checkpoint was trained on {len(stored)} classes, the model has {num_logits} "
@@ -99,11 +118,26 @@ def match_class_folders(
         rule = "by name, to ImageNet-1k's synsets" + (" (slim: background at 0)" if shift else "")
         return ClassMatch(index, names, rule)
     if len(folders) == num_logits:
-        index = {f: i for i, f in enumerate(folders)}
-        return ClassMatch(index, tuple(folders), "sorted folder names 0..N-1 (torchvision's rule)")
+        return _by_order(sorted(folders), order, where)
     raise UserError(
         f"{where} has {len(folders)} class folders and the model {num_logits} logits, and "
         "neither the checkpoint's class names nor ImageNet's synsets name them: which logit "
         "scores which folder is unknown (set model.num_classes only if the model was trained "
         "on exactly these folders, in sorted order)"
+    )
+
+
+def _by_order(folders: list[str], order: str | None, where: str) -> ClassMatch:
+    """Rule 3: the i-th folder of ``order`` is logit i."""
+    natural = sorted(folders, key=natural_key)
+    if order is None and natural != folders:
+        k = next(i for i, (a, b) in enumerate(zip(folders, natural)) if a != b)
+        raise UserError(
+            f"{where}: the weights name no classes, and logit {k} is folder '{folders[k]}' in "
+            f"torchvision's sorted order but '{natural[k]}' in timm's natural order: set "
+            "data.class_order=sorted or natural, as the weights were trained"
+        )
+    chosen = natural if order == "natural" else folders
+    return ClassMatch(
+        {f: i for i, f in enumerate(chosen)}, tuple(chosen), ORDERS[order or "sorted"]
     )

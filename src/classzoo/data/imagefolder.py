@@ -90,7 +90,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     ) -> None:
         self.root = Path(root)
         found, self.files, self.targets = scan_imagefolder(self.root)
-        if classes is not None and found != classes:
+        if classes is not None and found != sorted(classes):
             extra = sorted(set(found) - set(classes))
             lacking = sorted(set(classes) - set(found))
             raise UserError(

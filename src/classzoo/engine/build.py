@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from classzoo.config import DataConfig, ModelConfig
-from classzoo.data.class_index import match_class_folders
+from classzoo.data.class_index import ORDERS, match_class_folders, natural_key
 from classzoo.data.datasets import build_dataset
 from classzoo.data.sampling import EvalBatchSampler, SeededDataset, TrainBatchSampler
 from classzoo.data.transforms import EvalPreprocess, TrainAugment, build_transform
@@ -111,17 +111,20 @@ def open_split(
     found = ds.classes if data.source == "imagefolder" else None
     location = str(Path(data.dir) / split) if found else "synthetic"
     n = len(found) if found else synthetic_classes
-    by = "sorted folder names 0..N-1 (torchvision's rule)" if found else None
+    by = ORDERS[data.class_order or "sorted"] if found else None
+    if found and data.class_order == "natural":  # timm's ImageDataset order: 2 before 10
+        found = sorted(found, key=natural_key)
+        ds.relabel({name: i for i, name in enumerate(found)})
     info = SplitInfo(data.source, location, len(ds), (), (), 0, n - 1, labels_by=by)
     return Split(ds, info, found, pipeline.batch)
 
 
 def labelled_by_logit(
-    split: Split, num_logits: int, stored: Sequence[str] | None
+    split: Split, num_logits: int, stored: Sequence[str] | None, order: str | None = None
 ) -> tuple[Split, tuple[str, ...]]:
     """The split's images labelled with the logit of their class, matched by name
-    (data/class_index.py), and the names of the logits."""
-    match = match_class_folders(split.classes, num_logits, stored, split.info.location)
+    (data/class_index.py; ``order``: data.class_order), and the names of the logits."""
+    match = match_class_folders(split.classes, num_logits, stored, split.info.location, order)
     split.dataset.relabel(match.index)
     labels = list(match.index.values())
     info = replace(split.info, label_min=min(labels), label_max=max(labels), labels_by=match.rule)

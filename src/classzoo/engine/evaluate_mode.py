@@ -74,7 +74,9 @@ def _check_head(ckpt: dict[str, Any], path: Path, num_logits: int) -> None:
         )
 
 
-def labelled_for(val: Split, resolved: Resolved, paths: list[Path]) -> tuple[Split, Resolved]:
+def labelled_for(
+    val: Split, resolved: Resolved, paths: list[Path], order: str | None
+) -> tuple[Split, Resolved]:
     """The val split labelled by the first classzoo checkpoint's classes (an ImageFolder;
     TFRecord labels are numbers already) and the record saying so (its ``classes``: the names
     of the logits, which every classzoo checkpoint evaluated must have been trained on; its
@@ -89,7 +91,7 @@ def labelled_for(val: Split, resolved: Resolved, paths: list[Path]) -> tuple[Spl
     if ckpt is not None:
         _check_head(ckpt, first, resolved.num_classes)
     stored = _stored_classes(ckpt)
-    val, names = labelled_by_logit(val, resolved.num_classes, stored)
+    val, names = labelled_by_logit(val, resolved.num_classes, stored, order)
     return val, replace(resolved, classes=names, data={**resolved.data, "val": val.info})
 
 

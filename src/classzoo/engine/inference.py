@@ -188,7 +188,7 @@ def prepare(
     classes = list(stored_classes) if stored_classes else None
     n = int(getattr(net, "num_classes", n or 0))
     if split is not None and split.classes:  # an ImageFolder: its folders matched to logits
-        split, names = labelled_by_logit(split, n, stored_classes)
+        split, names = labelled_by_logit(split, n, stored_classes, asked.data.class_order)
         classes = list(names)
     data = {"eval": split.info} if split is not None else {}
     resolved = resolve(asked, device, world_size, defaults, n, classes, data, weights, None)

@@ -97,7 +97,7 @@ def run(
             asked_build = with_values(asked, {"model.checkpoint": None}, "mode evaluate")
             s = set_up(asked_build, env, need_train=False, need_val=True)
             paths = checkpoint_paths(asked.model.checkpoint)
-            s.val, s.resolved = labelled_for(s.val, s.resolved, paths)
+            s.val, s.resolved = labelled_for(s.val, s.resolved, paths, asked.data.class_order)
         else:
             s = set_up(asked, env, need_train=True, need_val=mode != "train")
         if s.train is not None:  # a loader that cannot serve it: before the folder exists
