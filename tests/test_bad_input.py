@@ -205,3 +205,16 @@ def test_eval_with_more_workers_than_cpus_says_so_in_one_line(tmp_path, small_im
     assert proc.returncode == 0, proc.stderr
     assert "worker processes in total" not in proc.stderr
     assert f"{cores} loader workers (data.num_workers {cores + 2}; {cores} CPUs)" in proc.stderr
+
+
+def test_class_names_in_two_unicode_forms_are_told_apart(tmp_path):
+    """macOS writes 'café' decomposed (NFD), most tools composed (NFC): the line said
+    "extra: ['café'], missing: ['café']", two names that print alike."""
+    import unicodedata
+
+    data = tmp_path / "data"
+    write_imagefolder(data / "train", {unicodedata.normalize("NFC", "café"): 2, "b": 2}, seed=1)
+    write_imagefolder(data / "val", {unicodedata.normalize("NFD", "café"): 1, "b": 1}, seed=2)
+    argv = ["train", "--recipe", "quickstart", "--data-dir", str(data), "--max-steps", "1"]
+    proc = classzoo(*argv, "--output-dir", str(tmp_path / "r"))
+    assert_one_line_error(proc, "spelt with the other Unicode form of its accents (NFD here")

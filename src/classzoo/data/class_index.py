@@ -23,6 +23,7 @@ Anything else is one UserError naming the folder or the counts.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -41,6 +42,7 @@ __all__ = [
     "imagenet_head",
     "is_imagenet_synsets",
     "match_class_folders",
+    "unicode_note",
 ]
 
 
@@ -72,6 +74,20 @@ def imagenet_head(folders: Sequence[str], num_logits: int) -> bool:
 def natural_key(name: str) -> list:
     """timm's ``natural_key`` (timm/utils/misc.py), which its ImageDataset sorts classes by."""
     return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", name.lower())]
+
+
+def unicode_note(names: list[str], others: list[str]) -> str:
+    """Why two lists of names that print alike differ: one spelling of an accented letter in
+    each (macOS writes file names decomposed, NFD; most other tools composed, NFC)."""
+    composed = {unicodedata.normalize("NFC", n) for n in others}
+    same = [n for n in names if unicodedata.normalize("NFC", n) in composed]
+    if not same:
+        return ""
+    form = "NFD" if unicodedata.is_normalized("NFD", same[0]) else "NFC"
+    return (
+        f"; {same[0]!r} is spelt with the other Unicode form of its accents ({form} here: "
+        "macOS writes names decomposed); rename one folder so both spell it alike"
+    )
 
 
 @dataclass(frozen=True)
@@ -107,6 +123,7 @@ def match_class_folders(
             raise UserError(
                 f"class folder {where}/{unknown[0]} is not one of the {len(stored)} classes the "
                 f"checkpoint was trained on ({shown}): its images have no logit to be scored by"
+                + unicode_note(unknown, list(stored))
             )
         index = {f: position[f] for f in folders}
         return ClassMatch(index, tuple(stored), "by name, to the checkpoint's classes")

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from classzoo.data import decode
+from classzoo.data.class_index import unicode_note
 from classzoo.errors import UserError
 
 log = logging.getLogger("classzoo")
@@ -95,7 +96,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             lacking = sorted(set(classes) - set(found))
             raise UserError(
                 f"class folders of {self.root} differ from the training classes"
-                f" (extra: {extra[:5]}, missing: {lacking[:5]})"
+                f" (extra: {extra[:5]}, missing: {lacking[:5]}){unicode_note(extra, lacking)}"
             )
         self.classes = found
         self.positions = self.targets  # each image's folder position (targets until relabel)
