@@ -56,8 +56,33 @@ def test_unreadable_image_is_named(tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
     # the image is decoded in a DataLoader worker process: the error must still be one line
     proc = classzoo("train", *TRAIN, "--data-dir", str(data), "--output-dir", str(tmp_path / "r"))
-    assert_one_line_error(proc, f"unreadable image {bad}")
+    assert_one_line_error(proc, f"unreadable image {bad}", "data.skip_corrupt=true skips such")
     assert "BytesIO" not in proc.stderr  # PIL's in-memory file object is not the user's file
+
+
+def test_macos_metadata_and_other_files_are_left_out_and_named(tmp_path):
+    """A copy from a Mac leaves ``._name.jpg`` AppleDouble files (magic 0x00051607, RFC 1740)
+    beside each image: torchvision lists them as images, and the run stopped at the first one
+    mid-epoch. Files that are not images were left out without a word."""
+    from PIL import Image, UnidentifiedImageError
+
+    data = write_imagefolder(tmp_path / "d" / "train", {"a": 4, "b": 4}).parent
+    write_imagefolder(data / "val", {"a": 1, "b": 1})
+    for folder in ("a", "b"):
+        (data / "train" / folder / "._00000.png").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    (data / "train" / "a" / "notes.txt").write_text("not an image")
+    (data / "train" / "a" / ".DS_Store").write_bytes(bytes(8))
+    with pytest.raises(UnidentifiedImageError):  # what torchvision's loader meets
+        Image.open(data / "train" / "a" / "._00000.png")
+    out = tmp_path / "r"
+    proc = classzoo("train", *TRAIN, "--data-dir", str(data), "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "train: 8 images" in proc.stderr
+    assert "train: not used: 2 ._* files (macOS AppleDouble metadata, not images)" in proc.stderr
+    assert (
+        "train: not used: 1 *.txt files (not one of torchvision's image extensions)" in proc.stderr
+    )
+    assert ".DS_Store" not in proc.stderr
 
 
 def test_output_dir_under_a_file(tmp_path, small_imagefolder):

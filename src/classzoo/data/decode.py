@@ -25,7 +25,9 @@ from PIL import Image
 from classzoo.errors import UserError
 
 DECODERS = ("pil", "tf")
-DCT_DENOMINATORS = (8, 4, 2)  # the power-of-two scales libjpeg's IDCT gives exactly
+DCT_DENOMINATORS = (8, 4, 2)
+# appended where a damaged file stops a run: the way on, if the file may be left out
+SKIP_HINT = " (data.skip_corrupt=true skips such files, each named in the log)"  # the power-of-two scales libjpeg's IDCT gives exactly
 
 
 class UnreadableImage(UserError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,8 +21,11 @@ log = logging.getLogger("classzoo")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-def scan_imagefolder(root: Path) -> tuple[list[str], list[str], np.ndarray]:
-    """Classes (sorted folder names), file paths and integer labels, in a deterministic order."""
+def scan_imagefolder(
+    root: Path, ignored: Counter | None = None
+) -> tuple[list[str], list[str], np.ndarray]:
+    """Classes (sorted folder names), file paths and integer labels, in a deterministic order;
+    ``ignored`` counts the files left out, by kind (see :func:`images_under`)."""
     if not root.is_dir():
         raise UserError(f"data folder {root} does not exist")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
@@ -33,7 +37,7 @@ def scan_imagefolder(root: Path) -> tuple[list[str], list[str], np.ndarray]:
     labels: list[int] = []
     for label, name in enumerate(classes):
         folder = root / name
-        names = images_under(str(folder))
+        names = images_under(str(folder), ignored)
         if not names:
             raise UserError(f"class folder {folder} holds no images ({', '.join(IMG_EXTENSIONS)})")
         files.extend(names)
@@ -41,10 +45,15 @@ def scan_imagefolder(root: Path) -> tuple[list[str], list[str], np.ndarray]:
     return classes, files, np.asarray(labels, dtype=np.int64)
 
 
-def images_under(folder: str) -> list[str]:
+def images_under(folder: str, ignored: Counter | None = None) -> list[str]:
     """Image files anywhere under a class folder, in torchvision's order (``sorted(os.walk(
     folder, followlinks=True))``, then sorted names): its ImageFolder walks class folders
-    recursively. A broken symbolic link is a UserError here, not a failure mid-epoch."""
+    recursively. A broken symbolic link is a UserError here, not a failure mid-epoch.
+
+    Left out, and counted in ``ignored`` by kind: files without one of torchvision's image
+    extensions (hidden ones, such as .DS_Store, are not counted), and macOS's AppleDouble
+    files (``._name.jpg``: metadata a copy from a Mac leaves beside each file; torchvision
+    lists them as images and then fails to decode them mid-epoch)."""
     found: list[tuple[str, list[str]]] = []
     seen: set[str] = set()  # real paths: a link back up the tree would walk for ever
     stack = [folder]
@@ -61,9 +70,29 @@ def images_under(folder: str) -> list[str]:
             elif e.name.lower().endswith(IMG_EXTENSIONS):
                 if not e.is_file():
                     raise UserError(f"image {e.path} is a broken link or not a regular file")
+                if e.name.startswith("._") and _apple_double(e.path):
+                    _count(ignored, "._* files", "macOS AppleDouble metadata, not images")
+                    continue
                 names.append(e.name)
+            elif not e.name.startswith("."):
+                kind = f"*{os.path.splitext(e.name)[1].lower()}" if "." in e.name else e.name
+                _count(ignored, f"{kind} files", "not one of torchvision's image extensions")
         found.append((top, sorted(names)))
     return [os.path.join(top, n) for top, names in sorted(found) for n in names]
+
+
+def _apple_double(path: str) -> bool:
+    """Whether the file starts with AppleDouble's magic number 0x00051607 (RFC 1740)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x00\x05\x16\x07"
+    except OSError:
+        return False
+
+
+def _count(ignored: Counter | None, kind: str, why: str) -> None:
+    if ignored is not None:
+        ignored[(kind, why)] += 1
 
 
 def load_rgb(path: str, decoder: str = "pil"):
@@ -90,7 +119,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         classes: list[str] | None = None,
     ) -> None:
         self.root = Path(root)
-        found, self.files, self.targets = scan_imagefolder(self.root)
+        left_out: Counter = Counter()
+        found, self.files, self.targets = scan_imagefolder(self.root, left_out)
+        # (what, why) pairs for the record's "not used" lines, as TFRecord folders list theirs
+        self.ignored = tuple((f"{n} {kind}", why) for (kind, why), n in sorted(left_out.items()))
         if classes is not None and found != sorted(classes):
             extra = sorted(set(found) - set(classes))
             lacking = sorted(set(classes) - set(found))
@@ -126,7 +158,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 return self._load(self.files[i]), int(self.targets[i])
             except decode.UnreadableImage as exc:
                 if not self.skip_corrupt:
-                    raise
+                    raise decode.UnreadableImage(f"{exc}{decode.SKIP_HINT}", exc.cause) from None
                 log.warning("skipped: %s", exc)
         raise UserError(f"no readable image in {self.root}")
 

@@ -18,7 +18,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from classzoo.data.decode import EncodedImage, UnreadableImage, decode_pil, decode_tf
+from classzoo.data.decode import (
+    SKIP_HINT,
+    EncodedImage,
+    UnreadableImage,
+    decode_pil,
+    decode_tf,
+)
 from classzoo.data.labels import check_labels
 from classzoo.data.tfrecord_index import index_shards
 from classzoo.data.tfrecord_shards import find_shards
@@ -226,7 +232,7 @@ class TFRecordImageDataset(torch.utils.data.Dataset):
                 return self._sample((i + step) % n)
             except CorruptRecordError as e:
                 if not self.skip_corrupt:
-                    raise
+                    raise CorruptRecordError(f"{e}{SKIP_HINT}") from None
                 log.warning("skipping %s", e)
         raise UserError(f"every record of {len(self.shards)} TFRecord shards is corrupt")
 

@@ -115,7 +115,8 @@ def open_split(
     if found and data.class_order == "natural":  # timm's ImageDataset order: 2 before 10
         found = sorted(found, key=natural_key)
         ds.relabel({name: i for i, name in enumerate(found)})
-    info = SplitInfo(data.source, location, len(ds), (), (), 0, n - 1, labels_by=by)
+    ignored = getattr(ds, "ignored", ())  # an ImageFolder's files left out, by kind
+    info = SplitInfo(data.source, location, len(ds), (), ignored, 0, n - 1, labels_by=by)
     return Split(ds, info, found, pipeline.batch)
 
 
