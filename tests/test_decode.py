@@ -27,13 +27,15 @@ def test_decode_pil_equals_pil_on_real_jpegs():
 
 
 def test_cmyk_and_png_fall_back_to_pil():
+    """PNGs (either decoder) and CMYK JPEGs (PIL's decoder) are PIL's pixels; the TF decoder's
+    CMYK pixels are TF's own (tests/test_tf_preprocessing.py)."""
     rng = np.random.default_rng(0)
-    for mode, fmt in (("CMYK", "JPEG"), ("L", "PNG"), ("RGB", "PNG")):
+    for mode, fmt, name in (("CMYK", "JPEG", "pil"), ("L", "PNG", "tf"), ("RGB", "PNG", "tf")):
         channels = {"CMYK": 4, "L": 1, "RGB": 3}[mode]
         arr = (rng.random((12, 9, channels)) * 255).astype(np.uint8).squeeze()
         buf = io.BytesIO()
         Image.fromarray(arr, mode).save(buf, fmt)
-        ours = np.asarray(decoder("tf")(buf.getvalue(), "x"))
+        ours = np.asarray(decoder(name)(buf.getvalue(), "x"))
         np.testing.assert_array_equal(
             ours, np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
         )

@@ -382,3 +382,30 @@ def test_a_jpeg_libjpeg_only_warns_about_decodes_as_tf_decodes_it(photos):
         tf.io.decode_jpeg(truncated, channels=3).numpy()
     with pytest.raises(UnreadableImage, match="t.jpg"):
         decode_tf(truncated, "t.jpg")
+
+
+def _without_adobe_marker(data: bytes) -> bytes:
+    """The JPEG with its APP14 "Adobe" segment cut out (libjpeg then reads plain CMYK)."""
+    out, i = bytearray(data[:2]), 2
+    while data[i] == 0xFF and data[i + 1] != 0xDA:
+        end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        if not (data[i + 1] == 0xEE and data[i + 4 : i + 9] == b"Adobe"):
+            out += data[i:end]
+        i = end
+    return bytes(out + data[i:])
+
+
+def test_cmyk_jpegs_decode_to_tfs_pixels(photos):
+    """TF converts libjpeg's CMYK itself, inverted where an Adobe marker says so (Photoshop's
+    CMYK); classzoo converted through PIL, up to 5 levels off TF."""
+    from classzoo.data.decode import EncodedImage, decode_scaled, decode_tf
+
+    for data in photos[:3]:
+        buf = io.BytesIO()
+        _pil(data).convert("CMYK").save(buf, "JPEG", quality=90)
+        for cmyk in (buf.getvalue(), _without_adobe_marker(buf.getvalue())):
+            truth = tf.io.decode_jpeg(cmyk, channels=3).numpy()
+            np.testing.assert_array_equal(decode_tf(cmyk, "c.jpg"), truth)
+            scaled, d = decode_scaled(EncodedImage(cmyk, "c.jpg"), tf_pixels=True, denom=2)
+            assert d == 1  # decoded whole: the caller samples full-resolution coordinates
+            np.testing.assert_array_equal(scaled, truth)

@@ -97,6 +97,10 @@ def decode_scaled(img: EncodedImage, tf_pixels: bool, denom: int = 1) -> tuple[n
     """HWC uint8 RGB decoded at 1/``denom`` of the full size (JPEGs only; others, and JPEGs
     libjpeg-turbo's RGB path refuses, are decoded whole by PIL) and the denominator used.
     ``tf_pixels``: TF's default IFAST DCT (slim), else PIL's ISLOW; fancy upsampling both."""
+    if tf_pixels and _is_cmyk(img.data):
+        arr = _tf_cmyk(img.data)  # whole: EncodedImage.size read its header through PIL
+        if arr is not None:
+            return arr, 1
     hw = jpeg_size(img.data)
     if hw is not None:
         kw = {}
@@ -106,6 +110,42 @@ def decode_scaled(img: EncodedImage, tf_pixels: bool, denom: int = 1) -> tuple[n
         if arr is not None:
             return arr, denom if arr.shape[:2] != hw else 1
     return np.asarray(decode_pil(img.data, img.name)), 1
+
+
+def _is_cmyk(data: bytes) -> bool:
+    if data[:2] != b"\xff\xd8":
+        return False
+    try:
+        return simplejpeg.decode_jpeg_header(data)[2] in ("CMYK", "YCCK")
+    except ValueError:
+        return False
+
+
+def _tf_cmyk(data: bytes) -> np.ndarray | None:
+    """TF's ``decode_jpeg(channels=3)`` of a CMYK or YCCK JPEG: libjpeg's CMYK (IFAST DCT), then
+    per channel ``x * k // 255`` where the file has an Adobe APP14 marker (Photoshop's inverted
+    CMYK), else ``(255 - x) * (255 - k) // 255`` (tensorflow/core/lib/jpeg/jpeg_mem.cc; both
+    equal to TF 2.21's pixels, tests/test_tf_preprocessing.py). PIL's conversion was up to 5
+    levels off. None where libjpeg-turbo refuses the file (PIL then decides)."""
+    try:
+        cmyk = simplejpeg.decode_jpeg(data, colorspace="CMYK", fastdct=True, fastupsample=False)
+    except ValueError:
+        return None
+    x, k = cmyk[..., :3].astype(np.uint16), cmyk[..., 3:].astype(np.uint16)
+    if not _adobe_marker(data):
+        x, k = 255 - x, 255 - k
+    return (x * k // 255).astype(np.uint8)
+
+
+def _adobe_marker(data: bytes) -> bool:
+    """Whether an APP14 segment says "Adobe" before the first scan (libjpeg's
+    ``saw_Adobe_marker``)."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF and data[i + 1] != 0xDA:  # 0xDA: start of scan
+        if data[i + 1] == 0xEE and data[i + 4 : i + 9] == b"Adobe":
+            return True
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return False
 
 
 def _turbo(data: bytes, fastdct: bool, **kw) -> np.ndarray | None:
