@@ -243,3 +243,26 @@ def test_class_names_in_two_unicode_forms_are_told_apart(tmp_path):
     argv = ["train", "--recipe", "quickstart", "--data-dir", str(data), "--max-steps", "1"]
     proc = classzoo(*argv, "--output-dir", str(tmp_path / "r"))
     assert_one_line_error(proc, "spelt with the other Unicode form of its accents (NFD here")
+
+
+def test_a_damaged_image_mid_epoch_keeps_the_steps_done(tmp_path):
+    """The run stopped at a damaged file found mid-epoch and lost every step since its last
+    checkpoint; now those steps are saved first, and a resume with data.skip_corrupt=true
+    continues from them. (Seed 0 fetches the damaged file's batch after the first step.)"""
+    import re
+
+    data = write_imagefolder(tmp_path / "d" / "train", {"a": 8, "b": 8}).parent
+    write_imagefolder(data / "val", {"a": 2, "b": 2})
+    (data / "train" / "b" / "00003.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    out = tmp_path / "r"
+    argv = ["train", "--recipe", "quickstart", "--data-dir", str(data), "--output-dir", str(out)]
+    argv += ["--set", "data.batch_size=2", "--set", "data.num_workers=2", "--epochs", "1"]
+    proc = classzoo(*argv)
+    assert_one_line_error(proc, "unreadable image", "steps done are saved: --resume auto")
+    step = int(re.search(r"the (\d+) steps done are saved", proc.stderr).group(1))
+    assert step > 0 and (out / "checkpoints" / f"ckpt-{step:09d}.pt").is_file()
+    proc = classzoo(*argv, "--resume", "auto", "--set", "data.skip_corrupt=true")
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        f"resumed from {out / 'checkpoints' / f'ckpt-{step:09d}.pt'} at step {step}" in proc.stderr
+    )

@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import re
 import sys
 
 from classzoo.cli.common import HelpFormatter
-from classzoo.errors import UserError
+from classzoo.errors import UserError, one_line
 
 # The verbs, in the order `classzoo --help` lists them; each is classzoo.cli.<module>.
 VERBS = {
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below
         return code
     except UserError as exc:
-        _report(f"classzoo: error: {_one_line(exc)}", "error")
+        _report(f"classzoo: error: {one_line(exc)}", "error")
         return UserError.exit_code
     except KeyboardInterrupt:
         print("classzoo: interrupted", file=sys.stderr)
@@ -97,17 +96,6 @@ def _silence_stdout() -> None:
         pass
     finally:
         os.close(devnull)
-
-
-def _one_line(exc: Exception) -> str:
-    """The user's line, also when a DataLoader worker wrapped the error in its traceback text."""
-    text = str(exc)
-    # torch re-raises a worker's error as "Caught X in DataLoader worker ...\n<traceback>\n
-    # module.X: message": the user's line is the one after the original class name
-    wrapped = re.findall(rf"^classzoo\.[\w.]*{type(exc).__name__}: (.*)$", text, re.M)
-    if wrapped:
-        text = wrapped[-1]
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 __all__ = ["build_parser", "main"]

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from classzoo.data.decode import UnreadableImage
 from classzoo.data.device import Prefetcher
 from classzoo.data.sampling import TrainBatchSampler, global_batches
 from classzoo.engine.devices import traits
@@ -30,6 +31,8 @@ from classzoo.engine.distributed import DistEnv, all_reduce_sum
 from classzoo.engine.logs import Progress
 from classzoo.engine.precision import autocast
 from classzoo.engine.state import TrainState
+from classzoo.errors import UserError, one_line
+from classzoo.formats.tfrecord import CorruptRecordError
 
 log = logging.getLogger("classzoo")
 
@@ -292,9 +295,12 @@ def train(
         # have it
         evaluate_after_epoch(False)
     while state.pos.step < loop.total_steps and reason != "stop":
-        reason, n, dt = train_one_epoch(
-            state, net, loader, sampler, loop, env, hooks, bar, batch_fn
-        )
+        try:
+            reason, n, dt = train_one_epoch(
+                state, net, loader, sampler, loop, env, hooks, bar, batch_fn
+            )
+        except (UnreadableImage, CorruptRecordError) as exc:
+            raise _saved_before(exc, hooks, env, state.pos.step) from None
         images, seconds = images + n, seconds + dt
         hooks.save()
         if reason == "stop" or evaluate_after_epoch is None:
@@ -315,6 +321,17 @@ def train(
         "train_time_s": seconds,
         "stopped": reason == "stop",
     }
+
+
+def _saved_before(exc: UserError, hooks: Hooks, env: DistEnv, step: int) -> UserError:
+    """A damaged file stops the run when its batch is fetched, before the step that would use
+    it: the steps done so far are saved first (a bad file found mid-epoch lost every step since
+    the last checkpoint). One process only: on several, the other ranks wait in a collective
+    the failing one never joins, and the last periodic checkpoint is what --resume continues."""
+    if env.world_size > 1 or step == 0:
+        return exc
+    hooks.save()
+    return type(exc)(f"{one_line(exc)}; the {step} steps done are saved: --resume auto continues")
 
 
 def _unscored_on_resume(state: TrainState, loop: LoopConfig, hooks: Hooks) -> bool:
