@@ -25,9 +25,9 @@ from PIL import Image
 from classzoo.errors import UserError
 
 DECODERS = ("pil", "tf")
-DCT_DENOMINATORS = (8, 4, 2)
+DCT_DENOMINATORS = (8, 4, 2)  # the power-of-two scales libjpeg's IDCT gives exactly
 # appended where a damaged file stops a run: the way on, if the file may be left out
-SKIP_HINT = " (data.skip_corrupt=true skips such files, each named in the log)"  # the power-of-two scales libjpeg's IDCT gives exactly
+SKIP_HINT = " (data.skip_corrupt=true skips such files, each named in the log)"
 
 
 class UnreadableImage(UserError):
@@ -75,13 +75,22 @@ class EncodedImage:
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
     """(height, width) of a JPEG libjpeg-turbo decodes to RGB itself, else None."""
+    head = _jpeg_header(data)
+    return None if head is None or head[2] in _CMYK else head[:2]
+
+
+_CMYK = ("CMYK", "YCCK")
+
+
+def _jpeg_header(data: bytes) -> tuple[int, int, str] | None:
+    """(height, width, colorspace) of a JPEG libjpeg-turbo reads, else None."""
     if data[:2] != b"\xff\xd8":
         return None
     try:
         h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
         return None
-    return None if colorspace in ("CMYK", "YCCK") else (h, w)
+    return h, w, colorspace
 
 
 def dct_denominator(region_hw: tuple[float, float], out_hw: tuple[int, int]) -> int:
@@ -97,11 +106,12 @@ def decode_scaled(img: EncodedImage, tf_pixels: bool, denom: int = 1) -> tuple[n
     """HWC uint8 RGB decoded at 1/``denom`` of the full size (JPEGs only; others, and JPEGs
     libjpeg-turbo's RGB path refuses, are decoded whole by PIL) and the denominator used.
     ``tf_pixels``: TF's default IFAST DCT (slim), else PIL's ISLOW; fancy upsampling both."""
-    if tf_pixels and _is_cmyk(img.data):
-        arr = _tf_cmyk(img.data)  # whole: EncodedImage.size read its header through PIL
-        if arr is not None:
+    head = _jpeg_header(img.data)
+    if head is not None and head[2] in _CMYK:
+        arr = _tf_cmyk(img.data) if tf_pixels else None  # whole: the caller's crop is in
+        if arr is not None:  # full-resolution pixels (EncodedImage.size reads PIL's header)
             return arr, 1
-    hw = jpeg_size(img.data)
+    hw = head[:2] if head is not None and head[2] not in _CMYK else None
     if hw is not None:
         kw = {}
         if denom > 1:  # libjpeg rounds scaled sizes up: ceil(size / d)
@@ -110,15 +120,6 @@ def decode_scaled(img: EncodedImage, tf_pixels: bool, denom: int = 1) -> tuple[n
         if arr is not None:
             return arr, denom if arr.shape[:2] != hw else 1
     return np.asarray(decode_pil(img.data, img.name)), 1
-
-
-def _is_cmyk(data: bytes) -> bool:
-    if data[:2] != b"\xff\xd8":
-        return False
-    try:
-        return simplejpeg.decode_jpeg_header(data)[2] in ("CMYK", "YCCK")
-    except ValueError:
-        return False
 
 
 def _tf_cmyk(data: bytes) -> np.ndarray | None:

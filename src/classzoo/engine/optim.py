@@ -177,7 +177,8 @@ def _check_sched_keys(cfg: SchedConfig, epochs: float) -> None:
     }
     if cfg.name == "cosine" and cfg.t_max is not None and cfg.cooldown_epochs:
         unused["cooldown_epochs"] = "with sched.t_max (which sets the cosine's period)"
-    for key, why in unused.items():
+    if unused:
+        key, why = next(iter(unused.items()))
         raise UserError(
             f"sched.{key}={getattr(cfg, key)} has no effect {why}; leave it at its default "
             f"(--set sched.{key}={_yaml(getattr(default, key))})"
