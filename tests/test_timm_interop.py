@@ -4,7 +4,9 @@ weights through timm's own hub cache without a network."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -219,4 +221,16 @@ def test_eval_of_timm_weights_uses_validate_py_preprocessing(tmp_path, capsys):
     argv = ["eval", "--model", "resnet10t", "--checkpoint", str(weights), "--json"]
     argv += ["--data-dir", str(tmp_path / "val"), "--set", "data.num_workers=0"]
     assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(truth, rel=1e-5)
+    # the file timm's train.py writes (its CheckpointSaver, with train.py's argparse.Namespace
+    # under "args"): refused by the weights-only unpickler before, which timm's loader allows
+    from timm.utils import CheckpointSaver
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    saver = CheckpointSaver(model, optimizer, args=argparse.Namespace(model="resnet10t"))
+    saver.checkpoint_dir = saver.recovery_dir = str(tmp_path / "timm")
+    os.makedirs(saver.checkpoint_dir)
+    saver.save_checkpoint(epoch=0, metric=1.0)
+    best = tmp_path / "timm" / "model_best.pth.tar"
+    assert main([*argv[:4], str(best), *argv[5:]]) == 0
     assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(truth, rel=1e-5)

@@ -23,6 +23,7 @@ classzoo reads (``formats.checkpoint_schema``). Every failure is one line naming
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import hmac
 import logging
@@ -334,8 +335,9 @@ _BOILERPLATE = ("Weights only load failed", "(1)", "(2)", "Please file", "Check 
 def _torch_reason(exc: Exception) -> str:
     """The informative line of torch.load's message. Weights-only refusals are paragraphs
     ("Weights only load failed ... (1) In PyTorch 2.6 ... WeightsUnpickler error: <reason>",
-    then a documentation link); the reason is after the marker, or the first other line."""
-    text = str(exc)
+    then a documentation link); the reason is after the marker, or the first other line, less
+    torch's advice to call add_safe_globals (a Python call: no way out for a CLI user)."""
+    text = re.sub(r"\s*Please use `?torch\.serialization\.add_safe_globals.*", "", str(exc))
     marker = "WeightsUnpickler error:"
     if marker in text:
         after = [s.strip() for s in text.split(marker, 1)[1].splitlines() if s.strip()]
@@ -362,7 +364,10 @@ def load_checkpoint_file(path: str | Path, *, require_digest: bool = False) -> d
     try:
         with warnings.catch_warnings():  # a crafted protocol byte: one error line, not a warning
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            # timm's train.py stores its argparse.Namespace under "args"; timm's own loader
+            # allows that one class (timm/models/_helpers.py), so classzoo does too
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zips, refused globals, bad storages, MemoryError...
         raise UserError(f"cannot read checkpoint {path}: {_torch_reason(exc)}") from None
     checked = check_checkpoint(obj, f"checkpoint {path}")
