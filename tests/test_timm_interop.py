@@ -52,6 +52,21 @@ def _python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
+def test_a_probe_for_timm_before_importing_it_keeps_the_slim_models():
+    """``importlib.util.find_spec("timm")`` (how libraries ask whether timm is installed) took
+    classzoo's import hook away, so the later ``import timm`` left the slim models out."""
+    proc = _python(
+        """
+        import importlib.util, classzoo
+        assert importlib.util.find_spec("timm") is not None
+        import timm
+        print(timm.list_models("slim*"))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "slim_resnet_v1_50" in proc.stdout and "slim_inception_v4" in proc.stdout
+
+
 def test_import_classzoo_then_timm_creates_every_slim_model_with_true_data_config():
     proc = _python(
         f"""

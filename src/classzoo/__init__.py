@@ -38,17 +38,24 @@ class _AfterTimmImport(MetaPathFinder):
     ``import classzoo, timm; timm.create_model("slim_resnet_v1_50")`` works in either order.
     """
 
+    searching = False  # find_spec below asks the finders again, this one included
+
     def find_spec(self, name, path=None, target=None):
-        if name != "timm":
+        if name != "timm" or self.searching:
             return None
-        sys.meta_path.remove(self)  # once; timm's own submodules import normally
-        spec = importlib.util.find_spec(name)  # the other finders (site-packages, editable)
+        self.searching = True
+        try:  # the other finders (site-packages, editable); a probe of whether timm is
+            spec = importlib.util.find_spec(name)  # installed gets a spec too, not an import
+        finally:
+            self.searching = False
         if spec is None or spec.loader is None:
             return spec
         exec_module = spec.loader.exec_module
 
         def exec_then_register(module):
             exec_module(module)
+            if self in sys.meta_path:  # once timm is imported; its submodules import normally
+                sys.meta_path.remove(self)
             _register_with_timm()
 
         spec.loader.exec_module = exec_then_register  # this spec's own loader instance
