@@ -130,12 +130,24 @@ def test_features_only_gives_slim_end_points():
         torch.manual_seed(0)
         feats = timm.create_model(name, features_only=True).eval()
         assert feats.feature_info.channels() == channels
+        torch.manual_seed(0)  # classzoo's factory takes timm's options too (it had refused them)
+        ours = classzoo.create_model(name, features_only=True).eval()
+        assert ours.feature_info.channels() == channels
+        assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), feats.parameters()))
         assert feats.feature_info.reduction() == [2, 4, 8, 16, 32]
         if "inception" in name:
             x = torch.randn(1, 3, 107, 107)  # the smallest size its VALID convs accept
         with torch.no_grad():
             out = feats(x)
         assert [o.shape[1] for o in out] == channels
+
+
+def test_a_bad_value_is_not_called_an_unknown_argument():
+    """Any TypeError had been reported as "does not take these arguments [...]"."""
+    with pytest.raises(classzoo.UserError, match="'resnet10t' cannot be built with {'num_classes': '10'}"):
+        classzoo.create_model("resnet10t", num_classes="10")
+    with pytest.raises(classzoo.UserError, match="'slim_resnet_v1_50' does not take .*'colour'"):
+        classzoo.create_model("slim_resnet_v1_50", colour=1)
 
 
 @pytest.mark.slow
@@ -175,6 +187,7 @@ def test_pretrained_loads_timms_hub_cache_file_and_fails_fast_without_it(tmp_pat
     (repo / "refs" / "main").write_text("a" * 40)
     save_file(reference.state_dict(), str(snap / "model.safetensors"))
     torch.save(reference.state_dict(), tmp_path / "ref.pt")
+    torch.save(timm.create_model("resnet10t").state_dict(), tmp_path / "other.pt")
     code = f"""
         import time, torch
         from classzoo.models import registry
@@ -182,6 +195,16 @@ def test_pretrained_loads_timms_hub_cache_file_and_fails_fast_without_it(tmp_pat
         net = registry.build("resnet10t", None, pretrained=True)
         ref = torch.load({str(tmp_path / "ref.pt")!r})
         print("same", all(torch.equal(v, ref[k]) for k, v in net.state_dict().items()))
+        # timm's pretrained_cfg_overlay: its keys reach the cfg, and a local file of its own
+        # is loaded offline (both refused before: "multiple values", "not in the cache")
+        net = registry.build(
+            "resnet10t", None, pretrained=True, pretrained_cfg_overlay={{"mean": (0.1, 0.2, 0.3)}}
+        )
+        print("mean", net.pretrained_cfg["mean"])
+        own = {{"file": {str(tmp_path / "other.pt")!r}}}
+        other = torch.load(own["file"])
+        net = registry.build("resnet10t", None, pretrained=True, pretrained_cfg_overlay=own)
+        print("file", all(torch.equal(v, other[k]) for k, v in net.state_dict().items()))
         t = time.monotonic()
         try:
             registry.build("resnet18", 10, pretrained=True)
@@ -192,8 +215,8 @@ def test_pretrained_loads_timms_hub_cache_file_and_fails_fast_without_it(tmp_pat
     proc = _python(code, env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
-    assert lines[0] == "same True"
-    _, seconds, message = lines[1].split(" ", 2)
+    assert lines[:3] == ["same True", "mean (0.1, 0.2, 0.3)", "file True"]
+    _, seconds, message = lines[3].split(" ", 2)
     assert float(seconds) < 5
     assert str(tmp_path / "hub") in message and "model.checkpoint" in message
 

@@ -54,6 +54,10 @@ def test_an_exclude_that_matches_nothing_is_refused(ten_class_checkpoint):
     model = classzoo.create_model("resnet18", num_classes=10)
     with pytest.raises(UserError, match="model.exclude 'head' matches no key .* classifier is fc"):
         load_checkpoint(model, "resnet18", path, exclude=["head"])
+    assert load_checkpoint(model, "resnet18", path, exclude="fc").left_at_init == [
+        "fc.weight",
+        "fc.bias",
+    ]  # one name, as timm users write it; it had been read letter by letter
     report = load_checkpoint(model, "resnet18", path, exclude=["fc", "layer4"])
     assert all(k.startswith(("fc.", "layer4.")) for k in report.left_at_init)
     assert {k.split(".")[0] for k in report.left_at_init} == {"fc", "layer4"}

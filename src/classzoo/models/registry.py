@@ -7,6 +7,7 @@ timm's ``pretrained_cfg``; timm models use theirs.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -127,6 +128,17 @@ def canonical_name(name: str) -> str:
     return {alias: ours for ours, alias in TIMM_NAMES.items()}.get(name, name)
 
 
+# timm.create_model's own options (timm/models/_factory.py, _builder.py), which the slim
+# layouts' classes do not take: timm's builder of their slim_ names does
+TIMM_FACTORY_ARGS = frozenset(
+    {
+        "features_only", "out_indices", "feature_cls", "feature_cfg", "pretrained_cfg",
+        "pretrained_cfg_overlay", "scriptable", "exportable", "no_jit", "checkpoint_path",
+        "pretrained_strict", "cache_dir",
+    }
+)  # fmt: skip
+
+
 def build(name: str, num_classes: int | None, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Construct a model; ``num_classes=None`` keeps the model's own head size.
 
@@ -134,7 +146,7 @@ def build(name: str, num_classes: int | None, pretrained: bool = False, **kwargs
     the hub is reachable; offline, one line naming the cache and model.checkpoint). classzoo's
     slim layouts have no hub weights: their TF-slim checkpoints load through model.checkpoint.
     """
-    name = canonical_name(name)
+    asked, name = name, canonical_name(name)
     check_name(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if num_classes is not None:
@@ -146,17 +158,22 @@ def build(name: str, num_classes: int | None, pretrained: bool = False, **kwargs
             f"model.checkpoint to the TF-slim checkpoint (e.g. {name}.ckpt), read directly"
         )
     try:
-        if entry is not None:
+        if entry is not None and TIMM_FACTORY_ARGS.isdisjoint(kwargs):
             return entry.build(**kwargs)
+        if entry is not None:  # timm's factory options: through timm's builder of the slim_ name
+            from classzoo.models.timm_slim import TIMM_NAMES
+
+            return timm.create_model(TIMM_NAMES[name], **kwargs)
         if pretrained:
             from classzoo.models.timm_pretrained import create_pretrained
 
             return create_pretrained(name, **kwargs)
         return timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as exc:
-        raise UserError(
-            f"model '{name}' does not take these arguments {sorted(kwargs)}: {exc}"
-        ) from None
+        unknown = re.findall(r"unexpected keyword argument '(\w+)'", str(exc))
+        if unknown:
+            raise UserError(f"model '{asked}' does not take the argument '{unknown[0]}'") from None
+        raise UserError(f"model '{asked}' cannot be built with {kwargs}: {exc}") from None
 
 
 def data_defaults(name: str, model: nn.Module, test_size: bool = False) -> dict[str, Any]:

@@ -9,6 +9,7 @@ network, and a missing one with no reachable host is one line within seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import threading
@@ -37,9 +38,13 @@ class WeightsLocation:
     cached: Path | None
 
 
-def locate(name: str) -> WeightsLocation:
-    """timm's weight source for ``name`` (``arch`` or ``arch.tag``) and its cached file."""
+def locate(name: str, overlay: dict[str, Any] | None = None) -> WeightsLocation:
+    """timm's weight source for ``name`` (``arch`` or ``arch.tag``), with the caller's
+    ``pretrained_cfg_overlay`` on it as timm applies it (its ``file``, ``url`` or
+    ``hf_hub_id``), and its cached file."""
     cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is not None and overlay:
+        cfg = dataclasses.replace(cfg, **overlay)
     if cfg is None or not cfg.has_weights:
         raise UserError(f"model.pretrained: timm has no pretrained weights for '{name}'")
     if cfg.file:
@@ -68,9 +73,10 @@ def _locate_hub(hub_id: str, filename: str | None) -> WeightsLocation:
 
 def create_pretrained(name: str, **kwargs: Any) -> nn.Module:
     """``timm.create_model(name, pretrained=True)``, never stuck offline."""
-    loc = locate(name)
+    asked = kwargs.pop("pretrained_cfg_overlay", None) or {}
+    loc = locate(name, asked)
     if loc.cached is not None:  # load the cached file itself: no request to the hub
-        overlay = {"file": str(loc.cached)}
+        overlay = {**asked, "file": str(loc.cached)}
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     host = _host(loc)
     why = _offline_reason(host)
@@ -80,7 +86,8 @@ def create_pretrained(name: str, **kwargs: Any) -> nn.Module:
             f"the cache {loc.cache_dir} and {why}; fetch them where there is network (same "
             f"cache) or set model.checkpoint=FILE (.pt, .safetensors or a TF checkpoint)"
         )
-    return timm.create_model(name, pretrained=True, **kwargs)  # downloads into that cache
+    overlay = {"pretrained_cfg_overlay": asked} if asked else {}
+    return timm.create_model(name, pretrained=True, **overlay, **kwargs)  # into that cache
 
 
 def _host(loc: WeightsLocation) -> str:

@@ -190,6 +190,7 @@ def load_into(
     is a UserError. Mismatches are a UserError listing the keys.
     """
     own = model.state_dict()
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude)  # "fc", not "f", "c"
     state = check_state_dict(
         {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()},
         f"checkpoint {source}",
@@ -279,6 +280,7 @@ def load_checkpoint(
 ) -> LoadReport:
     """Load any supported checkpoint format into ``model``; the report is also set as
     ``model.load_report`` (so ``classzoo.create_model`` callers see it)."""
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude)  # "fc", not "f", "c"
     fmt = detect_format(path)
     if fmt == "tf":
         state, init, scopes = _tf_state(
