@@ -35,6 +35,9 @@ def _images(folder, n=3):
         Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(path)
         paths.append(path)
     (folder / "notes.txt").write_text("not an image")
+    # macOS AppleDouble metadata beside an image (RFC 1740 magic): eval leaves it out, and
+    # predict stopped at it ("unreadable image")
+    (folder / "._0.png").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
     return paths
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from classzoo.data import decode
 from classzoo.data.class_index import imagenet_classes
-from classzoo.data.imagefolder import IMG_EXTENSIONS
+from classzoo.data.imagefolder import IMG_EXTENSIONS, images_under
 from classzoo.data.transforms import build_transform
 from classzoo.engine.build import transform_preprocess
 from classzoo.engine.inference import load_for_inference
@@ -49,16 +49,14 @@ def predict(
 
 
 def collect_images(paths: Iterable[str]) -> list[Path]:
-    """Image files named directly, plus every image file under each folder (sorted)."""
+    """Image files named directly, plus every image file under each folder, found as
+    ``classzoo eval`` finds them (data/imagefolder.py ``images_under``: torchvision's walk and
+    extensions, macOS AppleDouble ``._*`` files left out)."""
     out: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS)
-            )
+            found = [Path(p) for p in images_under(str(path))]
             if not found:
                 raise UserError(f"folder {path} holds no images ({', '.join(IMG_EXTENSIONS)})")
             out.extend(found)
