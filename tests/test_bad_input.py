@@ -266,3 +266,13 @@ def test_a_damaged_image_mid_epoch_keeps_the_steps_done(tmp_path):
     assert (
         f"resumed from {out / 'checkpoints' / f'ckpt-{step:09d}.pt'} at step {step}" in proc.stderr
     )
+
+
+def test_inception_v4_below_its_smallest_size_is_one_line(tmp_path):
+    """At 96 px Mixed_6h is 4x4 (by hand, VALID: 96 -> 47 -> 45 -> 22 -> 20 -> 9 -> 4), too
+    small for AuxLogits' 5x5/3 pool: a ZeroDivisionError traceback (exit 1) before."""
+    out = tmp_path / "r"
+    proc = classzoo("train", "--recipe", "inception_v4:smoke", "--output-dir", str(out),
+                    "--set", "data.image_size=96")  # fmt: skip
+    assert_one_line_error(proc, "inception_v4 takes images of at least 107 px (96 given)")
+    assert not out.exists()

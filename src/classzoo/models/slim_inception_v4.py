@@ -29,6 +29,7 @@ from timm.models.inception_v4 import (
 )
 from torch import nn
 
+from classzoo.errors import UserError
 from classzoo.models.slim_resnet import slim_variance_scaling_
 
 __all__ = [
@@ -83,6 +84,7 @@ def slim_inception_v4_pretrained_cfg(num_classes: int = 1001) -> dict[str, Any]:
 
 BN_EPS = 1e-3  # inception_utils.inception_arg_scope: batch_norm_epsilon=0.001
 BN_MOMENTUM = 1.0 - 0.9997  # inception_arg_scope: batch_norm_decay=0.9997
+MIN_AUX_SIZE = 107  # the smallest input whose Mixed_6h map is 5x5 (mixed_6h_size)
 MIXED_6H = 17  # index of Mixed_6h in ``features`` (3 stem convs, 3a, 4a, 5a, 4 x A, 6a, 7 x B)
 NUM_FEATURES = 1536  # Mixed_7d channels
 
@@ -188,6 +190,11 @@ class SlimInceptionV4(nn.Module):
         self.aux_kernel = _valid(mixed_6h_size(img_size), 5, 3)
         self.aux_head: SlimAuxHead | None = None
         if aux_logits and num_classes > 0:  # slim: `if create_aux_logits and num_classes`
+            if self.aux_kernel < 1:  # slim's graph fails too ("negative dimension")
+                raise UserError(
+                    f"inception_v4 takes images of at least {MIN_AUX_SIZE} px ({img_size} "
+                    "given): its AuxLogits 5x5/3 VALID pool needs a 5x5 Mixed_6h map"
+                )
             fc = self._make_fc(768, num_classes)
             self.aux_head = SlimAuxHead(conv_block, self.aux_kernel, fc)
         self.aux_logits_enabled = self.aux_head is not None
