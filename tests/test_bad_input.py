@@ -184,6 +184,7 @@ def test_corrupt_checkpoint(tmp_path, content):
         ("resnet152_slim_finetune:smoke", "data.scale=[0.9,1.0]"),
         ("inception_v4:smoke", "data.re_prob=0.5"),
         ("inception_v4:smoke", "data.interpolation=bicubic"),
+        ("resnet152_slim_finetune:smoke", "data.crop_mode=squash"),
     ],
 )
 def test_timm_augmentation_under_a_slim_preset(tmp_path, recipe, setting):

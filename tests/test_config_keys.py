@@ -127,6 +127,7 @@ PROBES = {
     "data.mean": ([0.1, 0.2, 0.3], lambda o, v: list(o.r.preprocess.mean) == v),
     "data.std": ([0.5, 0.6, 0.7], lambda o, v: list(o.r.preprocess.std) == v),
     "data.label_offset": (1, "TFRECORD"),
+    "data.crop_mode": ("squash", lambda o, v: o.r.preprocess.crop_mode == v),
     "data.class_order": ("natural", lambda o, v: "natural order" in o.r.data["train"].labels_by),
     "data.train_interpolation": ("nearest", lambda o, v: "nearest" in transform_text(o.train)),
     "data.train_crop": ("none", lambda o, v: "Resize(size=32" in transform_text(o.train)),

@@ -144,7 +144,9 @@ def test_features_only_gives_slim_end_points():
 
 def test_a_bad_value_is_not_called_an_unknown_argument():
     """Any TypeError had been reported as "does not take these arguments [...]"."""
-    with pytest.raises(classzoo.UserError, match="'resnet10t' cannot be built with {'num_classes': '10'}"):
+    with pytest.raises(
+        classzoo.UserError, match="'resnet10t' cannot be built with {'num_classes': '10'}"
+    ):
         classzoo.create_model("resnet10t", num_classes="10")
     with pytest.raises(classzoo.UserError, match="'slim_resnet_v1_50' does not take .*'colour'"):
         classzoo.create_model("slim_resnet_v1_50", colour=1)
@@ -271,4 +273,40 @@ def test_eval_of_timm_weights_uses_validate_py_preprocessing(tmp_path, capsys):
     saver.save_checkpoint(epoch=0, metric=1.0)
     best = tmp_path / "timm" / "model_best.pth.tar"
     assert main([*argv[:4], str(best), *argv[5:]]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(truth, rel=1e-5)
+
+
+@pytest.mark.parametrize("how", ["model cfg", "data.crop_mode"])
+def test_eval_crops_as_the_models_crop_mode_says(tmp_path, capsys, how):
+    """timm's eval crop_mode: ``squash`` (137 timm weights: eva02, maxvit_*_tf, dm_nfnet,
+    convnext *_384 ...) resizes both sides before the centre crop. classzoo always resized
+    the short side (timm's ``center``): on non-square images another top-1 than timm's."""
+    from timm.data import ImageDataset, create_transform, resolve_data_config
+
+    from classzoo.cli import main
+
+    overlay = {"crop_mode": "squash"}
+    model = timm.create_model("resnet10t", num_classes=3, pretrained_cfg_overlay=overlay).eval()
+    weights = tmp_path / "w.pth"
+    torch.save(model.state_dict(), weights)
+    rng = np.random.default_rng(1)
+    for c in "abc":
+        (tmp_path / "val" / c).mkdir(parents=True)
+        for i in range(2):
+            pixels = rng.integers(0, 256, (120, 240, 3), dtype=np.uint8)  # 2:1, far from square
+            Image.fromarray(pixels).save(tmp_path / "val" / c / f"{i}.png")
+    config = resolve_data_config({}, model=model, use_test_size=True)
+    assert config["crop_mode"] == "squash"
+    ds = ImageDataset(str(tmp_path / "val"), transform=create_transform(**config))
+    xs = torch.stack([ds[i][0] for i in range(len(ds))])
+    ys = torch.tensor([ds[i][1] for i in range(len(ds))])
+    with torch.no_grad():
+        truth = torch.nn.functional.cross_entropy(model(xs), ys).item()
+    argv = ["eval", "--model", "resnet10t", "--checkpoint", str(weights), "--json"]
+    argv += ["--data-dir", str(tmp_path / "val"), "--set", "data.num_workers=0"]
+    if how == "model cfg":
+        argv += ["--set", "model.kwargs={pretrained_cfg_overlay: {crop_mode: squash}}"]
+    else:
+        argv += ["--set", "data.crop_mode=squash"]
+    assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(truth, rel=1e-5)

@@ -120,9 +120,8 @@ class DataConfig:
     preset: str | None = field(default=None, metadata=_choices("timm", "vgg", "inception"))
     # None -> the model's input size
     image_size: int | None = field(default=None, metadata=_range(1, MAX_IMAGE_SIZE))
-    # eval centre crop: resize to floor(image_size / crop_pct), crop image_size (timm
-    # data/transforms_factory.py transforms_imagenet_eval). timm sets no upper bound: > 1 pads
-    # the crop (models/volo.py: volo_d4_448, volo_d5_448, volo_d5_512 default to 1.15); past
+    # eval crop: resize to floor(image_size / crop_pct), crop image_size (timm's
+    # transforms_imagenet_eval). No upper bound in timm: > 1 pads (volo_d5_512: 1.15); past
     # image_size the resize is to 0 px, which torchvision refuses (_check_together). The vgg /
     # inception presets take (0, 1] (data/tf_presets.py). None -> the model's default
     crop_pct: float | None = field(default=None, metadata=_range(0, lo_open=True))
@@ -132,9 +131,10 @@ class DataConfig:
     mean: list[float] | None = field(default=None, metadata=_range(0, 1, why=_UNIT))
     std: list[float] | None = field(default=None, metadata=_range(0, 1, lo_open=True, why=_UNIT))
     label_offset: int | None = None  # subtracted from stored labels; None -> model (slim: 1 or 0)
-    # class folders -> logits of weights that name no classes (data/class_index.py, rule 3):
-    # sorted (torchvision's ImageFolder) or natural (timm's ImageDataset: 2 before 10); None:
-    # refused where the two orders differ
+    # timm's eval crop (validate.py --crop-mode): center, squash, border; None -> the model's
+    crop_mode: str | None = field(default=None, metadata=_choices("center", "squash", "border"))
+    # class folders -> logits of weights that name no classes (data/class_index.py rule 3):
+    # sorted (torchvision) or natural (timm: 2 before 10); None: refused where they differ
     class_order: str | None = field(default=None, metadata=_choices("sorted", "natural"))
     # timm train augmentation (preset "timm"); defaults are timm's train.py defaults
     # None -> interpolation; "random" = timm's train.py default (bilinear or bicubic per image)

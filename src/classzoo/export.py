@@ -66,6 +66,7 @@ def export_onnx(
         "preset": pre.preset,
         "image_size": pre.image_size,
         "crop_pct": pre.crop_pct,
+        "crop_mode": pre.crop_mode,  # timm's: center, squash (both sides) or border (padded)
         "interpolation": pre.interpolation,
         "decoder": pre.decoder,
         "formula": pre.formula,

@@ -45,6 +45,9 @@ class EvalPreprocess:
     interpolation: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # timm's eval crop (transforms_imagenet_eval): center (resize the short side, centre crop),
+    # squash (resize both sides, then crop) or border (keep the ratio, pad); the model's cfg's
+    crop_mode: str = "center"
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ def build_transform(pre: EvalPreprocess, train: bool, aug: TrainAugment | None =
             mean=pre.mean,
             std=pre.std,
             crop_pct=pre.crop_pct,
+            crop_mode=pre.crop_mode,
             use_prefetcher=True,
         )
         return _pipeline(PilStage(_pil_ops(ops), pre.mean, pre.std))

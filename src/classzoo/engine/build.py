@@ -47,7 +47,9 @@ def model_defaults(name: str, kwargs: dict[str, Any], test_size: bool = False) -
 
 
 def transform_preprocess(p: Preprocess) -> EvalPreprocess:
-    return EvalPreprocess(p.preset, p.image_size, p.crop_pct, p.interpolation, p.mean, p.std)
+    return EvalPreprocess(
+        p.preset, p.image_size, p.crop_pct, p.interpolation, p.mean, p.std, p.crop_mode
+    )
 
 
 def train_augment(data: DataConfig) -> TrainAugment:

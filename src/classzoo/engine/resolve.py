@@ -63,6 +63,9 @@ class Preprocess:
     # exactly what the batch stage applies, in order, to what a worker returns (data.transforms)
     sample: str = ""  # the worker's output: dtype, units
     steps: list = field(default_factory=list)  # e.g. [["div", 255.0], ["sub", mean], ["div", std]]
+    # timm's eval crop (center | squash | border: data/transforms.py EvalPreprocess); "center" in
+    # records written before it was kept, and for the slim presets (their own crops)
+    crop_mode: str = "center"
 
     @property
     def formula(self) -> str:
@@ -226,6 +229,11 @@ def preprocess_for(data: DataConfig, defaults: dict[str, Any]) -> Preprocess:
                     f"data.{key} has no effect with preset {preset} (slim's preprocessing fixes "
                     f"its pixel formula); unset it or use preset timm"
                 )
+        if data.crop_mode is not None:
+            raise UserError(
+                f"data.crop_mode={data.crop_mode} has no effect with preset {preset} (slim's "
+                "preprocessing fixes its crop); unset it or use preset timm"
+            )
         if data.interpolation not in (None, "bilinear"):
             raise UserError(
                 f"data.interpolation={data.interpolation} has no effect with preset {preset} "
@@ -254,6 +262,9 @@ def preprocess_for(data: DataConfig, defaults: dict[str, Any]) -> Preprocess:
         else data.interpolation or defaults.get("interpolation", "bilinear"),
         mean=mean,
         std=std,
+        crop_mode="center"
+        if preset in SLIM_PRESETS
+        else data.crop_mode or defaults.get("crop_mode", "center"),
     )
     pixels = describe_pixels(EvalPreprocess(**geometry))
     return Preprocess(

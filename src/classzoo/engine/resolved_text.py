@@ -23,7 +23,8 @@ def describe(r: Resolved) -> str:
         *([f"precision: train {r.precision_note}"] if r.precision_note else []),
         *([f"threads {r.threads} compute ({r.thread_plan})"] if r.threads else []),
         *([f"host memory: {r.host_memory}"] if r.host_memory else []),
-        f"preprocess {p.preset} {p.image_size}px crop_pct {p.crop_pct:g} {p.interpolation}, "
+        f"preprocess {p.preset} {p.image_size}px crop_pct {p.crop_pct:g} "
+        f"{'' if p.crop_mode == 'center' else f'crop_mode {p.crop_mode} '}{p.interpolation}, "
         f"{p.decoder} JPEG decoder; {p.formula} with mean "
         f"{[round(m, 6) for m in p.mean]} std {[round(s, 6) for s in p.std]}",
     ]

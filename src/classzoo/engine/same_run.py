@@ -30,6 +30,7 @@ __all__ = ["check_same_run", "recorded_run"]
 
 # Preprocess fields that decide the pixels (the ``sample`` / ``steps`` texts only describe them)
 _PIXELS = ("preset", "image_size", "crop_pct", "interpolation", "mean", "std", "decoder")
+_ABSENT = {"crop_mode": "center"}  # a field records before it was kept: what they did
 
 
 def recorded_run(run_dir: Path, resume: str | None, checkpoint: dict | None) -> dict | None:
@@ -60,6 +61,7 @@ def _meaning(r: dict[str, Any]) -> dict[str, Any]:
         "label_offset": r.get("label_offset"),
         "classes": list(r.get("classes") or []),
         **{f"preprocess.{k}": _plain(pre.get(k)) for k in _PIXELS},
+        **{f"preprocess.{k}": pre.get(k, v) for k, v in _ABSENT.items()},
         "train images": train.get("count"),
         "seed": r.get("seed"),
         # amp: auto means bf16 on one CPU and fp32 on another: the precision itself is compared

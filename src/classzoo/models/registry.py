@@ -189,6 +189,7 @@ def data_defaults(name: str, model: nn.Module, test_size: bool = False) -> dict[
     return {
         "input_size": tuple(cfg["input_size"]),
         "crop_pct": cfg["crop_pct"],
+        "crop_mode": cfg.get("crop_mode", "center"),  # squash / border for eva, nfnet ...
         "interpolation": cfg["interpolation"],
         "mean": tuple(cfg["mean"]),
         "std": tuple(cfg["std"]),
