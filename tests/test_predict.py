@@ -139,3 +139,28 @@ def test_weights_of_another_head_size_take_set_and_rank_by_logit(tmp_path, capsy
     out = tmp_path / "m.onnx"
     argv = ["export", "--model", "resnet10t", "--checkpoint", str(weights), str(out)]
     assert main([*argv, "--set", "model.num_classes=5"]) == 0 and out.exists()
+
+
+def test_predict_runs_in_the_eval_precision_as_eval_does(tmp_path, capsys):
+    """``classzoo eval`` scores in eval.amp (bf16 here); predict always ran fp32, so its
+    probabilities were not those of the evaluation it is read beside. The truth: timm's eval
+    transform and model under torch's own bf16 autocast."""
+    from timm.data import create_transform, resolve_data_config
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=5).eval()
+    weights = tmp_path / "w.pth"
+    torch.save(model.state_dict(), weights)
+    files = _images(tmp_path / "imgs")
+    config = resolve_data_config({}, model=model, use_test_size=True)
+    xs = torch.stack([create_transform(**config)(Image.open(p).convert("RGB")) for p in files])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model(xs).float().softmax(1).max(1).values
+    with torch.no_grad():
+        fp32 = model(xs).softmax(1).max(1).values
+    assert not torch.allclose(bf16, fp32, rtol=0, atol=1e-6)  # the two are told apart
+    argv = ["predict", "--checkpoint", str(weights), "--model", "resnet10t", "--format", "json"]
+    argv += ["--set", "model.num_classes=5", "--set", "eval.amp=bf16", *map(str, files)]
+    assert main(argv) == 0
+    got = {r["image"]: r["top"][0]["prob"] for r in json.loads(capsys.readouterr().out)}
+    assert [got[str(p)] for p in files] == pytest.approx(bf16.tolist(), rel=1e-5)

@@ -21,6 +21,7 @@ from classzoo.data.imagefolder import IMG_EXTENSIONS, images_under
 from classzoo.data.transforms import build_transform
 from classzoo.engine.build import transform_preprocess
 from classzoo.engine.inference import load_for_inference
+from classzoo.engine.precision import autocast
 from classzoo.errors import UserError
 
 BATCH = 32  # images per forward; bounded memory for a folder of any size
@@ -45,7 +46,8 @@ def predict(
     def load(path: Path) -> torch.Tensor:
         return transform(read(decode.read_file(str(path)), str(path)))
 
-    return predict_files(net, load, files, names, resolved.label_offset, top_k)
+    amp = resolved.precision_dtype("eval")  # eval.amp, as classzoo eval scores the weights
+    return predict_files(net, load, files, names, resolved.label_offset, top_k, amp)
 
 
 def collect_images(paths: Iterable[str]) -> list[Path]:
@@ -93,8 +95,10 @@ def predict_files(
     names: Sequence[str] | None,
     label_offset: int,
     top_k: int,
+    amp_dtype: torch.dtype | None = None,
 ) -> list[dict]:
-    """Run ``net`` over ``files`` in batches; one result per file, in order."""
+    """Run ``net`` over ``files`` in batches (autocast to ``amp_dtype``, None: fp32); one result
+    per file, in order."""
     if top_k < 1:
         raise UserError(f"--top-k {top_k}: must be at least 1")
     net.eval()
@@ -103,7 +107,7 @@ def predict_files(
     for start in range(0, len(files), BATCH):
         chunk = files[start : start + BATCH]
         x = torch.stack([load(p) for p in chunk]).to(device)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, amp_dtype):
             logits = net(x).float()
         # ranked by logit, as TF's top_k(logits): float32 softmax underflows to 0 beyond a gap
         # of ~88, and probabilities tied at 0 would rank the runners-up arbitrarily
