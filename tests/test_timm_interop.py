@@ -234,11 +234,24 @@ def test_slim_layouts_refuse_pretrained_with_the_checkpoint_alternative():
         timm.create_model("slim_resnet_v1_50", pretrained=True)
 
 
+def _timm_validate_loss(model, folder) -> float:
+    """The loss timm's validate.py computes: the model's test-size cfg, timm's eval transform
+    and ImageDataset, one batch."""
+    from timm.data import ImageDataset, create_transform, resolve_data_config
+
+    config = resolve_data_config({}, model=model, use_test_size=True)
+    ds = ImageDataset(str(folder), transform=create_transform(**config))
+    xs = torch.stack([ds[i][0] for i in range(len(ds))])
+    ys = torch.tensor([ds[i][1] for i in range(len(ds))])
+    with torch.no_grad():
+        return torch.nn.functional.cross_entropy(model(xs), ys).item()
+
+
 def test_eval_of_timm_weights_uses_validate_py_preprocessing(tmp_path, capsys):
     """Weights without a classzoo record evaluate as timm's validate.py evaluates them: the
     model's test size where its cfg has one (resnet10t: trains at 176, tests at 224 / 0.95);
     classzoo evaluated at the training size, so its numbers were not timm's."""
-    from timm.data import ImageDataset, create_transform, resolve_data_config
+    from timm.data import resolve_data_config
 
     from classzoo.cli import main
 
@@ -253,11 +266,7 @@ def test_eval_of_timm_weights_uses_validate_py_preprocessing(tmp_path, capsys):
             Image.fromarray(pixels).save(tmp_path / "val" / c / f"{i}.jpg", quality=95)
     config = resolve_data_config({}, model=model, use_test_size=True)  # validate.py's
     assert config["input_size"] == (3, 224, 224)  # not the training 176
-    ds = ImageDataset(str(tmp_path / "val"), transform=create_transform(**config))
-    xs = torch.stack([ds[i][0] for i in range(len(ds))])
-    ys = torch.tensor([ds[i][1] for i in range(len(ds))])
-    with torch.no_grad():
-        truth = torch.nn.functional.cross_entropy(model(xs), ys).item()
+    truth = _timm_validate_loss(model, tmp_path / "val")
     argv = ["eval", "--model", "resnet10t", "--checkpoint", str(weights), "--json"]
     argv += ["--data-dir", str(tmp_path / "val"), "--set", "data.num_workers=0"]
     assert main(argv) == 0
@@ -281,7 +290,7 @@ def test_eval_crops_as_the_models_crop_mode_says(tmp_path, capsys, how):
     """timm's eval crop_mode: ``squash`` (137 timm weights: eva02, maxvit_*_tf, dm_nfnet,
     convnext *_384 ...) resizes both sides before the centre crop. classzoo always resized
     the short side (timm's ``center``): on non-square images another top-1 than timm's."""
-    from timm.data import ImageDataset, create_transform, resolve_data_config
+    from timm.data import resolve_data_config
 
     from classzoo.cli import main
 
@@ -295,13 +304,8 @@ def test_eval_crops_as_the_models_crop_mode_says(tmp_path, capsys, how):
         for i in range(2):
             pixels = rng.integers(0, 256, (120, 240, 3), dtype=np.uint8)  # 2:1, far from square
             Image.fromarray(pixels).save(tmp_path / "val" / c / f"{i}.png")
-    config = resolve_data_config({}, model=model, use_test_size=True)
-    assert config["crop_mode"] == "squash"
-    ds = ImageDataset(str(tmp_path / "val"), transform=create_transform(**config))
-    xs = torch.stack([ds[i][0] for i in range(len(ds))])
-    ys = torch.tensor([ds[i][1] for i in range(len(ds))])
-    with torch.no_grad():
-        truth = torch.nn.functional.cross_entropy(model(xs), ys).item()
+    assert resolve_data_config({}, model=model, use_test_size=True)["crop_mode"] == "squash"
+    truth = _timm_validate_loss(model, tmp_path / "val")
     argv = ["eval", "--model", "resnet10t", "--checkpoint", str(weights), "--json"]
     argv += ["--data-dir", str(tmp_path / "val"), "--set", "data.num_workers=0"]
     if how == "model cfg":
