@@ -314,3 +314,19 @@ def test_eval_crops_as_the_models_crop_mode_says(tmp_path, capsys, how):
         argv += ["--set", "data.crop_mode=squash"]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(truth, rel=1e-5)
+
+
+@pytest.mark.parametrize(("name", "timm_twin"), [("slim_resnet_v1_50", "resnet50"), ("slim_inception_v4", "inception_v4")])  # fmt: skip
+def test_reset_classifier_takes_timms_global_pool(name, timm_twin):
+    """timm's idiom for unpooled feature maps, ``reset_classifier(0, '')``, was a TypeError on
+    the slim layouts; the truth is timm's own twin architecture's output shape."""
+    x = torch.zeros(1, 3, 160, 160)
+    with torch.device("meta"):
+        ours, twin = timm.create_model(name), timm.create_model(timm_twin)
+    ours.reset_classifier(0, "")
+    twin.reset_classifier(0, "")
+    assert ours.eval()(x.to("meta")).shape == twin.eval()(x.to("meta")).shape
+    ours.reset_classifier(7)  # timm's default global_pool="avg" pools again
+    assert ours(x.to("meta")).shape == (1, 7)
+    with pytest.raises(ValueError, match="needs num_classes=0"):
+        ours.reset_classifier(7, "")

@@ -30,7 +30,7 @@ from timm.models.inception_v4 import (
 from torch import nn
 
 from classzoo.errors import UserError
-from classzoo.models.slim_resnet import slim_variance_scaling_
+from classzoo.models.slim_resnet import check_global_pool, slim_variance_scaling_
 
 __all__ = [
     "SLIM_INCEPTION_V4_DEFAULTS",
@@ -148,6 +148,7 @@ class SlimInceptionV4(nn.Module):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
+        self.global_pool = "avg"  # slim's mean over the map; timm's reset_classifier(0, '')
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.num_features = self.head_hidden_size = NUM_FEATURES
@@ -229,7 +230,8 @@ class SlimInceptionV4(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.last_linear
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        self.global_pool = check_global_pool(num_classes, global_pool)
         """New Logits and Aux_logits layers; ``num_classes=0`` drops the aux head, as slim does."""
         device = next(self.parameters()).device
         self.num_classes = num_classes
@@ -289,7 +291,8 @@ class SlimInceptionV4(nn.Module):
         return take
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean((2, 3))  # Logits/AvgPool_1a: kernel = the whole map, VALID
+        if self.global_pool == "avg":  # '': unpooled maps (reset_classifier(0, ''))
+            x = x.mean((2, 3))  # Logits/AvgPool_1a: kernel = the whole map, VALID
         x = self.head_drop(x)
         return x if pre_logits else self.last_linear(x)
 

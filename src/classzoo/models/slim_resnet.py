@@ -84,6 +84,21 @@ def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
 
+def check_global_pool(num_classes: int, pool: str) -> str:
+    """timm's ``reset_classifier(num_classes, global_pool="avg")`` for slim's mean pooling:
+    "avg", or "" (unpooled feature maps) only without a classifier, as timm's create_classifier
+    asserts."""
+    if pool not in ("avg", ""):
+        raise ValueError(
+            f"global_pool={pool!r}: slim networks pool by their mean ('avg') or not ('')"
+        )
+    if pool == "" and num_classes > 0:
+        raise ValueError(
+            "global_pool='' (no pooling) needs num_classes=0 (no classifier), as timm's"
+        )
+    return pool
+
+
 def slim_variance_scaling_(weight: torch.Tensor) -> torch.Tensor:
     """slim ``variance_scaling_initializer()`` (factor 2, FAN_IN, truncated normal).
 
@@ -165,6 +180,7 @@ class SlimResNetV1(nn.Module):
         if len(layers) != 4:
             raise ValueError(f"layers must give the units of 4 blocks, got {layers}")
         self.layers = tuple(int(n) for n in layers)
+        self.global_pool = "avg"  # slim's mean over the map; timm's reset_classifier(0, '')
         self.num_classes = num_classes
         self.drop_rate = drop_rate  # slim has no dropout here; 0 reproduces it
         self.pretrained_cfg = self.default_cfg = slim_resnet_pretrained_cfg(num_classes)
@@ -222,7 +238,8 @@ class SlimResNetV1(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        self.global_pool = check_global_pool(num_classes, global_pool)
         self.num_classes = num_classes
         device = next(self.parameters()).device
         self.fc = self._make_fc(num_classes).to(device)
@@ -235,7 +252,8 @@ class SlimResNetV1(nn.Module):
         return self.layer4(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean((2, 3))  # slim 'pool5': reduce_mean over H, W
+        if self.global_pool == "avg":  # '': unpooled maps (reset_classifier(0, ''))
+            x = x.mean((2, 3))  # slim 'pool5': reduce_mean over H, W
         x = self.head_drop(x)
         return x if pre_logits else self.fc(x)
 
