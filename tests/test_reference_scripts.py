@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from classzoo.config import load_recipe
@@ -192,6 +193,17 @@ def test_resnet152_flags_map_to_recipe_keys():
     assert cfg.model.checkpoint is None  # the reference's "None = from scratch"
 
 
+def test_resnet152_keeps_the_head_of_a_classzoo_checkpoint(tmp_path):
+    """--model_path may be a classzoo checkpoint (docs/references.md): its own head is loaded
+    (one of another size is left at init by the loader). model.exclude=[logits], meant for
+    the 1000-class slim checkpoint, refused it ("matches no key")."""
+    ckpt = tmp_path / "ckpt-000000002.pt"
+    torch.save({"model": {}}, ckpt)  # a torch zip: what detect_format reads
+    flags = ["--data_path=/d", f"--model_path={ckpt}", "--do_train", "--output_path=/o"]
+    _, cfg = resolved("resnet152", [*flags, "--class_num=3"])
+    assert cfg.model.checkpoint == str(ckpt) and cfg.model.exclude == []
+
+
 def test_inception_v4_flags_map_to_recipe_keys():
     cmd, cfg = resolved(
         "inception_v4",
@@ -250,6 +262,9 @@ def test_gluon_flags_map_to_recipe_keys():
     assert (cfg.optim.lr, cfg.optim.lr_base_batch, cfg.train.log_every) == (0.4, None, 5)
     # timm: cosine over --epochs, then --cooldown-epochs at min lr: 12 epochs in all
     assert (cfg.train.epochs, cfg.sched.cooldown_epochs) == (12.0, 2.0)
+    # without --epochs: the recipe's 90-epoch cosine, then 2 at min lr (it had become 88 + 2)
+    _, cfg = resolved("gluon_resnet50_v1b", ["/d", "--cooldown-epochs=2"])
+    assert (cfg.train.epochs, cfg.sched.cooldown_epochs) == (92.0, 2.0)
     _, cfg = resolved("gluon_resnet50_v1b", ["/d"])
     assert cfg.train.amp == "off"  # timm trains in fp32 unless --amp / --apex-amp
 
@@ -365,7 +380,8 @@ def test_inception_v4_run_1p_then_test(data, tmp_path):
     assert rows[0] == "step epoch top1 top5 loss checkpoint_time(UTC)"
     assert [r.split()[0] for r in rows[1:]] == ["1", "2"]
     assert summary_of(ev)["count"] == 4
-    assert (ev / "eval_inceptionv4.log").is_symlink()
+    # test.sh's --log_name: the evaluation's rows (it linked to train.log, empty in this mode)
+    assert (ev / "eval_inceptionv4.log").read_text().splitlines() == rows
 
 
 @pytest.mark.slow
@@ -429,3 +445,19 @@ def test_gluon_scripts(data, tmp_path, script, ranks):
     assert (name, amp) == (f"{ranks}p", summary["amp"])
     assert float(fps) == pytest.approx(summary["images_per_sec"], abs=0.01)
     assert acc == ("-" if performance else f"{summary['top1']:.2f}")
+
+
+def test_refused_reference_runs_leave_no_log_link_and_zero_epochs_are_refused(data, tmp_path):
+    """--log_name's link was made before the run could refuse: a misspelt --eval_dir left a
+    run folder (and its link) the corrected command then refused; --max_epochs 0 trained a
+    step (resnet152's --epoch 0 and gluon's --epochs 0 were refused)."""
+    from classzoo.references import main
+
+    out = tmp_path / "ev"
+    argv = ["inception_v4", f"--data_dir={data['tfrecord']}", "--mode=evaluate"]
+    argv += [f"--eval_dir={tmp_path / 'nowhere'}", f"--log_dir={out}", "--log_name=e.log"]
+    assert main(argv) == 2
+    assert not out.exists()
+    zero = ["inception_v4", f"--data_dir={data['tfrecord']}", f"--log_dir={tmp_path / 'z'}"]
+    assert main([*zero, "--max_epochs=0"]) == 2
+    assert not (tmp_path / "z").exists()

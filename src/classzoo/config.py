@@ -205,7 +205,7 @@ class TrainConfig:
     mode: str = field(
         default="train_and_evaluate", metadata=_choices("train", "train_and_evaluate", "evaluate")
     )
-    epochs: float = field(default=90.0, metadata=_min(0))
+    epochs: float = field(default=90.0, metadata=_range(0, lo_open=True))  # 0 had trained 1 step
     # stop after this many optimizer steps (smoke / performance runs); None -> no limit
     max_steps: int | None = field(default=None, metadata=_min(1, "None for no limit"))
     eval_every: int = field(default=1, metadata=_min(0))  # epochs between evaluations; 0 = never

@@ -56,7 +56,11 @@ def checkpoint_paths(checkpoint: str | None) -> list[Path]:
     if not checkpoint:
         raise UserError("mode evaluate needs a checkpoint: --set model.checkpoint=FILE_OR_FOLDER")
     src = Path(checkpoint)
-    return checkpoints_in(src) if src.is_dir() else [src]
+    if src.is_dir():
+        return checkpoints_in(src)
+    if not src.exists() and detect_format(src) != "tf":  # a TF prefix names no file itself
+        raise UserError(f"model.checkpoint {src} does not exist (a file or a folder of them)")
+    return [src]
 
 
 def _stored_classes(ckpt: dict[str, Any] | None) -> tuple[str, ...] | None:

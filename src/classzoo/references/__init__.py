@@ -24,7 +24,7 @@ from pathlib import Path
 
 from classzoo.errors import UserError
 from classzoo.references import gluon_resnet50_v1b, inception_v4, resnet152
-from classzoo.references.common import PROG, Command, check, link_log
+from classzoo.references.common import PROG, Command, check, link_log, unlink_log
 
 __all__ = ["REFERENCES", "Command", "main", "translate"]
 
@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
         cmd = translate(argv[0], argv[1:])
-        if rank0:
-            link_log(cmd)
+        link = link_log(cmd) if rank0 else None
     except UserError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return UserError.exit_code
@@ -67,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     from classzoo import cli
 
     code = cli.main(cmd.argv())
+    if code != 0 and link is not None:
+        unlink_log(link)
     if code == 0 and rank0 and argv[0] == "gluon_resnet50_v1b":
         summary = json.loads((Path(cmd.output_dir) / "summary.json").read_text())
         world = int(os.environ.get("WORLD_SIZE", "1"))

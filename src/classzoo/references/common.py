@@ -8,6 +8,7 @@ through the CLI (``classzoo.cli.main``) and sets recipe keys only with ``--set K
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -180,16 +181,27 @@ def count_records(data, split: str) -> int:
     return len(build_dataset(data, split, transform=None, num_classes=0, label_offset=0))
 
 
-def link_log(cmd: Command) -> None:
-    """``--log_name``: the reference's log file, as a link to the run folder's train.log."""
+def link_log(cmd: Command) -> Path | None:
+    """``--log_name``: the reference's log file, as a link to the run folder's train.log (its
+    eval.log in evaluate mode, where train.log stays empty); the link made, else None."""
     name = cmd.log_name
-    if name is None or name == "train.log" or cmd.output_dir is None:
-        return
+    target = "eval.log" if "train.mode=evaluate" in cmd.sets else "train.log"
+    if name is None or name == target or cmd.output_dir is None:
+        return None
     folder = Path(cmd.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     link = folder / name
-    if link.is_symlink() and os.readlink(link) == "train.log":
-        return
+    if link.is_symlink() and os.readlink(link) == target:
+        return None
     if link.exists() or link.is_symlink():
-        raise UserError(f"--log_name {name}: {link} exists and is not a link to train.log")
-    link.symlink_to("train.log")
+        raise UserError(f"--log_name {name}: {link} exists and is not a link to {target}")
+    link.symlink_to(target)
+    return link
+
+
+def unlink_log(link: Path) -> None:
+    """A refused run leaves no link behind, nor the folder made for it (when nothing else is
+    in it)."""
+    link.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        link.parent.rmdir()

@@ -138,7 +138,11 @@ def _set_recipe_numbers(cmd: Command, a: argparse.Namespace, recipe: str) -> Non
 
         base = load_recipe(recipe)
         cooldown = a.cooldown if a.cooldown is not None else base.sched.cooldown_epochs
-        epochs = a.epochs if a.epochs is not None else base.train.epochs - cooldown
+        # no --epochs: the recipe's cosine length (its total less its own cooldown), whatever
+        # --cooldown-epochs adds after it, as timm's num_epochs = epochs + cooldown_epochs
+        epochs = (
+            a.epochs if a.epochs is not None else base.train.epochs - base.sched.cooldown_epochs
+        )
         cmd.set("train.epochs", float(positive(epochs, "--epochs") + cooldown))
         cmd.set("sched.cooldown_epochs", float(cooldown))
     if a.lr is not None:

@@ -148,8 +148,9 @@ def _set_numbers(cmd: Command, a: argparse.Namespace) -> None:
     ):
         if value is not None:
             cmd.set(key, positive(value, flag))
+    if a.max_epochs is not None:
+        cmd.set("train.epochs", float(positive(a.max_epochs, "--max_epochs")))
     for key, value in (
-        ("train.epochs", a.max_epochs),
         ("optim.weight_decay", a.weight_decay),
         ("optim.momentum", a.momentum),
         ("train.label_smoothing", a.label_smoothing),

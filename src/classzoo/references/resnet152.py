@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from pathlib import Path
 
 from classzoo.errors import UserError
 from classzoo.references.common import (
@@ -103,6 +104,16 @@ def _evaluate(a: argparse.Namespace, recipe: str, class_num: int, batch: int) ->
     return cmd
 
 
+def _torch_file(path: str) -> bool:
+    """A classzoo / safetensors file (else the slim checkpoint the reference takes)."""
+    from classzoo.models.weights import detect_format
+
+    try:
+        return Path(path).is_file() and detect_format(path) in ("classzoo", "safetensors")
+    except UserError:
+        return False
+
+
 def _train(a: argparse.Namespace, recipe: str, class_num: int, batch: int) -> Command:
     if a.output_path is None:
         raise UserError("--output_path is required with --do_train True (the run folder)")
@@ -111,8 +122,9 @@ def _train(a: argparse.Namespace, recipe: str, class_num: int, batch: int) -> Co
     if a.model_path is not None:
         cmd.set("model.checkpoint", a.model_path)
     cmd.set("model.num_classes", class_num)
-    if class_num != 1000 and a.model_path is not None:
+    if class_num != 1000 and a.model_path is not None and not _torch_file(a.model_path):
         # Fine-tuning the 1000-class slim checkpoint to another head: its logits are not loaded.
+        # (A classzoo checkpoint keeps its own head, or one of another size is left at init.)
         from classzoo.models.slim_names import slim_head_scopes
 
         cmd.set("model.exclude", list(slim_head_scopes("resnet_v1_152")))
