@@ -16,6 +16,7 @@ import shutil
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 from safetensors.torch import save_file
@@ -220,3 +221,22 @@ def test_weights_without_class_names_need_the_order_where_timm_and_torchvision_d
         code, err = _cli(capsys, [*evaluate, "--set", "data.class_order=sorted"])
         assert code == 0 and _top1(err) == 0.0  # what the user asked for, said in the log
         assert "sorted folder names 0..N-1 (torchvision's rule)" in err
+
+
+def test_fine_tuning_a_kept_head_needs_the_order_where_the_two_differ(tmp_path, capsys):
+    """A timm head trained on c1, c2, c10 (timm's order) was fine-tuned with the folders in
+    torchvision's order (c1, c10, c2) without a word: every logit after the first permuted."""
+    write_imagefolder(tmp_path / "data" / "train", dict.fromkeys(("c1", "c2", "c10"), 2), seed=1)
+    write_imagefolder(tmp_path / "data" / "val", dict.fromkeys(("c1", "c2", "c10"), 1), seed=2)
+    weights = tmp_path / "timm3.pth"
+    torch.save(timm.create_model("resnet10t", num_classes=3).state_dict(), weights)
+    argv = ["train", "--recipe", "gluon_resnet50_v1b", "--data-dir", str(tmp_path / "data")]
+    argv += ["--max-steps", "1", "--batch-size", "2", "--amp", "off", "--device", "cpu"]
+    argv += ["--set", "model.name=resnet10t", "--set", "data.image_size=32"]
+    argv += ["--set", f"model.checkpoint={weights}", "--set", "data.num_workers=0"]
+    code, err = _cli(capsys, [*argv, "--output-dir", str(tmp_path / "r1")])
+    assert code == EXIT_USER_ERROR and not (tmp_path / "r1").exists()
+    assert "the weights' classifier is kept" in err and "data.class_order" in err
+    code, err = _cli(capsys, [*argv, "--output-dir", str(tmp_path / "r2"), "--set", "data.class_order=natural"])  # fmt: skip
+    assert code == 0, err
+    assert "classes c1, c2, c10" in err

@@ -144,17 +144,24 @@ def match_class_folders(
     )
 
 
-def _by_order(folders: list[str], order: str | None, where: str) -> ClassMatch:
-    """Rule 3: the i-th folder of ``order`` is logit i."""
+def check_order_given(folders: Sequence[str], order: str | None, where: str, why: str) -> None:
+    """Where torchvision's sorted and timm's natural orders of the folders differ, ``order``
+    (data.class_order) must say which one logit k follows; ``why``: why it matters here."""
+    folders = sorted(folders)
     natural = sorted(folders, key=natural_key)
     if order is None and natural != folders:
         k = next(i for i, (a, b) in enumerate(zip(folders, natural)) if a != b)
         raise UserError(
-            f"{where}: the weights name no classes, and logit {k} is folder '{folders[k]}' in "
-            f"torchvision's sorted order but '{natural[k]}' in timm's natural order: set "
-            "data.class_order=sorted or natural, as the weights were trained"
+            f"{where}: {why}, and logit {k} is folder '{folders[k]}' in torchvision's sorted "
+            f"order but '{natural[k]}' in timm's natural order: set data.class_order=sorted or "
+            "natural, as the weights were trained"
         )
-    chosen = natural if order == "natural" else folders
+
+
+def _by_order(folders: list[str], order: str | None, where: str) -> ClassMatch:
+    """Rule 3: the i-th folder of ``order`` is logit i."""
+    check_order_given(folders, order, where, "the weights name no classes")
+    chosen = sorted(folders, key=natural_key) if order == "natural" else folders
     return ClassMatch(
         {f: i for i, f in enumerate(chosen)}, tuple(chosen), ORDERS[order or "sorted"]
     )

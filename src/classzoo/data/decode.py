@@ -156,7 +156,9 @@ def _turbo(data: bytes, fastdct: bool, **kw) -> np.ndarray | None:
     0xd9``) decodes, as TF's ``decode_jpeg`` and PIL decode it; simplejpeg's default ``strict``
     raised, and the PIL fallback gave ISLOW pixels where slim's are IFAST (4-255 levels off TF
     on such files). A truncated one (``Premature end of JPEG file``, no end-of-image marker)
-    stays refused, as TF refuses it."""
+    stays refused, as TF refuses it. Not covered: extraneous bytes before another marker
+    (0xda, 0xc4, 0xdb): simplejpeg 1.9 refuses those even when not strict, so PIL's ISLOW
+    pixels stand (up to 6 levels off TF there)."""
     try:
         return simplejpeg.decode_jpeg(
             data, colorspace="RGB", fastdct=fastdct, fastupsample=False, **kw

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from timm.layers import Conv2dSame, get_same_padding
 from torch import nn
 
 from classzoo.engine.precision import resolve_amp
@@ -28,8 +29,14 @@ log = logging.getLogger("classzoo")
 
 
 def wrong_bf16_weight_grad(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """True for a convolution and input of the shape above."""
-    return x.shape[-1] == 1 and conv.kernel_size[1] > 1 and conv.stride[1] > 1
+    """True for a convolution and input of the shape above. Depthwise convolutions are right
+    (grouped ones are not); timm's ``Conv2dSame`` pads its input itself before convolving, so
+    the width that counts is the padded one."""
+    width = x.shape[-1]
+    if isinstance(conv, Conv2dSame):
+        width += get_same_padding(width, conv.kernel_size[1], conv.stride[1], conv.dilation[1])
+    depthwise = conv.groups == conv.in_channels > 1
+    return width == 1 and conv.kernel_size[1] > 1 and conv.stride[1] > 1 and not depthwise
 
 
 def convs_wrong_in_cpu_bf16(model: nn.Module, image_size: int) -> list[str]:

@@ -88,12 +88,16 @@ def check_optimizer(cfg: OptimConfig, lr: float) -> None:
     groups = build_optimizer(nn.Linear(1, 1), cfg, lr).param_groups[0]
     # timm drops the arguments an optimizer has no use for without a word (momentum of adamw)
     default = OptimConfig()
-    for key, used in (("momentum", "momentum" in groups), ("eps", "eps" in groups)):
-        if not used and getattr(cfg, key) != getattr(default, key):
-            raise UserError(
-                f"optim.{key}={getattr(cfg, key)} has no effect with {cfg.name}; leave it at its "
-                f"default (--set optim.{key}={_yaml(getattr(default, key))})"
-            )
+    unused = [
+        k for k in ("momentum", "eps") if k not in groups and getattr(cfg, k) != getattr(default, k)
+    ]
+    if unused:
+        raise UserError(
+            " and ".join(f"optim.{k}={getattr(cfg, k)}" for k in unused)
+            + f" {'has' if len(unused) == 1 else 'have'} no effect with {cfg.name} (leave "
+            + ", ".join(f"--set optim.{k}={_yaml(getattr(default, k))}" for k in unused)
+            + ": the defaults)"
+        )
 
 
 def _yaml(value: object) -> str:
@@ -177,11 +181,14 @@ def _check_sched_keys(cfg: SchedConfig, epochs: float) -> None:
     }
     if cfg.name == "cosine" and cfg.t_max is not None and cfg.cooldown_epochs:
         unused["cooldown_epochs"] = "with sched.t_max (which sets the cosine's period)"
-    if unused:
-        key, why = next(iter(unused.items()))
+    if unused:  # every one at once: a recipe of an older classzoo may hold several
         raise UserError(
-            f"sched.{key}={getattr(cfg, key)} has no effect {why}; leave it at its default "
-            f"(--set sched.{key}={_yaml(getattr(default, key))})"
+            "; ".join(
+                f"sched.{k}={getattr(cfg, k)} has no effect {why}" for k, why in unused.items()
+            )
+            + " (leave "
+            + ", ".join(f"--set sched.{k}={_yaml(getattr(default, k))}" for k in unused)
+            + ": the defaults)"
         )
     if cfg.name == "cosine" and cosine_epochs(cfg, epochs) <= 0:
         raise UserError(

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from classzoo.config import Config, DataConfig, ModelConfig
+from classzoo.data.class_index import check_order_given
 from classzoo.data.labels import check_labels, infer_num_classes
 from classzoo.data.transforms import EvalPreprocess
 from classzoo.data.transforms import describe as describe_pixels
@@ -326,6 +327,10 @@ def resolve(
     # an evaluation record (no schedule) does not resolve the training precision: a checkpoint
     # trained in fp16 on a GPU evaluates on a CPU, where fp16 autocast does not exist
     pre = preprocess_for(asked.data, model_defaults)
+    if schedule and classes and weights.get("source") and not weights.get("left_at_init"):
+        where = data["train"].location if "train" in data else "the training folders"
+        why = "the weights' classifier is kept (fine-tuned as it is)"
+        check_order_given(classes, asked.data.class_order, where, why)
     train = note = None
     if schedule:
         check_optimizer(asked.optim, schedule.lr)
