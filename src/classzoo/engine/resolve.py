@@ -327,12 +327,9 @@ def resolve(
     # an evaluation record (no schedule) does not resolve the training precision: a checkpoint
     # trained in fp16 on a GPU evaluates on a CPU, where fp16 autocast does not exist
     pre = preprocess_for(asked.data, model_defaults)
-    if schedule and classes and weights.get("source") and not weights.get("left_at_init"):
-        where = data["train"].location if "train" in data else "the training folders"
-        why = "the weights' classifier is kept (fine-tuned as it is)"
-        check_order_given(classes, asked.data.class_order, where, why)
     train = note = None
     if schedule:
+        _check_kept_head_order(classes, asked.data.class_order, data, weights)
         check_optimizer(asked.optim, schedule.lr)
         dtype, note = train_amp(asked.train.amp, device, bf16_wrong or [], pre.image_size)
         train = precision_name(dtype)
@@ -362,6 +359,13 @@ def resolve(
         if schedule
         else None,
     )
+
+
+def _check_kept_head_order(classes, order: str | None, data: dict[str, SplitInfo], weights) -> None:
+    """Fine-tuning a loaded classifier: its logit k must be the folder it was trained on."""
+    if classes and weights.get("source") and not weights.get("left_at_init"):
+        where = data["train"].location if "train" in data else "the training folders"
+        check_order_given(classes, order, where, "the weights' classifier is kept (fine-tuned)")
 
 
 def or_device_default(value: bool | None, device: torch.device, name: str) -> bool:

@@ -103,6 +103,14 @@ def mixed_6h_size(image_size: int) -> int:
     return _valid(s, 3, 2)  # Mixed_6a
 
 
+def _check_aux_size(img_size: int, aux_kernel: int) -> None:
+    if aux_kernel < 1:  # slim's graph fails too ("negative dimension")
+        raise UserError(
+            f"inception_v4 takes images of at least {MIN_AUX_SIZE} px ({img_size} given): its "
+            "AuxLogits 5x5/3 VALID pool needs a 5x5 Mixed_6h map"
+        )
+
+
 class SlimAuxHead(nn.Module):
     """slim scope ``AuxLogits`` on Mixed_6h.
 
@@ -149,8 +157,7 @@ class SlimInceptionV4(nn.Module):
     ) -> None:
         super().__init__()
         self.global_pool = "avg"  # slim's mean over the map; timm's reset_classifier(0, '')
-        self.num_classes = num_classes
-        self.drop_rate = drop_rate
+        self.num_classes, self.drop_rate = num_classes, drop_rate
         self.num_features = self.head_hidden_size = NUM_FEATURES
         self.pretrained_cfg = self.default_cfg = slim_inception_v4_pretrained_cfg(num_classes)
         conv_block = partial(
@@ -191,11 +198,7 @@ class SlimInceptionV4(nn.Module):
         self.aux_kernel = _valid(mixed_6h_size(img_size), 5, 3)
         self.aux_head: SlimAuxHead | None = None
         if aux_logits and num_classes > 0:  # slim: `if create_aux_logits and num_classes`
-            if self.aux_kernel < 1:  # slim's graph fails too ("negative dimension")
-                raise UserError(
-                    f"inception_v4 takes images of at least {MIN_AUX_SIZE} px ({img_size} "
-                    "given): its AuxLogits 5x5/3 VALID pool needs a 5x5 Mixed_6h map"
-                )
+            _check_aux_size(img_size, self.aux_kernel)
             fc = self._make_fc(768, num_classes)
             self.aux_head = SlimAuxHead(conv_block, self.aux_kernel, fc)
         self.aux_logits_enabled = self.aux_head is not None

@@ -175,6 +175,18 @@ def _listing(label: str, keys: Sequence[str]) -> str:
     return f"{label}: {shown}"
 
 
+def _check_excludes(exclude, prefixes, keys: list[str], model: nn.Module, source: str) -> None:
+    """Each ``model.exclude`` entry names some key: a typo would load the layer it meant to
+    leave at init."""
+    for given, p in zip(exclude, prefixes):
+        if not any(k == p or k.startswith(p) for k in keys):
+            heads = ", ".join(h.rstrip(".") for h in _classifier_prefixes(model)) or "?"
+            raise UserError(
+                f"model.exclude '{given}' matches no key of {type(model).__name__} nor of "
+                f"checkpoint {source} (whole dotted names; its classifier is {heads})"
+            )
+
+
 def load_into(
     model: nn.Module,
     state: Mapping[str, torch.Tensor],
@@ -196,13 +208,7 @@ def load_into(
         f"checkpoint {source}",
     )
     prefixes = [p if p.endswith(".") or p in own else p + "." for p in exclude]
-    for given, p in zip(exclude, prefixes):  # a typo would load the layer it meant to leave
-        if not any(k == p or k.startswith(p) for k in (*own, *state)):
-            heads = ", ".join(h.rstrip(".") for h in _classifier_prefixes(model)) or "?"
-            raise UserError(
-                f"model.exclude '{given}' matches no key of {type(model).__name__} nor of "
-                f"checkpoint {source} (whole dotted names; its classifier is {heads})"
-            )
+    _check_excludes(exclude, prefixes, [*own, *state], model, source)
 
     def skipped(key: str) -> bool:
         return any(key == p or key.startswith(p) for p in prefixes)
