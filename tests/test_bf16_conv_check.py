@@ -51,17 +51,14 @@ PASSED = [
     ((1, 1), 3, 1, 1),  # stride 1 on a 1x1 map (a block's second conv)
     ((1, 1), 1, 2, 0),  # a 1x1 stride-2 shortcut on a 1x1 map
     ((2, 2), 1, 2, 0),
-    ((1, 1), 3, 2, 1, 64),  # depthwise (mobilenet / efficientnet blocks at small sizes)
 ]
 
 
-@pytest.mark.parametrize("shape", PASSED)
-def test_the_shapes_let_through_train_right_in_bf16(shape):
-    hw, k, s, p, groups = (*shape, 1)[:5]
+@pytest.mark.parametrize(("hw", "k", "s", "p"), PASSED)
+def test_the_shapes_let_through_train_right_in_bf16(hw, k, s, p):
     torch.manual_seed(0)
     for _ in range(5):  # the wrong case fails in most trials; 5 make a miss unlikely
-        conv = torch.nn.Conv2d(64, 64 if groups > 1 else 128, k, s, p, groups=groups, bias=False)
-        conv = conv.to(memory_format=torch.channels_last)
+        conv = torch.nn.Conv2d(64, 128, k, s, p, bias=False).to(memory_format=torch.channels_last)
         x = torch.randn(8, 64, *hw).to(memory_format=torch.channels_last)
         assert not wrong_bf16_weight_grad(conv, x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -69,7 +66,7 @@ def test_the_shapes_let_through_train_right_in_bf16(shape):
         g = torch.randn(y.shape).bfloat16().float()
         y.float().backward(g)
         w = conv.weight.detach().bfloat16().float().requires_grad_()
-        torch.nn.functional.conv2d(x.bfloat16().float(), w, None, s, p, 1, groups).backward(g)
+        torch.nn.functional.conv2d(x.bfloat16().float(), w, None, s, p).backward(g)
         err = (conv.weight.grad - w.grad).abs().max()
         assert err <= 0.02 * w.grad.abs().max(), f"bf16 weight gradient off by {err}"
 
@@ -107,3 +104,5 @@ def test_a_conv_that_pads_itself_is_judged_on_its_padded_width():
     x = torch.zeros(1, 8, 1, 1)
     assert not wrong_bf16_weight_grad(Conv2dSame(8, 16, 3, stride=2), x)
     assert wrong_bf16_weight_grad(torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), x)
+    # depthwise too: wrong in 16 of 40 trials on one thread here (right on two)
+    assert wrong_bf16_weight_grad(torch.nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), x)
