@@ -22,7 +22,6 @@ Anything else is one UserError naming the folder or the counts.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,11 +68,6 @@ def is_imagenet_synsets(folders: Sequence[str]) -> bool:
 def imagenet_head(folders: Sequence[str], num_logits: int) -> bool:
     """Rule 2: ImageNet synset folders under ImageNet's own head (timm's 1000, slim's 1001)."""
     return num_logits in (1000, 1001) and is_imagenet_synsets(folders)
-
-
-def natural_key(name: str) -> list:
-    """timm's ``natural_key`` (timm/utils/misc.py), which its ImageDataset sorts classes by."""
-    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", name.lower())]
 
 
 def unicode_note(names: list[str], others: list[str]) -> str:
@@ -147,6 +141,8 @@ def match_class_folders(
 def check_order_given(folders: Sequence[str], order: str | None, where: str, why: str) -> None:
     """Where torchvision's sorted and timm's natural orders of the folders differ, ``order``
     (data.class_order) must say which one logit k follows; ``why``: why it matters here."""
+    from timm.utils.misc import natural_key  # what timm's ImageDataset sorts classes by
+
     folders = sorted(folders)
     natural = sorted(folders, key=natural_key)
     if order is None and natural != folders:
@@ -160,6 +156,8 @@ def check_order_given(folders: Sequence[str], order: str | None, where: str, why
 
 def _by_order(folders: list[str], order: str | None, where: str) -> ClassMatch:
     """Rule 3: the i-th folder of ``order`` is logit i."""
+    from timm.utils.misc import natural_key
+
     check_order_given(folders, order, where, "the weights name no classes")
     chosen = sorted(folders, key=natural_key) if order == "natural" else folders
     return ClassMatch(

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.utils.misc import natural_key
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from classzoo.config import DataConfig, ModelConfig
-from classzoo.data.class_index import ORDERS, match_class_folders, natural_key
+from classzoo.data.class_index import ORDERS, match_class_folders
 from classzoo.data.datasets import build_dataset
 from classzoo.data.sampling import EvalBatchSampler, SeededDataset, TrainBatchSampler
 from classzoo.data.transforms import EvalPreprocess, TrainAugment, build_transform
