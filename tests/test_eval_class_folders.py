@@ -240,3 +240,32 @@ def test_fine_tuning_a_kept_head_needs_the_order_where_the_two_differ(tmp_path, 
     code, err = _cli(capsys, [*argv, "--output-dir", str(tmp_path / "r2"), "--set", "data.class_order=natural"])  # fmt: skip
     assert code == 0, err
     assert "classes c1, c2, c10" in err
+
+
+def test_fine_tuning_a_kept_head_follows_the_class_names_its_checkpoint_stores(tmp_path, capsys):
+    """A classzoo checkpoint names the class of each logit. Fine-tuned with its head kept on
+    folders of other names, or in another order, every label was scored against another class's
+    logit without a word. The truth: the names run A recorded for its logits."""
+    names = ("c1", "c2", "c10")
+    write_imagefolder(tmp_path / "a" / "train", dict.fromkeys(names, 2), seed=1)
+    write_imagefolder(tmp_path / "b" / "train", dict.fromkeys(("x", "y", "z"), 2), seed=1)
+    base = ["train", "--recipe", "gluon_resnet50_v1b", "--max-steps", "1", "--batch-size", "2"]
+    base += ["--amp", "off", "--device", "cpu", "--set", "model.name=resnet10t"]
+    base += ["--set", "data.image_size=32", "--set", "data.num_workers=0"]
+    base += ["--set", "train.mode=train", "--set", "train.progress=false"]
+    run_a = ["--data-dir", str(tmp_path / "a"), "--set", "data.class_order=natural"]
+    assert main([*base, *run_a, "--output-dir", str(tmp_path / "runa")]) == 0
+    ckpt = str(tmp_path / "runa" / "checkpoints" / "ckpt-000000001.pt")
+    capsys.readouterr()
+    tune = [*base, "--set", f"model.checkpoint={ckpt}", "--output-dir"]
+    code, err = _cli(capsys, [*tune, str(tmp_path / "r1"), "--data-dir", str(tmp_path / "b")])
+    assert code == EXIT_USER_ERROR and not (tmp_path / "r1").exists(), err
+    assert f"checkpoint {ckpt}: its classifier was trained on classes c1, c2, c10" in err
+    assert "'x'" in err and "model.exclude=fc" in err
+    code, err = _cli(capsys, [*tune, str(tmp_path / "r2"), *run_a[:2], "--set", "data.class_order=sorted"])  # fmt: skip
+    assert code == EXIT_USER_ERROR and not (tmp_path / "r2").exists(), err
+    assert "logit 1 is 'c2' there and 'c10' here: set data.class_order=natural" in err
+    code, err = _cli(capsys, [*tune, str(tmp_path / "r3"), *run_a])  # the same classes, in order
+    assert code == 0, err
+    code, err = _cli(capsys, [*tune, str(tmp_path / "r4"), "--data-dir", str(tmp_path / "b"), "--set", "model.exclude=fc"])  # fmt: skip
+    assert code == 0, err  # a new classifier, left at its initialisation, as asked

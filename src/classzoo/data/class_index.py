@@ -154,6 +154,39 @@ def check_order_given(folders: Sequence[str], order: str | None, where: str, why
         )
 
 
+def check_kept_head_classes(
+    stored: Sequence[str], folders: Sequence[str], source: str, heads: Sequence[str]
+) -> None:
+    """Fine-tuning a classifier kept from a checkpoint that names its logits (``stored``):
+    the training folders, numbered in the run's order (``folders``), must be those classes in
+    that order, or folder k would train another class's logit k."""
+    from timm.utils.misc import natural_key
+
+    stored, folders = list(stored), list(folders)
+    if stored == folders:
+        return
+    new_head = f"set model.exclude={','.join(heads) or '<its classifier>'} to train a new one"
+    if sorted(stored) != sorted(folders):
+        extra = next((f for f in folders if f not in stored), None)
+        which = f"'{extra}' is not one of them" if extra else "these are only some of them"
+        raise UserError(
+            f"checkpoint {source}: its classifier was trained on classes {_few(stored)}; of the "
+            f"training folders ({_few(folders)}) {which}: {new_head}"
+        )
+    k = next(i for i, (a, b) in enumerate(zip(stored, folders)) if a != b)
+    same = {"sorted": sorted(folders), "natural": sorted(folders, key=natural_key)}
+    order = next((o for o, names in same.items() if names == stored), None)
+    where = f"checkpoint {source}: its classifier's logit {k} is '{stored[k]}' there and "
+    where += f"'{folders[k]}' here"
+    if order:
+        raise UserError(f"{where}: set data.class_order={order}, the order it was trained in")
+    raise UserError(f"{where}, an order neither sorted nor natural: {new_head}")
+
+
+def _few(names: Sequence[str]) -> str:
+    return ", ".join(names[:5]) + (f", ... ({len(names)})" if len(names) > 5 else "")
+
+
 def _by_order(folders: list[str], order: str | None, where: str) -> ClassMatch:
     """Rule 3: the i-th folder of ``order`` is logit i."""
     from timm.utils.misc import natural_key

@@ -31,6 +31,7 @@ from classzoo.models.weights import (
     load_checkpoint,
     load_into,
     state_from_checkpoint,
+    stored_classes,
 )
 
 log = logging.getLogger("classzoo")
@@ -63,11 +64,6 @@ def checkpoint_paths(checkpoint: str | None) -> list[Path]:
     return [src]
 
 
-def _stored_classes(ckpt: dict[str, Any] | None) -> tuple[str, ...] | None:
-    classes = ((ckpt or {}).get("resolved") or {}).get("classes")
-    return tuple(classes) if classes else None
-
-
 def _check_head(ckpt: dict[str, Any], path: Path, num_logits: int) -> None:
     """Before the run folder exists: the model's head has the checkpoint's size."""
     theirs = (ckpt.get("resolved") or {}).get("num_classes")
@@ -94,7 +90,7 @@ def labelled_for(
     ckpt = load_checkpoint_file(first) if first is not None else None
     if ckpt is not None:
         _check_head(ckpt, first, resolved.num_classes)
-    stored = _stored_classes(ckpt)
+    stored = stored_classes(ckpt)
     val, names = labelled_by_logit(val, resolved.num_classes, stored, order)
     return val, replace(resolved, classes=names, data={**resolved.data, "val": val.info})
 
@@ -119,7 +115,7 @@ def _load(model: nn.Module, model_name: str, path: Path, use_ema: bool, classes)
     if ckpt is None:
         load_checkpoint(model, model_name, path, use_ema=use_ema, allow_new_head=False)
         return None
-    theirs = _stored_classes(ckpt)
+    theirs = stored_classes(ckpt)
     if classes is not None and theirs is not None and theirs != tuple(classes):
         raise UserError(
             f"checkpoint {path} was trained on other classes ({', '.join(theirs[:5])}, ...) than "

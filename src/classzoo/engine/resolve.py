@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from classzoo.config import Config, DataConfig, ModelConfig
-from classzoo.data.class_index import check_order_given
+from classzoo.data.class_index import check_kept_head_classes, check_order_given
 from classzoo.data.labels import check_labels, infer_num_classes
 from classzoo.data.transforms import EvalPreprocess
 from classzoo.data.transforms import describe as describe_pixels
@@ -25,6 +25,7 @@ from classzoo.engine.devices import traits
 from classzoo.engine.optim import check_optimizer, fused_choice
 from classzoo.engine.precision import precision_name, resolve_amp, train_amp
 from classzoo.errors import UserError
+from classzoo.models.weights import LoadReport
 
 log = logging.getLogger("classzoo")
 
@@ -311,9 +312,11 @@ def resolve(
     weights: dict[str, Any],
     schedule: Schedule | None,
     bf16_wrong: list[str] | None = None,
+    loaded: LoadReport | None = None,
 ) -> Resolved:
     """The Resolved record of a run (or of an evaluation: schedule None). ``bf16_wrong``: the
-    layers engine/bf16_conv_check.py finds (CPU training only)."""
+    layers engine/bf16_conv_check.py finds (CPU training only); ``loaded``: what
+    ``model.checkpoint`` put into the model, with the class names it stores."""
     offset = label_offset_for(asked.data, model_defaults, asked.model.num_classes)
     for split, info in data.items():
         if info.label_min is not None:
@@ -329,7 +332,7 @@ def resolve(
     pre = preprocess_for(asked.data, model_defaults)
     train = note = None
     if schedule:
-        _check_kept_head_order(classes, asked.data.class_order, data, weights)
+        _check_kept_head(classes, asked.data.class_order, data, weights, loaded)
         check_optimizer(asked.optim, schedule.lr)
         dtype, note = train_amp(asked.train.amp, device, bf16_wrong or [], pre.image_size)
         train = precision_name(dtype)
@@ -361,11 +364,16 @@ def resolve(
     )
 
 
-def _check_kept_head_order(classes, order: str | None, data: dict[str, SplitInfo], weights) -> None:
-    """Fine-tuning a loaded classifier: its logit k must be the folder it was trained on."""
-    if classes and weights.get("source") and not weights.get("left_at_init"):
-        where = data["train"].location if "train" in data else "the training folders"
-        check_order_given(classes, order, where, "the weights' classifier is kept (fine-tuned)")
+def _check_kept_head(classes, order: str | None, data: dict[str, SplitInfo], weights, loaded):
+    """Fine-tuning a loaded classifier: its logit k must be the folder it was trained on,
+    by the names its checkpoint stores, else by the order the user states."""
+    if not (classes and weights.get("source") and not weights.get("left_at_init")):
+        return
+    if loaded is not None and loaded.classes:
+        check_kept_head_classes(loaded.classes, classes, loaded.source, loaded.heads)
+        return
+    where = data["train"].location if "train" in data else "the training folders"
+    check_order_given(classes, order, where, "the weights' classifier is kept (fine-tuned)")
 
 
 def or_device_default(value: bool | None, device: torch.device, name: str) -> bool:

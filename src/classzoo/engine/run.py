@@ -173,9 +173,9 @@ def set_up(asked: Config, env: DistEnv, need_train: bool, need_val: bool) -> Set
     infos = {k: v.info for k, v in (("train", train), ("val", val)) if v is not None}
     schedule = _schedule(asked, len(train.dataset), env.world_size) if train is not None else None
     wrong = schedule and cpu_training_check(model, asked.train.amp, env.device, pre.image_size)
-    resolved = resolve(
-        asked, env.device, env.world_size, defaults, n, classes, infos, weights, schedule, wrong
-    )
+    loaded = getattr(model, "load_report", None)  # with the class names its checkpoint stores
+    found = (defaults, n, classes, infos, weights, schedule, wrong, loaded)
+    resolved = resolve(asked, env.device, env.world_size, *found)
     model.to(env.device)
     if resolved.channels_last:
         model.to(memory_format=torch.channels_last)

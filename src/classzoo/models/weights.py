@@ -44,6 +44,16 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     left_at_init: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
+    # the names of the logits a classzoo checkpoint stores (its run's class folders), or None
+    classes: tuple[str, ...] | None = None
+    heads: list[str] = field(default_factory=list)  # the model's classifier modules, by name
+
+
+def stored_classes(ckpt: object) -> tuple[str, ...] | None:
+    """The class names a classzoo checkpoint records for its logits (logit k: name k)."""
+    record = ckpt.get("resolved") if isinstance(ckpt, dict) else None
+    classes = record.get("classes") if isinstance(record, dict) else None
+    return tuple(classes) if classes else None
 
 
 def detect_format(path: str | Path) -> str:
@@ -288,18 +298,22 @@ def load_checkpoint(
     ``model.load_report`` (so ``classzoo.create_model`` callers see it)."""
     exclude = [exclude] if isinstance(exclude, str) else list(exclude)  # "fc", not "f", "c"
     fmt = detect_format(path)
+    ckpt = load_checkpoint_file(path) if fmt == "classzoo" else None
+    prefixes = _classifier_prefixes(model)
     if fmt == "tf":
         state, init, scopes = _tf_state(
             model, model_name, path, list(exclude), use_ema, allow_new_head
         )
         loaded, left = load_into(model, state, str(path), exclude=init)
     else:
-        state = read_state_dict(path, use_ema=use_ema)
+        if ckpt is None:  # safetensors
+            state = read_state_dict(path, use_ema=use_ema)
+        else:
+            state = state_from_checkpoint(ckpt, path, use_ema)
         loaded, left = load_into(model, state, str(path), exclude, allow_new_head)
-        heads = [
-            p for p in _classifier_prefixes(model) if p not in exclude and p[:-1] not in exclude
-        ]
+        heads = [p for p in prefixes if p not in exclude and p[:-1] not in exclude]
         scopes = [*exclude, *(p for p in heads if any(k.startswith(p) for k in left))]
-    report = LoadReport(str(path), fmt, loaded, left, scopes)
+    names = [p.rstrip(".") for p in prefixes]
+    report = LoadReport(str(path), fmt, loaded, left, scopes, stored_classes(ckpt), names)
     model.load_report = report
     return report
