@@ -216,8 +216,8 @@ def eval_checkpoint(
         values["data.eval_batch_size"] = batch_size
     if asked.data.source == "synthetic":  # a smoke run's checkpoint on real images
         values["data.source"] = "imagefolder"
-    if split is not None:
-        values["data.val_split"] = split
+    if split is not None:  # the split asked for, not the files the run's val_pattern chose
+        values.update({"data.val_split": split, "data.val_pattern": None})
     asked = with_overrides(with_values(asked, values, "eval"), list(overrides))
     root = Path(data_dir)
     if split is None and asked.data.source == "imagefolder":

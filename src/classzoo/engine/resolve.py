@@ -22,6 +22,7 @@ from classzoo.data.labels import check_labels, infer_num_classes
 from classzoo.data.transforms import EvalPreprocess
 from classzoo.data.transforms import describe as describe_pixels
 from classzoo.engine.devices import traits
+from classzoo.engine.held_out import check_held_out
 from classzoo.engine.optim import check_optimizer, fused_choice
 from classzoo.engine.precision import precision_name, resolve_amp, train_amp
 from classzoo.errors import UserError
@@ -333,6 +334,8 @@ def resolve(
     train = note = None
     if schedule:
         _check_kept_head(classes, asked.data.class_order, data, weights, loaded)
+        if "train" in data and "val" in data:
+            check_held_out(data["train"], data["val"], asked.data)
         check_optimizer(asked.optim, schedule.lr)
         dtype, note = train_amp(asked.train.amp, device, bf16_wrong or [], pre.image_size)
         train = precision_name(dtype)

@@ -1,0 +1,79 @@
+"""Which files a split reads: the val split is held out from training, and ``classzoo eval
+--split`` reads the split it names.
+
+Before, a folder of arbitrarily named TFRecord shards (every file read for every split) and an
+ImageFolder whose ``val`` links to ``train`` made a ``train_and_evaluate`` run score its own
+training images as "val", and ``eval --split test`` of a run trained with ``data.val_pattern``
+read that pattern's files instead of the test split, all without a word. The truths: the files
+each split was written to, and the number of images written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from classzoo.cli import main
+from classzoo.errors import UserError
+from conftest import write_imagefolder
+
+EXIT_USER_ERROR = UserError.exit_code  # 2
+TINY = ["--recipe", "quickstart", "--set", "data.batch_size=6", "--set", "train.max_steps=1"]
+TINY += ["--set", "data.num_workers=0", "--set", "train.progress=false", "--device", "cpu"]
+SLIM_LABELS = ["--set", "data.source=tfrecord", "--set", "data.label_offset=1"]
+
+
+def _shards(src, out, split: str, shards: int) -> None:
+    argv = ["data", "to-tfrecord", str(src), str(out), "--shards", str(shards), "--split", split]
+    assert main(argv) == 0
+
+
+def test_unnamed_shards_are_not_read_as_both_train_and_val(tmp_path, capsys):
+    write_imagefolder(tmp_path / "img", dict.fromkeys("abc", 4), seed=1)
+    _shards(tmp_path / "img", tmp_path / "named", "train", 2)
+    (tmp_path / "tu").mkdir()
+    for k, part in enumerate(("a", "b")):
+        shard = tmp_path / "named" / f"train-0000{k}-of-00002"
+        shutil.copy(shard, tmp_path / "tu" / f"part-{part}.tfrecord")
+    argv = ["train", *TINY, *SLIM_LABELS, "--data-dir", str(tmp_path / "tu"), "--output-dir"]
+    capsys.readouterr()
+    assert main([*argv, str(tmp_path / "r1")]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "the val split reads 2 of the train split's 2 files" in err, err
+    assert "score its own training images" in err and not (tmp_path / "r1").exists()
+    held_out = ["--set", "data.train_pattern=part-a*", "--set", "data.val_pattern=part-b*"]
+    assert main([*argv, str(tmp_path / "r2"), *held_out]) == 0
+    files = (tmp_path / "r2" / "resolved.yaml").read_text()
+    assert "part-a.tfrecord" in files and "part-b.tfrecord" in files
+
+
+def test_a_val_folder_linked_to_train_is_refused(tmp_path, capsys):
+    write_imagefolder(tmp_path / "d" / "train", dict.fromkeys("abc", 4), seed=1)
+    (tmp_path / "d" / "val").symlink_to(tmp_path / "d" / "train", target_is_directory=True)
+    argv = ["train", *TINY, "--data-dir", str(tmp_path / "d"), "--output-dir"]
+    capsys.readouterr()
+    assert main([*argv, str(tmp_path / "r1")]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert f"the val split {tmp_path / 'd' / 'val'} is the train split's folder" in err, err
+    # asked for in so many words: the val line names the folder
+    assert main([*argv, str(tmp_path / "r2"), "--set", "data.val_split=train"]) == 0
+
+
+def test_eval_split_reads_the_split_it_names_not_the_runs_val_pattern(tmp_path, capsys):
+    write_imagefolder(tmp_path / "img" / "train", dict.fromkeys("abc", 4), seed=1)
+    write_imagefolder(tmp_path / "img" / "val", dict.fromkeys("abc", 2), seed=2)
+    write_imagefolder(tmp_path / "img" / "test", dict.fromkeys("abc", 3), seed=3)
+    data = tmp_path / "t"
+    for split, name, shards in (("train", "train", 2), ("val", "validation", 2), ("test", "test", 1)):  # fmt: skip
+        _shards(tmp_path / "img" / split, data, name, shards)
+    run = tmp_path / "run"
+    argv = ["train", *TINY, *SLIM_LABELS, "--data-dir", str(data), "--output-dir", str(run)]
+    assert main([*argv, "--set", "data.val_pattern=validation-00000-of-00002"]) == 0
+    capsys.readouterr()
+    ev = ["eval", "--checkpoint", str(run), "--data-dir", str(data), "--device", "cpu", "--json"]
+    assert main([*ev, "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{") :])["count"] == 9  # the 3 x 3 test images written
+    assert main([*ev, "--split", "test", "--set", "data.val_pattern=validation-*"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{") :])["count"] == 6  # a pattern asked for is read
