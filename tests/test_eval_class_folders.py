@@ -269,3 +269,33 @@ def test_fine_tuning_a_kept_head_follows_the_class_names_its_checkpoint_stores(t
     assert code == 0, err
     code, err = _cli(capsys, [*tune, str(tmp_path / "r4"), "--data-dir", str(tmp_path / "b"), "--set", "model.exclude=fc"])  # fmt: skip
     assert code == 0, err  # a new classifier, left at its initialisation, as asked
+
+
+def test_tfrecord_labels_are_checked_against_the_class_names_the_checkpoint_stores(
+    tmp_path, capsys
+):
+    """`data to-tfrecord` numbers the folders it is given in sorted order: a val subset of
+    classes a, c was written as 1:a, 2:c, and scored 50 % against the logits of a, b (100 % as
+    an ImageFolder) without a word. The truth: the class names run A stored for its logits."""
+    write_imagefolder(tmp_path / "d" / "train", dict.fromkeys("abc", 4), seed=1)
+    write_imagefolder(tmp_path / "d" / "val", dict.fromkeys("abc", 2), seed=2)
+    write_imagefolder(tmp_path / "sub" / "val", dict.fromkeys("ac", 2), seed=2)
+    train = ["train", "--recipe", "quickstart", "--data-dir", str(tmp_path / "d"), "--device"]
+    train += ["cpu", "--set", "train.max_steps=1", "--set", "data.batch_size=4"]
+    train += ["--set", "data.num_workers=0", "--set", "train.progress=false", "--output-dir"]
+    assert main([*train, str(tmp_path / "run")]) == 0
+    for src, out in (("sub", "t_sub"), ("d", "t_all")):
+        argv = ["data", "to-tfrecord", str(tmp_path / src / "val"), str(tmp_path / out)]
+        assert main([*argv, "--shards", "1", "--split", "validation"]) == 0
+    capsys.readouterr()
+    ev = ["eval", "--checkpoint", str(tmp_path / "run"), "--device", "cpu", "--set"]
+    ev += ["data.source=tfrecord", "--set", "data.label_offset=1", "--data-dir"]
+    code, err = _cli(capsys, [*ev, str(tmp_path / "t_sub")])
+    assert code == EXIT_USER_ERROR, err
+    assert "labels.txt gives 'c' label 2 (logit 1 under label_offset 1), but the checkpoint's " in err  # fmt: skip
+    assert "logit 1 is 'b' (its 'c' is logit 2)" in err
+    code, err = _cli(capsys, [*ev, str(tmp_path / "t_all")])  # numbered as the run was
+    assert code == 0 and "count 6" in err, err
+    folder = ["eval", "--checkpoint", str(tmp_path / "run"), "--device", "cpu", "--data-dir"]
+    code, same = _cli(capsys, [*folder, str(tmp_path / "d")])  # the same images, by name
+    assert code == 0 and _top1(same) == _top1(err)

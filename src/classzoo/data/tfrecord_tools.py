@@ -66,6 +66,29 @@ def _labels(classes: list[str], out: Path) -> tuple[dict[str, int], bool]:
     return {c: i for i, c in enumerate(classes, start=1)}, True  # slim: 0 is the background
 
 
+def check_label_file(folder: Path, stored: tuple[str, ...], offset: int) -> None:
+    """Records scored by a checkpoint that names its logits (``stored``): where the shards'
+    ``labels.txt`` names their labels, label L must be that checkpoint's logit L - ``offset``.
+    ``data to-tfrecord`` numbers the folders it is given in sorted order, so a val subset, or
+    classes a run ordered naturally, would be scored against other classes' logits."""
+    path = folder / LABELS_FILE
+    if not path.is_file():
+        return
+    for name, label in sorted(_read_label_file(path).items(), key=lambda kv: kv[1]):
+        logit = label - offset
+        theirs = stored[logit] if 0 <= logit < len(stored) else None
+        if theirs == name:
+            continue
+        where = f"{path} gives '{name}' label {label} (logit {logit} under label_offset {offset})"
+        if name not in stored:
+            raise UserError(f"{where}, but the checkpoint was not trained on '{name}'")
+        raise UserError(
+            f"{where}, but the checkpoint's logit {logit} is '{theirs}' (its '{name}' is logit "
+            f"{stored.index(name)}): score the image folder (matched by name), or write the "
+            "checkpoint's numbering to labels.txt before `classzoo data to-tfrecord`"
+        )
+
+
 def _write_labels(labels: dict[str, int], out: Path) -> Path:
     path = out / LABELS_FILE
     path.write_text("".join(f"{label}:{c}\n" for c, label in labels.items()))

@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from classzoo.data.tfrecord_tools import check_label_file
 from classzoo.engine.build import Split, labelled_by_logit
 from classzoo.engine.checkpoint import CKPT_RE
 from classzoo.engine.distributed import DistEnv
@@ -84,13 +85,15 @@ def labelled_for(
     where = paths[0].parent if paths else "?"
     init = f"each of the {len(paths)} checkpoint(s) in {where}, loaded in turn"
     resolved = replace(resolved, weights={"source": None, "init": init})
-    if not val.classes:
-        return val, resolved
     first = next((p for p in paths if detect_format(p) == "classzoo"), None)
     ckpt = load_checkpoint_file(first) if first is not None else None
     if ckpt is not None:
         _check_head(ckpt, first, resolved.num_classes)
     stored = stored_classes(ckpt)
+    if not val.classes:  # TFRecord: numbers, named by the shards' labels.txt where it exists
+        if stored and val.info.source == "tfrecord":
+            check_label_file(Path(val.info.location), stored, resolved.label_offset)
+        return val, resolved
     val, names = labelled_by_logit(val, resolved.num_classes, stored, order)
     return val, replace(resolved, classes=names, data={**resolved.data, "val": val.info})
 

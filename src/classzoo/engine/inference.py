@@ -19,6 +19,7 @@ from torch import nn
 
 from classzoo.config import Config, from_dict, load_recipe, with_overrides, with_values
 from classzoo.data.class_index import is_imagenet_synsets
+from classzoo.data.tfrecord_tools import check_label_file
 from classzoo.engine.build import (
     Split,
     build_model,
@@ -190,6 +191,8 @@ def prepare(
     if split is not None and split.classes:  # an ImageFolder: its folders matched to logits
         split, names = labelled_by_logit(split, n, stored_classes, asked.data.class_order)
         classes = list(names)
+    elif split is not None and stored_classes and asked.data.source == "tfrecord":
+        check_label_file(Path(asked.data.dir), stored_classes, probe.label_offset)
     data = {"eval": split.info} if split is not None else {}
     resolved = resolve(asked, device, world_size, defaults, n, classes, data, weights, None)
     return Prepared(asked, net.to(device).eval(), resolved, split)
