@@ -77,3 +77,18 @@ def test_eval_split_reads_the_split_it_names_not_the_runs_val_pattern(tmp_path, 
     assert main([*ev, "--split", "test", "--set", "data.val_pattern=validation-*"]) == 0
     out = capsys.readouterr().out
     assert json.loads(out[out.index("{") :])["count"] == 6  # a pattern asked for is read
+
+
+def test_eval_of_a_folder_of_splits_without_val_names_the_split_to_give(tmp_path, capsys):
+    """A data folder with train/ and validation/ but no val/ was read as class folders and the
+    user was told that 'train' is not one of the model's classes."""
+    write_imagefolder(tmp_path / "d" / "train", dict.fromkeys("abc", 4), seed=1)
+    write_imagefolder(tmp_path / "d" / "val", dict.fromkeys("abc", 2), seed=2)
+    assert main(["train", *TINY, "--data-dir", str(tmp_path / "d"), "--output-dir", str(tmp_path / "r")]) == 0  # fmt: skip
+    (tmp_path / "d" / "val").rename(tmp_path / "d" / "validation")
+    capsys.readouterr()
+    ev = ["eval", "--checkpoint", str(tmp_path / "r"), "--data-dir", str(tmp_path / "d")]
+    assert main([*ev, "--device", "cpu"]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "has no 'val' folder but has train, validation: give --split validation" in err, err
+    assert main([*ev, "--device", "cpu", "--split", "validation"]) == 0

@@ -46,6 +46,7 @@ from classzoo.models.weights import (
 )
 
 log = logging.getLogger("classzoo")
+_SPLIT_NAMES = ("train", "val", "validation", "valid", "test", "eval")  # folders named as splits
 
 
 @dataclass
@@ -225,6 +226,7 @@ def eval_checkpoint(
     root = Path(data_dir)
     if split is None and asked.data.source == "imagefolder":
         if not (root / asked.data.val_split).is_dir():  # the folder itself holds the classes
+            _no_split_folders(root, asked.data.val_split)
             asked = with_values(asked, {"data.val_split": "."}, "eval")
         if root.is_dir() and not any(p.is_dir() for p in root.iterdir()):
             raise UserError(
@@ -243,6 +245,17 @@ def eval_checkpoint(
     precision = p.resolved.eval_precision
     result = evaluate(p.net, loader, env, opts)
     return {**result, "checkpoint": src.path, "weights": weights, "precision": precision}
+
+
+def _no_split_folders(root: Path, val_split: str) -> None:
+    """A folder without ``val_split`` is read as the class folders themselves, unless it holds
+    other splits: then the user meant one of them (``train/`` would be "a class")."""
+    splits = sorted(p.name for p in root.glob("*") if p.name in _SPLIT_NAMES and p.is_dir())
+    if splits:
+        raise UserError(
+            f"{root} has no '{val_split}' folder but has {', '.join(splits)}: give --split "
+            f"{next((s for s in splits if s != 'train'), splits[0])}"
+        )
 
 
 def load_for_inference(
