@@ -92,3 +92,16 @@ def test_eval_of_a_folder_of_splits_without_val_names_the_split_to_give(tmp_path
     err = capsys.readouterr().err
     assert "has no 'val' folder but has train, validation: give --split validation" in err, err
     assert main([*ev, "--device", "cpu", "--split", "validation"]) == 0
+
+
+def test_a_val_folder_is_not_written_as_training_shards_without_a_word(tmp_path, capsys):
+    """`data to-tfrecord d/val OUT` wrote train-* shards (--split defaulted to train): a run on
+    OUT would train on the validation images."""
+    write_imagefolder(tmp_path / "d" / "val", dict.fromkeys("ab", 2), seed=1)
+    argv = ["data", "to-tfrecord", str(tmp_path / "d" / "val"), str(tmp_path / "t"), "--shards", "1"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == EXIT_USER_ERROR and not (tmp_path / "t").exists()
+    assert "is named like a held-out split but --split defaults to train" in capsys.readouterr().err
+    assert main([*argv, "--split", "validation"]) == 0
+    assert "wrote 4 records of 2 classes to 1 'validation' shards" in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "t").glob("*-of-*")] == ["validation-00000-of-00001"]
