@@ -95,6 +95,13 @@ def _count(ignored: Counter | None, kind: str, why: str) -> None:
         ignored[(kind, why)] += 1
 
 
+def left_out_target(index: int) -> int:
+    """The target of item ``index`` when its image is unreadable and the dataset leaves it
+    out of the metrics: negative, and ``-1 - target`` names the item (its file), even when a
+    DataLoader worker loaded it (engine/evaluate.py masks targets < 0)."""
+    return -1 - index
+
+
 def load_rgb(path: str, decoder: str = "pil"):
     """Decode one file to RGB (PIL image, or an HWC uint8 array for the TF decoder)."""
     return decode.decoder(decoder)(decode.read_file(path), path)
@@ -108,7 +115,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     any other transform gets the decoded RGB image (``decoder``: "pil", or "tf" for TF's pixels).
 
     ``skip_corrupt``: an unreadable image is logged and replaced by the next readable one
-    (so a batch keeps its size); otherwise it is a UserError naming the file.
+    (so a batch keeps its size); otherwise it is a UserError naming the file. With
+    ``leave_out_unreadable`` (evaluation) that neighbour comes with the target
+    :func:`left_out_target` instead of its own label, so it is scored once, not twice, and the
+    unreadable image is left out of the metrics (engine/evaluate.py).
     """
 
     def __init__(
@@ -117,6 +127,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         transform: Callable | None = None,
         skip_corrupt: bool = False,
         classes: list[str] | None = None,
+        leave_out_unreadable: bool = False,
     ) -> None:
         self.root = Path(root)
         left_out: Counter = Counter()
@@ -134,6 +145,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.positions = self.targets  # each image's folder position (targets until relabel)
         self.transform = transform
         self.skip_corrupt = skip_corrupt
+        self.leave_out_unreadable = leave_out_unreadable
         self.decoder = "pil"  # "tf" for the slim presets (set with the transform)
 
     def relabel(self, index: dict[str, int]) -> None:
@@ -145,6 +157,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def name_of(self, index: int) -> str:
+        """The file of item ``index`` (for messages)."""
+        return self.files[index]
+
     def _load(self, path: str):
         if getattr(self.transform, "accepts_encoded", False):
             return self.transform(decode.EncodedImage(decode.read_file(path), path))
@@ -155,11 +171,15 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         for attempt in range(len(self.files)):
             i = (index + attempt) % len(self.files)
             try:
-                return self._load(self.files[i]), int(self.targets[i])
+                sample = self._load(self.files[i])
             except decode.UnreadableImage as exc:
                 if not self.skip_corrupt:
                     raise decode.UnreadableImage(f"{exc}{decode.SKIP_HINT}", exc.cause) from None
                 log.warning("skipped: %s", exc)
+                continue
+            if attempt and self.leave_out_unreadable:  # the neighbour only fills the batch
+                return sample, left_out_target(index)
+            return sample, int(self.targets[i])
         raise UserError(f"no readable image in {self.root}")
 
 

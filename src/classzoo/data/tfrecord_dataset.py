@@ -25,6 +25,7 @@ from classzoo.data.decode import (
     decode_pil,
     decode_tf,
 )
+from classzoo.data.imagefolder import left_out_target
 from classzoo.data.labels import check_labels
 from classzoo.data.tfrecord_index import index_shards
 from classzoo.data.tfrecord_shards import find_shards
@@ -108,7 +109,9 @@ class TFRecordImageDataset(torch.utils.data.Dataset):
 
     A corrupt record or undecodable image raises a UserError naming the shard and byte offset.
     With ``skip_corrupt=True`` it is logged and the next good record is returned instead, so the
-    epoch keeps its length but that neighbour appears twice.
+    epoch keeps its length but that neighbour appears twice; with ``leave_out_unreadable``
+    (evaluation) the neighbour comes with the target ``left_out_target(i)`` (negative) instead
+    of its label, so the damaged record is left out of the metrics (engine/evaluate.py).
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class TFRecordImageDataset(torch.utils.data.Dataset):
         *,
         index_threads: int = 8,
         max_open_files: int = 64,
+        leave_out_unreadable: bool = False,
     ):
         if isinstance(shards, (str, os.PathLike)):
             shards = find_shards(str(shards))
@@ -131,6 +135,7 @@ class TFRecordImageDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.label_offset = label_offset
         self.skip_corrupt = skip_corrupt
+        self.leave_out_unreadable = leave_out_unreadable
         self.image_key, self.label_key = image_key, label_key
         self.decoder = "pil"
         indexes = index_shards(self.shards, label_key, skip_corrupt, index_threads)
@@ -175,6 +180,11 @@ class TFRecordImageDataset(torch.utils.data.Dataset):
         """(shard path, record number in it, byte offset) of global record ``i``."""
         shard = int(np.searchsorted(self._starts, i, side="right")) - 1
         return self.shards[shard], i - int(self._starts[shard]), int(self._rows[i, 0])
+
+    def name_of(self, i: int) -> str:
+        """Global record ``i`` for messages: its number in its shard and the shard's path."""
+        path, record, _ = self.where(i)
+        return f"record {record} of {path}"
 
     # ---- reading --------------------------------------------------------------------------
 
@@ -229,11 +239,15 @@ class TFRecordImageDataset(torch.utils.data.Dataset):
             raise IndexError(f"record {i} out of range for {n} records")
         for step in range(n if self.skip_corrupt else 1):
             try:
-                return self._sample((i + step) % n)
+                image, label = self._sample((i + step) % n)
             except CorruptRecordError as e:
                 if not self.skip_corrupt:
                     raise CorruptRecordError(f"{e}{SKIP_HINT}") from None
                 log.warning("skipping %s", e)
+                continue
+            if step and self.leave_out_unreadable:  # the neighbour only fills the batch
+                return image, left_out_target(i)
+            return image, label
         raise UserError(f"every record of {len(self.shards)} TFRecord shards is corrupt")
 
     # ---- labels, from the index (no image is read) ----------------------------------------
