@@ -42,8 +42,9 @@ def add_parser(subparsers) -> None:
     e.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON object {top1, top5, loss, count, checkpoint, weights, precision} "
-        "(non-finite numbers as null; checkpoint: the file evaluated; weights: ema or model, "
+        help="print one JSON object {top1, top5, loss, count, skipped, checkpoint, weights, "
+        "precision} (non-finite numbers as null; skipped: unreadable images left out of the "
+        "metrics under data.skip_corrupt; checkpoint: the file evaluated; weights: ema or model, "
         "which of its weights were scored; precision: fp32, bf16 or fp16, as eval.amp resolved)",
     )
 
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"top1 {result['top1']:.3f}  top5 {result['top5']:.3f}  loss {result['loss']:.4f}  "
             f"count {result['count']}"
+            + (f"  skipped {result['skipped']}" if result.get("skipped") else "")
         )
     return 0
 

@@ -97,6 +97,7 @@ def open_split(
         data, split, pipeline.sample, synthetic_classes, label_offset, pre.image_size, classes
     )
     ds.decoder = pre.decoder  # TF's JPEG pixels for the slim presets
+    ds.leave_out_unreadable = not train  # eval: an unreadable image is left out (evaluate.py)
     if data.source == "tfrecord":
         lo, hi = ds.label_range()
         info = SplitInfo(
