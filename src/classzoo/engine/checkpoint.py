@@ -9,6 +9,19 @@ The folder holds ``ckpt-<step:09d>.pt``; the newest ``keep_last`` are kept, plus
 ``keep_best`` by ``metric`` (ties keep the earlier step, as timm's CheckpointSaver does), and
 ``best.pt``, a hard link to (or copy of) the best one, replaced atomically: a stable name, like
 timm's ``model_best.pth.tar``. ``index.json`` records each file's step and metrics.
+
+**A damaged or missing index.json** is rebuilt from the files, each scored by the last ``eval``
+row of its step in the run's ``metrics.jsonl`` written at or after the file's own ``time`` (an
+earlier row scored a file of an abandoned continuation). Files left unscored because that log
+is missing or has a damaged line are marked ``score_lost`` and not rotated away while
+checkpoints are ranked (one may be the best); the log says so once.
+
+**A resume from an earlier step** abandons the continuation that had gone further: the files of
+later steps are moved to ``abandoned-from-step-<N>/`` (``-2``, ... when taken; with their own
+index.json; one log line) by ``resumed_from`` or, failing that, at the attempt's first save of
+step S (then ckpt-S too, as its origin is unknown). Kept for the user, they are no longer the
+newest (``--resume auto``, ``newest_in_run``), ranked for best.pt or rotated; being in another
+folder, no damaged index.json can bring them back. A save of a step replaces its file.
 """
 
 from __future__ import annotations
@@ -116,16 +129,56 @@ def _digest(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them missing
+        return False
+
+
+_NOT_SCORES = ("kind", "step", "epoch", "time")  # bookkeeping fields of a metrics.jsonl row
+
+
+def _eval_rows(path: Path) -> tuple[dict[int, list[dict[str, Any]]], str | None]:
+    """The eval rows of a run's metrics.jsonl (``RunLogger``) by step, in the order written,
+    and why some may be missing (None when every line read as a train, eval or marker row)."""
+    rows: dict[int, list[dict[str, Any]]] = {}
+    damaged = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    row = json.loads(line)
+                    kind, step = row["kind"], row.get("step")
+                except (ValueError, TypeError, KeyError, AttributeError):
+                    kind, step = None, None
+                if kind == "eval" and isinstance(step, int):
+                    rows.setdefault(step, []).append(row)
+                elif kind not in ("train", "marker"):
+                    damaged.append(number)
+    except OSError as exc:
+        return rows, f"{path} is unreadable ({exc.strerror or exc})"
+    if damaged:
+        return rows, f"{path} has {len(damaged)} damaged line(s) (the first: line {damaged[0]})"
+    return rows, None
+
+
 class CheckpointManager:
     """``<dir>/ckpt-<step>.pt``: the newest ``keep_last`` (all if <= 0) plus the best
-    ``keep_best`` by ``metric``, with ``best.pt`` when ``keep_best`` >= 1."""
+    ``keep_best`` by ``metric``, with ``best.pt`` when ``keep_best`` >= 1; a folder named
+    ``checkpoints`` has its run's metrics.jsonl beside it (read when index.json is rebuilt)."""
 
     def __init__(
         self, directory: str | Path, keep_last: int = 5, keep_best: int = 0, metric: str = "top1"
     ) -> None:
         self.directory = Path(directory)
         self.keep_last, self.keep_best, self.metric = keep_last, keep_best, metric
+        in_run = self.directory.name == "checkpoints"  # the run folder's layout (engine/run.py)
+        self.metrics_log = self.directory.parent / "metrics.jsonl" if in_run else None
         self._index: dict[str, dict[str, Any]] | None = None
+        self._best: str | None = None  # best.pt's file as index.json names it
+        self._start: int | None = None  # the step this attempt resumed from, when known
+        self._saved = False  # whether this attempt has saved (its files are the newest)
 
     @property
     def best_path(self) -> Path:
@@ -154,15 +207,29 @@ class CheckpointManager:
         return removed
 
     def save(self, step: int, payload: dict[str, Any], metrics: dict | None = None) -> Path:
-        """Write ``payload`` (plus ``metrics``) as ckpt-<step>.pt, then rotate and update best.pt."""
+        """Write ``payload`` (plus ``metrics``) as ckpt-<step>.pt, then rotate and update best.pt.
+        Files of later steps (and, at an attempt's first save when it does not know where it
+        started, of this step) are an abandoned continuation's: set aside first."""
         path = self.path_for(step)
         clean = _clean_metrics(metrics)
-        save_checkpoint_file({**payload, "metrics": clean}, path)
         index = self._entries()
+        beyond = step if self._saved else self._start if self._start is not None else step - 1
+        self._set_aside(index, beyond)
+        save_checkpoint_file({**payload, "metrics": clean}, path)
+        self._saved = True
         entry = index.setdefault(path.name, {"step": step, "metrics": {}})
         entry["metrics"] = {**entry["metrics"], **clean}
         self._commit(index, step)
         return path
+
+    def resumed_from(self, step: int) -> None:
+        """The run continues from ``step`` (call on rank 0 once the restore succeeded): files of
+        later steps are set aside now, so that a kill before the first save cannot make
+        ``--resume auto`` return to the continuation the user left. Nothing is rotated here."""
+        self._start = step
+        index = self._entries()
+        if self._set_aside(index, step):
+            self._commit(index, step, rotate=False)
 
     def record_metrics(self, step: int, metrics: dict) -> None:
         """Rank the already-saved checkpoint of ``step`` (an evaluation that ran after the save)."""
@@ -173,6 +240,7 @@ class CheckpointManager:
                 f"no checkpoint of step {step} in {self.directory} to attach metrics to"
             )
         index[name]["metrics"] = {**index[name]["metrics"], **_clean_metrics(metrics)}
+        index[name].pop("score_lost", None)
         self._commit(index, max(e["step"] for e in index.values()))
 
     def metrics_for(self, step: int) -> dict[str, float]:
@@ -182,8 +250,9 @@ class CheckpointManager:
 
     def latest_good(self) -> tuple[Path, dict[str, Any]] | None:
         """The newest checkpoint that verifies and has what resume needs; each newer one that
-        does not is logged with the reason. None if the folder has none; UserError if it has
-        some and not one is readable (starting fresh would silently throw the run away)."""
+        does not is logged with the reason (and set aside at the first save: the run continues
+        from the one returned). None if the folder has none; UserError if it has some and not
+        one is readable (starting fresh would silently throw the run away)."""
         candidates = list(reversed(self.list()))
         reasons = []
         for path in candidates:
@@ -199,6 +268,7 @@ class CheckpointManager:
                     path.name,
                     len(reasons),
                 )
+            self._start = int(CKPT_RE.match(path.name)[1])
             return path, ckpt
         if candidates:
             raise UserError(
@@ -206,6 +276,40 @@ class CheckpointManager:
                 f"is readable (newest: {reasons[0]})"
             )
         return None
+
+    # ---- an abandoned continuation ------------------------------------------------------------
+
+    def _set_aside(self, index: dict[str, dict[str, Any]], beyond: int) -> bool:
+        """Move the files of steps after ``beyond`` (and their index entries) to a new
+        ``abandoned-from-step-<N>``; best.pt goes when it is one of them. True if any moved."""
+        names = [p.name for p in self.list() if int(CKPT_RE.match(p.name)[1]) > beyond]
+        if not names:
+            return False
+        base = self.directory / f"abandoned-from-step-{int(CKPT_RE.match(names[0])[1])}"
+        folder, n = base, 1
+        while folder.exists():  # rank 0 alone writes here
+            n += 1
+            folder = base.with_name(f"{base.name}-{n}")
+        try:
+            folder.mkdir()
+            for name in names:
+                os.replace(self.directory / name, folder / name)
+                if self._best == name or _same(self.best_path, folder / name):
+                    self.best_path.unlink(
+                        missing_ok=True
+                    )  # a link to (or copy of) the file just kept
+        except OSError as exc:
+            raise UserError(f"cannot set aside {names} in {folder}: {exc}") from None
+        self._write_index({n: index.pop(n) for n in names if n in index}, None, folder)
+        self._index = index
+        log.warning(
+            "moved %s to %s: a continuation beyond step %d that this run abandoned (kept; not "
+            "the newest, not ranked for best.pt, not rotated)",
+            ", ".join(names),
+            folder,
+            beyond,
+        )
+        return True
 
     # ---- rotation and best ------------------------------------------------------------------
 
@@ -217,16 +321,17 @@ class CheckpointManager:
             have, key=lambda n: (sign * index[n]["metrics"][self.metric], index[n]["step"])
         )
 
-    def _commit(self, index: dict[str, dict[str, Any]], current: int) -> None:
-        """Rotate after a save of step ``current``. Files of later steps belong to a timeline
-        that a resume from an earlier checkpoint abandoned (possibly the corrupt ones it
-        skipped): they neither count as the newest nor are deleted; training overwrites them."""
+    def _commit(self, index: dict[str, dict[str, Any]], current: int, rotate: bool = True) -> None:
+        """Rotate after a save of step ``current``; files whose score was lost stay while
+        checkpoints are ranked (one of them may be the best)."""
         by_step = sorted(index, key=lambda n: index[n]["step"])
         done = [n for n in by_step if index[n]["step"] <= current]
-        keep = set(done[-self.keep_last :] if self.keep_last > 0 else done)
+        keep = set(done[-self.keep_last :] if self.keep_last > 0 and rotate else by_step)
         keep |= {n for n in by_step if index[n]["step"] > current}
         ranked = self._ranked(index)
         keep |= set(ranked[: max(self.keep_best, 0)])
+        if self.keep_best > 0:
+            keep |= {n for n in by_step if index[n].get("score_lost")}
         kept = {n: index[n] for n in by_step if n in keep}
         best = ranked[0] if ranked and self.keep_best > 0 else None
         # index first, then best.pt, then deletions: a crash in between leaves extra files only
@@ -258,44 +363,85 @@ class CheckpointManager:
 
     # ---- index.json ---------------------------------------------------------------------------
 
-    def _write_index(self, entries: dict[str, dict[str, Any]], best: str | None) -> None:
+    def _write_index(self, entries: dict, best: str | None, folder: Path | None = None) -> None:
         body = {"metric": self.metric, "best": best, "checkpoints": entries}
         text = json.dumps({**body, "sha256": _digest(body)}, indent=1, sort_keys=True)
-        atomic_write(self.directory / INDEX, lambda f: f.write(text.encode()), "checkpoint index")
+        path = (folder or self.directory) / INDEX
+        atomic_write(path, lambda f: f.write(text.encode()), "checkpoint index")
+        if folder is None:
+            self._best = best
 
     def _entries(self) -> dict[str, dict[str, Any]]:
-        """The index, with files on disk that it lacks (a crash before its update) read back."""
+        """The index, with files on disk that it lacks (a crash before its update) read back;
+        rebuilt from the files and metrics.jsonl when it is unreadable or missing."""
         if self._index is not None:
             return dict(self._index)
         on_disk = {p.name: int(CKPT_RE.match(p.name)[1]) for p in self.list() if p.is_file()}
-        index = {n: e for n, e in self._read_index().items() if n in on_disk}
-        for name, step in on_disk.items():
-            if name not in index:
-                index[name] = {"step": step, "metrics": self._stored_metrics(name)}
+        read = self._read_index()
+        if read is None:
+            index = self._rebuild(on_disk) if on_disk else {}
+        else:
+            index = {n: e for n, e in read.items() if n in on_disk}
+            for name, step in on_disk.items():
+                if name not in index:  # saved, never evaluated: the index comes before the eval
+                    index[name] = {"step": step, "metrics": self._stored(name)[0]}
         self._index = index
         return dict(index)
 
-    def _read_index(self) -> dict[str, dict[str, Any]]:
+    def _rebuild(self, on_disk: dict[str, int]) -> dict[str, dict[str, Any]]:
+        """Each file's step and scores: its own ``metrics``, then the last eval row of its step
+        in metrics.jsonl written at or after the file's ``time`` (both UTC seconds, the same
+        format; an earlier row scored a file of a continuation a resume abandoned)."""
+        rows, why = {}, "no metrics.jsonl (not a run folder's checkpoints)"
+        if self.metrics_log is not None:
+            rows, why = _eval_rows(self.metrics_log)
+        index, lost = {}, []
+        for name, step in sorted(on_disk.items(), key=lambda item: item[1]):
+            metrics, saved = self._stored(name)
+            after = [r for r in rows.get(step, []) if not saved or str(r.get("time")) >= saved]
+            if after:
+                scores = {k: v for k, v in after[-1].items() if k not in _NOT_SCORES}
+                metrics = {**metrics, **_clean_metrics(scores)}
+            index[name] = {"step": step, "metrics": metrics}
+            if not after and why is not None:
+                index[name]["score_lost"] = True
+                lost.append(name)
+        if lost:
+            log.warning("%s: no score for %s; not rotated away", why, ", ".join(lost))
+        return index
+
+    def _read_index(self) -> dict[str, dict[str, Any]] | None:
+        """index.json's entries; None when it is missing or unreadable (said once)."""
         path = self.directory / INDEX
         if not path.is_file():
-            return {}
+            return None
         try:
             raw = json.loads(path.read_text())
             if raw.pop("sha256", None) != _digest(raw):
                 raise ValueError("SHA-256 mismatch")
             entries = {
                 str(n): {"step": int(e["step"]), "metrics": _clean_metrics(e["metrics"])}
+                | ({"score_lost": True} if e.get("score_lost") is True else {})
                 for n, e in raw["checkpoints"].items()
                 if CKPT_RE.match(str(n))
             }
+            self._best = raw["best"] if isinstance(raw["best"], str) else None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("%s is unreadable (%s): ranking rebuilt from the checkpoints", path, exc)
-            return {}
+            log.warning(
+                "%s is unreadable (%s): ranking rebuilt from the checkpoints and %s",
+                path,
+                exc,
+                self.metrics_log or "their own metrics",
+            )
+            return None
         return entries
 
-    def _stored_metrics(self, name: str) -> dict[str, float]:
+    def _stored(self, name: str) -> tuple[dict[str, float], str | None]:
+        """A file's own metrics and save ``time`` (({}, None) when it does not read)."""
         try:
-            return _clean_metrics(load_checkpoint_file(self.directory / name).get("metrics"))
+            ckpt = load_checkpoint_file(self.directory / name)
         except UserError as exc:
             log.warning("%s: metrics unreadable (%s); kept by recency only", name, exc)
-            return {}
+            return {}, None
+        saved = ckpt.get("time")
+        return _clean_metrics(ckpt.get("metrics")), saved if isinstance(saved, str) else None
