@@ -105,3 +105,20 @@ def test_a_val_folder_is_not_written_as_training_shards_without_a_word(tmp_path,
     assert main([*argv, "--split", "validation"]) == 0
     assert "wrote 4 records of 2 classes to 1 'validation' shards" in capsys.readouterr().out
     assert [p.name for p in (tmp_path / "t").glob("*-of-*")] == ["validation-00000-of-00001"]
+
+
+def test_images_in_a_hidden_folder_are_counted_as_not_used(tmp_path, capsys):
+    """A hidden folder of images (`.ipynb_checkpoints`, a copy) is not a class, but timm's
+    ImageDataset reads it as one: it was left out without a line in the record."""
+    from timm.data import ImageDataset
+
+    write_imagefolder(tmp_path / "d" / "train", dict.fromkeys("abc", 4), seed=1)
+    write_imagefolder(tmp_path / "d" / "val", dict.fromkeys("abc", 2), seed=2)
+    assert main(["train", *TINY, "--data-dir", str(tmp_path / "d"), "--output-dir", str(tmp_path / "r")]) == 0  # fmt: skip
+    write_imagefolder(tmp_path / "d" / "val" / ".d", {"x": 4}, seed=3)
+    assert len(ImageDataset(str(tmp_path / "d" / "val"))) == 10  # timm: 6 + the 4 hidden ones
+    capsys.readouterr()
+    ev = ["eval", "--checkpoint", str(tmp_path / "r"), "--data-dir", str(tmp_path / "d")]
+    assert main([*ev, "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "eval: 6 images from" in err and "not used: 4 images in the hidden folder .d" in err

@@ -28,7 +28,14 @@ def scan_imagefolder(
     ``ignored`` counts the files left out, by kind (see :func:`images_under`)."""
     if not root.is_dir():
         raise UserError(f"data folder {root} does not exist")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    folders = [e.name for e in os.scandir(root) if e.is_dir()]
+    classes = sorted(f for f in folders if not f.startswith("."))
+    for hidden in sorted(f for f in folders if f.startswith(".")):  # .ipynb_checkpoints, .d
+        n = len(images_under(str(root / hidden)))
+        if n and ignored is not None:  # timm's ImageDataset would read them as a class
+            ignored[
+                (f"image{'s' if n > 1 else ''} in the hidden folder {hidden}", "not a class")
+            ] += n
     if not classes:
         raise UserError(
             f"data folder {root} has no class folders (expected {root}/<class>/<image>)"
