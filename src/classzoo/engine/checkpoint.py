@@ -10,18 +10,16 @@ The folder holds ``ckpt-<step:09d>.pt``; the newest ``keep_last`` are kept, plus
 ``best.pt``, a hard link to (or copy of) the best one, replaced atomically: a stable name, like
 timm's ``model_best.pth.tar``. ``index.json`` records each file's step and metrics.
 
-**A damaged or missing index.json** is rebuilt from the files, each scored by the last ``eval``
-row of its step in the run's ``metrics.jsonl`` written at or after the file's own ``time`` (an
-earlier row scored a file of an abandoned continuation). Files left unscored because that log
-is missing or has a damaged line are marked ``score_lost`` and not rotated away while
-checkpoints are ranked (one may be the best); the log says so once.
+**A damaged or missing index.json** is rebuilt from the files, each scored by the last eval
+row of its step in the run's metrics.jsonl written at or after the file's ``time`` (an earlier
+row scored an abandoned file). A file that stays unscored because that log is missing or has a
+damaged line is marked ``score_lost`` and kept while checkpoints are ranked (it may be the best).
 
-**A resume from an earlier step** abandons the continuation that had gone further: the files of
-later steps are moved to ``abandoned-from-step-<N>/`` (``-2``, ... when taken; with their own
-index.json; one log line) by ``resumed_from`` or, failing that, at the attempt's first save of
-step S (then ckpt-S too, as its origin is unknown). Kept for the user, they are no longer the
-newest (``--resume auto``, ``newest_in_run``), ranked for best.pt or rotated; being in another
-folder, no damaged index.json can bring them back. A save of a step replaces its file.
+**A resume from an earlier step** abandons the continuation that went further: its files (later
+steps) move to ``abandoned-from-step-<N>/`` (with their index.json; one log line) at
+``resumed_from``, else at the attempt's first save of step S (then ckpt-S too: its origin is
+unknown). Kept, they are no longer the newest (``--resume auto``, ``newest_in_run``), ranked or
+rotated; no damaged index.json can bring them back. A save of a step replaces its file.
 """
 
 from __future__ import annotations
@@ -127,13 +125,6 @@ def _clean_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:
 def _digest(body: dict[str, Any]) -> str:
     """SHA-256 of the index's canonical JSON: a flipped bit must not re-rank checkpoints."""
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _same(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them missing
-        return False
 
 
 _NOT_SCORES = ("kind", "step", "epoch", "time")  # bookkeeping fields of a metrics.jsonl row
@@ -294,10 +285,11 @@ class CheckpointManager:
             folder.mkdir()
             for name in names:
                 os.replace(self.directory / name, folder / name)
-                if self._best == name or _same(self.best_path, folder / name):
-                    self.best_path.unlink(
-                        missing_ok=True
-                    )  # a link to (or copy of) the file just kept
+                linked = self.best_path.is_file() and os.path.samefile(
+                    self.best_path, folder / name
+                )
+                if self._best == name or linked:  # best.pt: a link to or a copy of a file kept
+                    self.best_path.unlink(missing_ok=True)
         except OSError as exc:
             raise UserError(f"cannot set aside {names} in {folder}: {exc}") from None
         self._write_index({n: index.pop(n) for n in names if n in index}, None, folder)
