@@ -2,7 +2,8 @@
 
 Reads only what the trainer writes (``config.yaml``, ``metrics.jsonl``, ``summary.json``), so a
 report can be made on a laptop from folders copied off the training machines, and an interrupted
-run (no ``summary.json`` yet) still reports its last evaluation.
+run (no ``summary.json`` yet: a kill, or a SIGTERM / SIGINT stop, whose attempt leaves none) is
+marked incomplete and still reports its last evaluation.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class Run:
     bad_lines: list[int] = field(default_factory=list)  # unreadable metrics.jsonl lines, 1-based
     resolved: dict[str, Any] = field(default_factory=dict)  # resolved.yaml: device, world size
     name: str = ""  # the folder name; parent/name when two runs share a folder name
+    last_marker: str | None = None  # metrics.jsonl's last "marker" (e.g. "stopped by SIGTERM...")
 
     def reported(self, key: str) -> Any:
         """``summary.json`` value, None when absent or the run is unfinished."""
@@ -161,8 +163,8 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[int]]:
-    """Train lines, eval lines, and the numbers of unreadable lines.
+def _read_metrics(path: Path) -> tuple[list[dict], list[dict], list[int], str | None]:
+    """Train lines, eval lines, the numbers of unreadable lines, and the last marker's text.
 
     The trainer appends to metrics.jsonl, so a run killed mid-write and then resumed leaves a
     cut-off line inside the file, and re-logs the steps after its last checkpoint: such lines
@@ -171,6 +173,7 @@ def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     """
     records: dict[tuple[str, Any], dict[str, Any]] = {}
     bad: list[int] = []
+    marker = None
     for number, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -183,6 +186,8 @@ def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         elif record.get("kind") in ("train", "eval"):  # other kinds: from a newer trainer
             records.pop((record["kind"], record.get("step")), None)  # keep the resumed one
             records[record["kind"], record.get("step")] = record
+        elif record.get("kind") == "marker" and isinstance(record.get("what"), str):
+            marker = record["what"]
     if bad and not records:
         raise UserError(f"{path}: no readable metrics line (line {bad[0]} is not a JSON object)")
     ordered = list(records.values())
@@ -190,6 +195,7 @@ def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         [r for r in ordered if r["kind"] == "train"],
         [r for r in ordered if r["kind"] == "eval"],
         bad,
+        marker,
     )
 
 
@@ -202,10 +208,10 @@ def load_run(path: Path | str) -> Run:
         raise UserError(f"{path}: not a run folder (none of {', '.join(RUN_FILES)})")
     config = _read_mapping(path / "config.yaml") if (path / "config.yaml").is_file() else {}
     metrics = path / "metrics.jsonl"
-    train, evals, bad = _read_metrics(metrics) if metrics.is_file() else ([], [], [])
+    train, evals, bad, marker = _read_metrics(metrics) if metrics.is_file() else ([], [], [], None)
     summary = _read_mapping(path / "summary.json") if (path / "summary.json").is_file() else None
     resolved = _read_mapping(path / "resolved.yaml") if (path / "resolved.yaml").is_file() else {}
-    return Run(path, config, train, evals, summary, bad, resolved, name=path.name)
+    return Run(path, config, train, evals, summary, bad, resolved, path.name, marker)
 
 
 def published_key(recipe: str | None, model: str | None) -> str | None:
@@ -280,7 +286,9 @@ def _notes(run: Run, refs: tuple[Published, ...], key: str | None) -> list[str]:
         lines = ", ".join(map(str, run.bad_lines))
         notes.append(f"{run.name}: skipped unreadable metrics.jsonl line(s) {lines}.")
     if not run.summary:
-        notes.append(f"{run.name}: no summary.json (interrupted?); figures from its last eval.")
+        stop = run.last_marker if (run.last_marker or "").startswith("stopped by") else None
+        why = f"{stop}; --resume auto continues it" if stop else "interrupted?"
+        notes.append(f"{run.name}: no summary.json ({why}); figures from its last eval.")
     return notes
 
 

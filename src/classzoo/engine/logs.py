@@ -1,7 +1,9 @@
-"""Console logging and progress bars (the run folder's files are engine/run_log.py)."""
+"""Console logging and progress bars (the run folder's files are engine/run_log.py), and the
+append-only log file both write to: one whole line or none, an OS error as one line."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -13,8 +15,68 @@ from typing import TextIO, TypeVar
 
 from tqdm import tqdm
 
+from classzoo.errors import UserError
+
 log = logging.getLogger("classzoo")
 T = TypeVar("T")
+
+
+class RunFileError(UserError):
+    """A file or folder of the run could not be written (a full disk, a quota, a read-only
+    folder): one line naming it and the OS error (engine/run_dir.py adds where to resume)."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+def write_error(path: Path | str, exc: OSError, verb: str = "write") -> RunFileError:
+    """``cannot write PATH: No space left on device (errno 28)``."""
+    if exc.errno is None:
+        return RunFileError(f"cannot {verb} {path}: {exc}")
+    reason = f"{os.strerror(exc.errno)} (errno {exc.errno})"
+    return RunFileError(f"cannot {verb} {path}: {reason}", exc.errno)
+
+
+class AppendFile:
+    """A log file appended one whole record at a time: a write that fails part way (a full disk
+    takes what fits) is cut back to where the file ended, so no reader meets a cut-off line,
+    and the error is one :class:`RunFileError` line. Unbuffered: a line is in the file (the
+    page cache) when ``write`` returns, as the line-buffered files it replaces had it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        try:
+            self.fd: int | None = os.open(self.path, flags, 0o666)
+            end = os.fstat(self.fd).st_size
+            # a line cut off by a kill in an earlier attempt stays one bad line, not two
+            if end and os.pread(self.fd, 1, end - 1) != b"\n":
+                self.write("\n")
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
+
+    @property
+    def empty(self) -> bool:
+        return self.fd is None or os.fstat(self.fd).st_size == 0
+
+    def write(self, text: str) -> None:
+        if self.fd is None:
+            return
+        data = memoryview(text.encode("utf-8"))
+        start = os.lseek(self.fd, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # frees space: works on a full disk too
+                os.ftruncate(self.fd, start)
+            raise write_error(self.path, exc) from None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def utc_now() -> str:
@@ -32,17 +94,45 @@ class _ConsoleHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class _FileCopy(logging.Handler):
+    """The console's lines copied to a file (console.log). A write that fails (the disk
+    filled) stops the copy with one warning line on stderr: a logging handler must not raise
+    (log calls sit in cleanup paths), and the run's own logs, on the same folder, end the run
+    with the error at their next line."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.file = AppendFile(path)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.file.write(self.format(record) + "\n")
+        except RunFileError as exc:
+            self.file.close()
+            print(f"classzoo: warning: {exc}; console lines are no longer copied there",
+                  file=sys.stderr)  # fmt: skip
+        except Exception:  # a formatting error: logging's contract, report, never raise
+            self.handleError(record)
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
 def setup_console_logging(is_main: bool, log_file: Path | None = None) -> None:
-    """INFO to stderr on rank 0 (warnings elsewhere); plain lines, also copied to ``log_file``."""
+    """INFO to stderr on rank 0 (warnings elsewhere); plain lines, also copied to ``log_file``
+    (a :class:`RunFileError` when it cannot be opened: the handlers set before stay)."""
+    handlers: list[logging.Handler] = [_ConsoleHandler(sys.stderr)]
+    if log_file is not None and is_main:
+        handlers.append(_FileCopy(log_file))
     root = logging.getLogger("classzoo")
     root.setLevel(logging.INFO if is_main else logging.WARNING)
     root.propagate = False
     for h in list(root.handlers):
         if getattr(h, "_classzoo", False):
             root.removeHandler(h)
-    handlers: list[logging.Handler] = [_ConsoleHandler(sys.stderr)]
-    if log_file is not None and is_main:
-        handlers.append(logging.FileHandler(log_file))
+            if isinstance(h, _FileCopy):
+                h.close()
     for h in handlers:
         h.setFormatter(logging.Formatter("%(message)s"))
         h._classzoo = True  # type: ignore[attr-defined]

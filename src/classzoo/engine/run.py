@@ -1,7 +1,8 @@
 """One run: asked config -> resolve -> objects -> run folder.
 
 ``config.yaml`` is the asked config exactly; ``resolved.yaml`` is everything decided from it
-(engine/resolve.py); checkpoints carry both; ``summary.json`` is the result.
+(engine/resolve.py); checkpoints carry both; ``summary.json`` is the result of a finished run
+(a stopped attempt leaves none: engine/run_summary.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import yaml
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from classzoo.config import Config, save_config, with_values
+from classzoo.config import Config, with_values
 from classzoo.data.class_index import imagenet_head
 from classzoo.data.sampling import global_batches
 from classzoo.engine import build, host_memory
@@ -34,7 +35,7 @@ from classzoo.engine.distributed import (
 )
 from classzoo.engine.evaluate import EvalOptions, evaluate
 from classzoo.engine.evaluate_mode import checkpoint_paths, evaluate_checkpoints, labelled_for
-from classzoo.engine.logs import setup_console_logging
+from classzoo.engine.logs import RunFileError, setup_console_logging
 from classzoo.engine.loop import Hooks, LoopConfig, StepConfig, steps_per_epoch, train
 from classzoo.engine.optim import build_optimizer, build_scheduler, lr_shape, scaled_lr
 from classzoo.engine.resolve import (
@@ -47,9 +48,15 @@ from classzoo.engine.resolve import (
     resolve,
 )
 from classzoo.engine.resolved_text import describe
-from classzoo.engine.run_dir import claim_run_dir, create_run_dir, recorded_threads, remove_if_empty
+from classzoo.engine.run_dir import (
+    claim_run_dir,
+    create_run_dir,
+    recorded_threads,
+    remove_if_empty,
+    with_resume_hint,
+)
 from classzoo.engine.run_log import RunLogger
-from classzoo.engine.run_summary import run_summary
+from classzoo.engine.run_summary import end_attempt, retire_summary, run_summary, stopped_note
 from classzoo.engine.same_run import check_same_run, recorded_run
 from classzoo.engine.state import TrainState
 from classzoo.engine.stop import GracefulStop
@@ -111,9 +118,11 @@ def run(
         create_run_dir(run_dir, resume, overwrite, env)
         setup_console_logging(env.is_main, run_dir / "console.log" if env.is_main else None)
         return _run(asked, s, run_dir, resume, env, t0)
-    except BaseException:
+    except BaseException as exc:
         if named_here and env.is_main:
             remove_if_empty(run_dir)
+        if isinstance(exc, RunFileError):  # a full disk, a read-only folder: where to resume
+            raise with_resume_hint(exc, run_dir) from None
         raise
     finally:
         shutdown(env)
@@ -125,23 +134,20 @@ def _run(
     mode = asked.train.mode
     if resume is not None and env.is_main:
         log.info("resuming in %s (--resume %s)", run_dir, resume)
-    logger = RunLogger(run_dir, enabled=env.is_main)
-    if resume is not None:
-        logger.marker(f"resumed (--resume {resume})")
-    if env.is_main:
-        save_config(asked, run_dir / "config.yaml")
-        (run_dir / "resolved.yaml").write_text(
-            yaml.safe_dump(s.resolved.to_dict(), sort_keys=False)
-        )
-        log.info("resolved (resolved.yaml):\n%s", describe(s.resolved))
-    if mode == "evaluate":
-        result = _evaluate_mode(asked, s, env, logger)
-        ips, epochs = None, 0.0
-    else:
-        result, ips, epochs = _train_mode(asked, s, env, logger, run_dir, resume)
-    summary = run_summary(asked, s.resolved, result, ips, epochs, time.perf_counter() - t0, run_dir)
-    logger.write_json("summary.json", summary)
-    logger.close()
+    with RunLogger(run_dir, enabled=env.is_main) as logger:
+        if resume is not None:
+            logger.marker(f"resumed (--resume {resume})")
+        logger.write_text("config.yaml", yaml.safe_dump(asked.to_dict(), sort_keys=False))
+        logger.write_text("resolved.yaml", yaml.safe_dump(s.resolved.to_dict(), sort_keys=False))
+        if env.is_main:
+            log.info("resolved (resolved.yaml):\n%s", describe(s.resolved))
+        if mode == "evaluate":
+            result, ips, epochs, stopped = _evaluate_mode(asked, s, env, logger), None, 0.0, False
+        else:
+            result, ips, epochs, stopped = _train_mode(asked, s, env, logger, run_dir, resume)
+        wall = time.perf_counter() - t0
+        summary = run_summary(asked, s.resolved, result, ips, epochs, wall, run_dir)
+        summary = end_attempt(logger, summary, stopped)
     barrier(env)
     return summary
 
@@ -247,9 +253,11 @@ def training_state(
 
 def _train_mode(
     asked: Config, s: Setup, env: DistEnv, logger: RunLogger, run_dir: Path, resume: str | None
-) -> tuple[dict[str, Any], float, float]:
+) -> tuple[dict[str, Any], float | None, float, bool]:
     t, d, r = asked.train, asked.data, s.resolved
     state, ckpts = training_state(asked, s, env, run_dir, resume)
+    if state.pos.step < r.schedule.total_steps:  # a summary.json there is of an earlier end
+        retire_summary(run_dir, env.is_main)
     _log_skipped_tail(len(s.train.dataset), d.batch_size, env)
     net = build.training_network(state.model, env, r.compile)
     loader, sampler = build.train_loader(
@@ -280,17 +288,9 @@ def _train_mode(
         loop = loop_config(asked, r)
         result = train(state, net, loader, sampler, loop, env, hooks, evaluate_after, s.train.batch)
     if result["stopped"]:
-        logger.marker(f"stopped by {stop.reason} at step {state.pos.step}")
-        log.warning(
-            "stopped by %s at step %d; checkpoint saved in %s; continue with: --output-dir %s "
-            "--resume auto",
-            stop.reason,
-            state.pos.step,
-            ckpts.directory,
-            run_dir,
-        )
+        stopped_note(logger, stop.reason, state.pos.step, ckpts.directory, run_dir)
     ips = result["images_per_sec"] if result["images"] else None  # None: nothing trained now
-    return result["eval"], ips, state.pos.step / r.schedule.steps_per_epoch
+    return result["eval"], ips, state.pos.step / r.schedule.steps_per_epoch, result["stopped"]
 
 
 def _scored(ckpts: CheckpointManager, step: int, env: DistEnv) -> bool:

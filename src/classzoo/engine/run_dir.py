@@ -1,7 +1,9 @@
-"""The run folder: named once for every rank, never silently shared by two runs."""
+"""The run folder: named once for every rank, never silently shared by two runs; a folder the
+OS will not let the run write is one line (with the checkpoint a later attempt resumes from)."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import shutil
@@ -10,7 +12,9 @@ from pathlib import Path
 
 import yaml
 
+from classzoo.engine.checkpoint import CheckpointManager
 from classzoo.engine.distributed import DistEnv, barrier, broadcast_object
+from classzoo.engine.logs import RunFileError, write_error
 from classzoo.errors import UserError
 
 log = logging.getLogger("classzoo")
@@ -47,14 +51,19 @@ def new_run_dir(recipe: str | None) -> Path:
     in, before either had written one)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     base = f"{(recipe or 'run').replace(':', '-')}-{stamp}"
-    Path("runs").mkdir(exist_ok=True)
-    for n in itertools.count(1):
-        path = Path("runs") / (base if n == 1 else f"{base}-{n}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
+    path = Path("runs")
+    try:
+        path.mkdir(exist_ok=True)
+        for n in itertools.count(1):
+            path = Path("runs") / (base if n == 1 else f"{base}-{n}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as exc:  # e.g. a read-only working folder
+        where = f"(no --output-dir: runs/ in {Path.cwd()}); give a writable --output-dir"
+        raise RunFileError(f"{write_error(path, exc, 'create')} {where}", exc.errno) from None
     raise AssertionError("unreachable")  # itertools.count never ends
 
 
@@ -70,8 +79,42 @@ def create_run_dir(run_dir: Path, resume: str | None, overwrite: bool, env: Dist
     if env.is_main:
         if overwrite and resume is None:
             _remove_run_files(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(run_dir, exc, "create") from None
     barrier(env)
+
+
+def with_resume_hint(exc: RunFileError, run_dir: Path | None) -> RunFileError:
+    """``exc`` with where the run continues from: its newest checkpoint (saves are atomic, so
+    the newest file is whole) and the command; the steps after it are the ones lost. Nothing
+    added for a run that has no checkpoint and logged no step (a folder that failed at start)."""
+    if run_dir is None:
+        return exc
+    newest = CheckpointManager(run_dir / "checkpoints").list()
+    room = "there is room" if exc.errno in _FULL else "it is writable"
+    if newest:
+        step = int(newest[-1].stem.split("-")[1])
+        return RunFileError(
+            f"{exc}; the run can continue from its last checkpoint {newest[-1]} (step {step}),"
+            f" the steps after it were not saved: once {room}, --output-dir {run_dir}"
+            " --resume auto",
+            exc.errno,
+        )
+    if _has_steps(run_dir / "train.log"):
+        return RunFileError(f"{exc}; no checkpoint was saved: a new attempt starts over", exc.errno)
+    return exc
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # else EROFS, EACCES, EPERM...
+
+
+def _has_steps(train_log: Path) -> bool:
+    try:
+        return any(line.startswith("step: ") for line in train_log.open(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 # What a run writes; --overwrite removes exactly these, nothing else of the folder.
@@ -91,10 +134,13 @@ RUN_FILES = (
 def _remove_run_files(run_dir: Path) -> None:
     for name in RUN_FILES:
         path = run_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        except OSError as exc:
+            raise write_error(path, exc, "remove") from None
     log.info("--overwrite: removed the previous run's files from %s", run_dir)
 
 

@@ -6,6 +6,7 @@ Only rank 0 writes. ``train.log`` lines follow the InceptionV4 reference:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -13,7 +14,9 @@ import types
 from pathlib import Path
 from typing import Any
 
-from classzoo.engine.logs import utc_now
+from classzoo.engine.logs import AppendFile, RunFileError, utc_now, write_error
+from classzoo.errors import UserError
+from classzoo.formats.torch_checkpoint import atomic_write
 
 log = logging.getLogger("classzoo")
 
@@ -42,24 +45,49 @@ def _summary_writer(folder: Path):
 
 
 class RunLogger:
-    """Writes the run folder's logs; a no-op on ranks other than 0."""
+    """Writes the run folder's logs; a no-op on ranks other than 0.
+
+    A write the OS refuses (a full disk, a read-only folder) is one :class:`RunFileError`
+    line, and leaves no cut-off line behind (engine/logs.AppendFile); summary.json and the
+    YAML records are replaced whole or not at all. As a context manager it closes the files
+    however the run ends."""
 
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True) -> None:
         self.run_dir, self.enabled = run_dir, enabled
         self.tb = None
+        self.files: list[AppendFile] = []
         if not enabled:
             return
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.train_log = open(run_dir / "train.log", "a", buffering=1)
-        self.eval_log = open(run_dir / "eval.log", "a", buffering=1)
-        self.metrics = open(run_dir / "metrics.jsonl", "a", buffering=1)
-        if self.eval_log.tell() == 0:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(run_dir, exc, "create") from None
+        self.train_log = self._open("train.log")
+        self.eval_log = self._open("eval.log")
+        self.metrics = self._open("metrics.jsonl")
+        if self.eval_log.empty:
             self.eval_log.write("step epoch top1 top5 loss checkpoint_time(UTC)\n")
         if tensorboard:
             try:
                 self.tb = _summary_writer(run_dir / "tensorboard")
             except ImportError:  # tensorboard is a dependency; tolerate its absence anyway
                 log.warning("tensorboard not installed: no event files")
+            except OSError as exc:
+                raise write_error(run_dir / "tensorboard", exc) from None
+
+    def _open(self, name: str) -> AppendFile:
+        self.files.append(AppendFile(self.run_dir / name))
+        return self.files[-1]
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None:
+            self.close()
+        else:  # the run's own error is the one to show: nothing new from closing
+            with contextlib.suppress(RunFileError):
+                self.close()
 
     def train_step(
         self,
@@ -90,12 +118,8 @@ class RunLogger:
                 "time": utc_now(),
             }
         )
-        if self.tb is not None:
-            self.tb.add_scalar("train/loss", loss, step)
-            self.tb.add_scalar("train/total_loss", total_loss, step)
-            self.tb.add_scalar("train/lr", lr, step)
-            self.tb.add_scalar("train/fps", fps, step)
-            self.tb.add_scalar("train/data_wait", data_wait, step)
+        scalars = {"loss": loss, "total_loss": total_loss, "lr": lr, "fps": fps}
+        self._scalars("train", {**scalars, "data_wait": data_wait}, step)
 
     def evaluation(
         self, step: int, epoch: float, result: dict[str, Any], checkpoint_time: str | None = None
@@ -109,9 +133,7 @@ class RunLogger:
         self._metric(
             {"kind": "eval", "step": step, "epoch": round(epoch, 4), **result, "time": when}
         )
-        if self.tb is not None:
-            for k in ("top1", "top5", "loss"):
-                self.tb.add_scalar(f"eval/{k}", result[k], step)
+        self._scalars("eval", {k: result[k] for k in ("top1", "top5", "loss")}, step)
 
     def marker(self, what: str) -> None:
         """A line in every log saying what happened to the run here (e.g. a resume)."""
@@ -125,14 +147,37 @@ class RunLogger:
     def _metric(self, record: dict[str, Any]) -> None:
         self.metrics.write(json.dumps(record) + "\n")
 
+    def _scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        """TensorBoard writes in a thread of its own: its OS error shows at a later call."""
+        if self.tb is None:
+            return
+        try:
+            for name, value in values.items():
+                self.tb.add_scalar(f"{prefix}/{name}", value, step)
+        except OSError as exc:
+            raise write_error(self.run_dir / "tensorboard", exc) from None
+
+    def write_text(self, name: str, text: str) -> None:
+        """``name`` in the run folder, replaced whole (a temporary renamed over it)."""
+        if not self.enabled:
+            return
+        path = self.run_dir / name
+        try:
+            atomic_write(path, lambda f: f.write(text.encode("utf-8")), "file")
+        except UserError as exc:  # "cannot write summary.json ...: No space left on device"
+            raise RunFileError(str(exc)) from None
+
     def write_json(self, name: str, data: dict[str, Any]) -> None:
-        if self.enabled:
-            (self.run_dir / name).write_text(json.dumps(data, indent=2) + "\n")
+        self.write_text(name, json.dumps(data, indent=2) + "\n")
 
     def close(self) -> None:
         if not self.enabled:
             return
-        for f in (self.train_log, self.eval_log, self.metrics):
+        for f in self.files:
             f.close()
         if self.tb is not None:
-            self.tb.close()
+            tb, self.tb = self.tb, None
+            try:
+                tb.close()  # flushes the events still queued
+            except OSError as exc:
+                raise write_error(self.run_dir / "tensorboard", exc) from None
