@@ -17,7 +17,8 @@ import pytest
 import timm
 import torch
 
-from classzoo.engine.checkpoint import CheckpointManager, rng_state
+from classzoo.engine.checkpoint import CheckpointManager
+from classzoo.engine.state import rng_state
 from classzoo.errors import UserError
 from classzoo.formats.safetensors_file import load_safetensors_file, save_safetensors_file
 from classzoo.formats.torch_checkpoint import load_checkpoint_file, save_checkpoint_file

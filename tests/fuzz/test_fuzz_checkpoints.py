@@ -44,7 +44,7 @@ def _import_torch() -> None:
 def _payload(seed: int) -> dict:
     import torch
 
-    from classzoo.engine.checkpoint import rng_state
+    from classzoo.engine.state import rng_state
 
     g = torch.Generator().manual_seed(seed)
     model = {

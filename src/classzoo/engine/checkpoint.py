@@ -29,17 +29,13 @@ import json
 import logging
 import math
 import os
-import random
 import re
 import secrets
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from classzoo.engine.devices import accelerator_rng_state, set_accelerator_rng_state
+from classzoo.engine.metrics_rows import NOT_SCORES, eval_rows
 from classzoo.errors import UserError
 from classzoo.formats.torch_checkpoint import (
     atomic_write,
@@ -67,27 +63,6 @@ def load(path: str | Path) -> dict[str, Any]:
             "weights alone load with --set model.checkpoint=FILE"
         )
     return ckpt
-
-
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        # numpy's state holds an ndarray; store it as a tensor so weights_only loading accepts it
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-    }
-    state.update(accelerator_rng_state())  # cuda / npu / mps: dropout draws from them
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    set_accelerator_rng_state(state)
 
 
 def newest_in_run(path: str | Path) -> Path | None:
@@ -125,33 +100,6 @@ def _clean_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:
 def _digest(body: dict[str, Any]) -> str:
     """SHA-256 of the index's canonical JSON: a flipped bit must not re-rank checkpoints."""
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-_NOT_SCORES = ("kind", "step", "epoch", "time")  # bookkeeping fields of a metrics.jsonl row
-
-
-def _eval_rows(path: Path) -> tuple[dict[int, list[dict[str, Any]]], str | None]:
-    """The eval rows of a run's metrics.jsonl (``RunLogger``) by step, in the order written,
-    and why some may be missing (None when every line read as a train, eval or marker row)."""
-    rows: dict[int, list[dict[str, Any]]] = {}
-    damaged = []
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for number, line in enumerate(f, 1):
-                try:
-                    row = json.loads(line)
-                    kind, step = row["kind"], row.get("step")
-                except (ValueError, TypeError, KeyError, AttributeError):
-                    kind, step = None, None
-                if kind == "eval" and isinstance(step, int):
-                    rows.setdefault(step, []).append(row)
-                elif kind not in ("train", "marker"):
-                    damaged.append(number)
-    except OSError as exc:
-        return rows, f"{path} is unreadable ({exc.strerror or exc})"
-    if damaged:
-        return rows, f"{path} has {len(damaged)} damaged line(s) (the first: line {damaged[0]})"
-    return rows, None
 
 
 class CheckpointManager:
@@ -386,13 +334,13 @@ class CheckpointManager:
         format; an earlier row scored a file of a continuation a resume abandoned)."""
         rows, why = {}, "no metrics.jsonl (not a run folder's checkpoints)"
         if self.metrics_log is not None:
-            rows, why = _eval_rows(self.metrics_log)
+            rows, why = eval_rows(self.metrics_log)
         index, lost = {}, []
         for name, step in sorted(on_disk.items(), key=lambda item: item[1]):
             metrics, saved = self._stored(name)
             after = [r for r in rows.get(step, []) if not saved or str(r.get("time")) >= saved]
             if after:
-                scores = {k: v for k, v in after[-1].items() if k not in _NOT_SCORES}
+                scores = {k: v for k, v in after[-1].items() if k not in NOT_SCORES}
                 metrics = {**metrics, **_clean_metrics(scores)}
             index[name] = {"step": step, "metrics": metrics}
             if not after and why is not None:

@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from classzoo.engine.checkpoint import rng_state, set_rng_state
+from classzoo.engine.devices import accelerator_rng_state, set_accelerator_rng_state
 from classzoo.engine.distributed import DistEnv
 from classzoo.engine.logs import utc_now
 from classzoo.engine.sync_bn import average_over_ranks, running_stat_buffers
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        # numpy's state holds an ndarray; store it as a tensor so weights_only loading accepts it
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+    }
+    state.update(accelerator_rng_state())  # cuda / npu / mps: dropout draws from them
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    set_accelerator_rng_state(state)
 
 
 @dataclass
