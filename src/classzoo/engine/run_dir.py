@@ -62,8 +62,8 @@ def new_run_dir(recipe: str | None) -> Path:
             except FileExistsError:
                 continue
     except OSError as exc:  # e.g. a read-only working folder
-        where = f"(no --output-dir: runs/ in {Path.cwd()}); give a writable --output-dir"
-        raise RunFileError(f"{write_error(path, exc, 'create')} {where}", exc.errno) from None
+        where = f"without --output-dir a run goes in runs/ of {Path.cwd()}: give a writable one"
+        raise RunFileError(f"{write_error(path, exc, 'create')}; {where}", exc.errno) from None
     raise AssertionError("unreachable")  # itertools.count never ends
 
 
