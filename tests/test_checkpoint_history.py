@@ -159,9 +159,6 @@ def test_a_resume_from_an_earlier_checkpoint_abandons_the_later_ones(tmp_path, c
     assert _digests(aside[0]) == {s: before[s] for s in (8, 12)}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="engine/run.py does not call CheckpointManager.resumed_from yet"
-)
 def test_an_attempt_that_ends_before_its_first_save_still_abandons_the_later_ones(tmp_path, capsys):
     data, run = tmp_path / "data", tmp_path / "run"
     write_imagefolder(data / "train", dict.fromkeys("ab", 16), seed=1)

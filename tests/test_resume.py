@@ -199,7 +199,7 @@ def test_resume_refuses_other_classes_images_or_pixels_before_writing(tmp_path, 
     line = refused("--resume", "auto", "--set", f"train.amp={'off' if other == 'fp32' else other}")
     assert f"train_precision (train.amp) was {began} when the run began, now {other}" in line
     line = refused("--resume", "auto", "--epochs", "6")
-    assert "lr schedule was cosine to 1e-05 over 3 epochs (train.epochs)" in line
+    assert "lr schedule was cosine to 1e-05 over 2.5 epochs (train.epochs)" in line
     assert "now cosine to 1e-05 over 6 epochs (train.epochs)" in line
     assert main([*args, "--max-steps", "4", "--resume", "auto"]) == 0  # as it began: resumed
     assert "resumed from" in capsys.readouterr().err

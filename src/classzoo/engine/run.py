@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -380,13 +380,9 @@ def _maybe_resume(
         state.restore(ckpt, env, seed)
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise UserError(f"cannot resume from {path}: {str(exc).splitlines()[0]}") from None
-    log.info(
-        "resumed from %s at step %d (epoch %d, sample %d)",
-        path,
-        state.pos.step,
-        state.pos.epoch,
-        state.pos.sample,
-    )
+    if env.is_main:  # the files of the continuation a resume from an earlier step abandons
+        ckpts.resumed_from(state.pos.step)
+    log.info("resumed from %s at step %d (epoch %d, sample %d)", path, *astuple(state.pos))
 
 
 def _log_skipped_tail(n: int, batch_size: int, env: DistEnv) -> None:

@@ -50,6 +50,7 @@ def run_summary(
         "top5": result.get("top5"),
         "loss": result.get("loss"),
         "count": result.get("count"),
+        "skipped": result.get("skipped"),  # unreadable images left out (data.skip_corrupt)
         "images_per_sec": ips,
         "epochs": round(epochs, 3),
         "amp": r.train_precision,
