@@ -320,14 +320,9 @@ def resolve(
     ``model.checkpoint`` put into the model, with the class names it stores."""
     offset = label_offset_for(asked.data, model_defaults, asked.model.num_classes)
     for split, info in data.items():
-        if info.label_min is not None:
-            check_labels(  # before step 1: every stored label must be a logit index
-                info.label_min,
-                info.label_max,
-                num_classes,
-                offset,
-                f"the {split} split ({info.location})",
-            )
+        if info.label_min is not None:  # before step 1: every stored label must be a logit
+            where = f"the {split} split ({info.location})"
+            check_labels(info.label_min, info.label_max, num_classes, offset, where)
     # an evaluation record (no schedule) does not resolve the training precision: a checkpoint
     # trained in fp16 on a GPU evaluates on a CPU, where fp16 autocast does not exist
     pre = preprocess_for(asked.data, model_defaults)
