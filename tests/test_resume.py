@@ -201,5 +201,11 @@ def test_resume_refuses_other_classes_images_or_pixels_before_writing(tmp_path, 
     line = refused("--resume", "auto", "--epochs", "6")
     assert "lr schedule was cosine to 1e-05 over 2.5 epochs (train.epochs)" in line
     assert "now cosine to 1e-05 over 6 epochs (train.epochs)" in line
-    assert main([*args, "--max-steps", "4", "--resume", "auto"]) == 0  # as it began: resumed
+    # the optimizer's state restores its own weight decay (config.yaml said the new one); a new
+    # label smoothing trained on from the resume: weights of neither run (engine/same_run.py)
+    line = refused("--resume", "auto", "--set", "optim.weight_decay=0.5", "--set", "train.label_smoothing=0.3")  # fmt: skip
+    assert "optim.weight_decay was 0.05, now 0.5; train.label_smoothing was 0.1, now 0.3" in line
+    assert "optim.name was adamw, now sgd" in refused("--resume", first, "--set", "optim.name=sgd")
+    allowed = ["--set", "data.num_workers=1", "--set", "data.skip_corrupt=true"]
+    assert main([*args, "--max-steps", "4", "--resume", "auto", *allowed]) == 0  # resumed
     assert "resumed from" in capsys.readouterr().err

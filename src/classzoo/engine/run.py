@@ -57,7 +57,7 @@ from classzoo.engine.run_dir import (
 )
 from classzoo.engine.run_log import RunLogger
 from classzoo.engine.run_summary import end_attempt, retire_summary, run_summary, stopped_note
-from classzoo.engine.same_run import check_same_run, recorded_run
+from classzoo.engine.same_run import check_same_run, recorded_config, recorded_run
 from classzoo.engine.state import TrainState
 from classzoo.engine.stop import GracefulStop
 from classzoo.engine.sync_bn import convert_sync_batchnorm
@@ -109,7 +109,8 @@ def run(
             s = set_up(asked, env, need_train=True, need_val=mode != "train")
         if s.train is not None:  # a loader that cannot serve it: before the folder exists
             build.check_loader(s.train.dataset, asked.data.loader)
-        check_same_run(recorded_run(run_dir, resume, early), s.resolved, str(run_dir))
+        then = recorded_config(run_dir, resume, early)
+        check_same_run(recorded_run(run_dir, resume, early), s.resolved, str(run_dir), then, asked)
         recorded = {"threads": plan.compute_threads, "thread_plan": plan.explained}
         s.resolved = replace(s.resolved, **recorded, host_memory=host_memory.describe())
         if early is not None:  # it fits this model: checked before anything is written

@@ -14,6 +14,14 @@ began with, and its scheduler state holds the old schedule (measured: a 2-rank r
 8 resumed on 1 rank at 4 trained to epoch 3.727 of 3, its last 8 steps at min_lr). The world size
 (with the per-device batch that keeps the global one), device, thread count, step limit, number
 of epochs under a schedule that does not depend on it, and data location may change.
+
+The config as asked (the folder's config.yaml, or the checkpoint's ``config``) is compared too,
+every key but those in :data:`MAY_CHANGE`: a resume with another weight decay or momentum kept
+the checkpoint's (the optimizer's state restores its param groups) while config.yaml recorded
+the new ones, another label smoothing, augmentation, dropout, EMA or gradient clipping trained
+on with it from the resume on (weights of neither run), and another optimizer failed with a
+KeyError after the record was rewritten. A key that a record from an older classzoo lacks is not
+compared.
 """
 
 from __future__ import annotations
@@ -23,10 +31,30 @@ from typing import Any
 
 import yaml
 
+from classzoo.config import Config
 from classzoo.engine.resolve import Resolved
 from classzoo.errors import UserError
 
-__all__ = ["check_same_run", "recorded_run"]
+__all__ = ["MAY_CHANGE", "check_same_run", "recorded_run"]
+
+# Config keys a resume may change: where the data and checkpoints are, how fast, how much is
+# logged and kept, evaluation-only settings, the weights a fresh start would load (a resume
+# restores its own), and keys whose effect the resolved record compares (the global batch, the
+# scaled lr and schedule, the training precision, the seed).
+MAY_CHANGE = frozenset(
+    {
+        "recipe",
+        *("model.checkpoint", "model.exclude", "model.pretrained", "model.num_classes"),
+        *("data.dir", "data.batch_size", "data.eval_batch_size", "data.num_workers"),
+        *("data.skip_corrupt", "data.val_split", "data.val_pattern"),
+        *("optim.lr", "optim.lr_base_batch", "optim.fused"),
+        *("train.device", "train.max_steps", "train.epochs", "train.log_every", "train.progress"),
+        *("train.keep_max", "train.keep_best", "train.best_metric", "train.ckpt_every_steps"),
+        *("train.eval_every", "train.mode", "train.compile", "train.compile_mode"),
+        *("train.channels_last", "train.amp", "train.grad_accum_steps", "train.seed"),
+        *("eval.amp", "eval.periodic_amp"),
+    }
+)
 
 # Preprocess fields that decide the pixels (the ``sample`` / ``steps`` texts only describe them)
 _PIXELS = ("preset", "image_size", "crop_pct", "interpolation", "mean", "std", "decoder")
@@ -88,10 +116,75 @@ def _shown(v: Any) -> str:
     return str(v)
 
 
-def check_same_run(recorded: dict | None, now: Resolved, run: str) -> None:
-    """A UserError naming the first field in which this attempt differs from the recorded run."""
-    if recorded is None:
+def recorded_config(run_dir: Path, resume: str | None, checkpoint: dict | None) -> dict | None:
+    """The config as asked of the run ``resume`` continues (None: a new run, or none kept)."""
+    if resume is None:
+        return None
+    if checkpoint is not None:
+        return checkpoint.get("config") or None
+    path = run_dir / "config.yaml"
+    if not any((run_dir / "checkpoints").glob("ckpt-*.pt")) or not path.is_file():
+        return None
+    try:
+        record = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot resume: {path} is unreadable ({exc})") from None
+    return record if isinstance(record, dict) else None
+
+
+def _flat(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``section.key`` -> value."""
+    out = {}
+    for section, values in cfg.items():
+        for key, v in values.items() if isinstance(values, dict) else [("", values)]:
+            out[f"{section}.{key}" if key else section] = v
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as values: a tuple and a list, 1e-4 and 0.0001, 3 and 3.0 (never True and 1)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return a == b
+
+
+def check_same_settings(then: dict | None, now: Config, run: str) -> None:
+    """A UserError naming every config key (but :data:`MAY_CHANGE`) this attempt changes."""
+    if then is None:
         return
+    old, new = _flat(then), _flat(now.to_dict())
+    changed = [k for k in old if k in new and k not in MAY_CHANGE and not _same(old[k], new[k])]
+    if changed:
+        was = "; ".join(f"{k} was {_shown(old[k])}, now {_shown(new[k])}" for k in changed[:4])
+        more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
+        raise UserError(
+            f"cannot resume {run}: {was}{more}; resume with the settings it began with (its "
+            "optimizer state, EMA and schedule were made with them), or start a new run "
+            "(another --output-dir)"
+        )
+
+
+def check_same_run(
+    recorded: dict | None,
+    now: Resolved,
+    run: str,
+    then: dict | None = None,
+    asked: Config | None = None,
+) -> None:
+    """A UserError naming the first field in which this attempt differs from the recorded run
+    (``recorded``: its resolved record), or the config keys it changes (``then``: its config as
+    asked, ``asked``: this attempt's)."""
+    if recorded is not None:
+        _check_record(recorded, now, run)
+    if asked is not None:
+        check_same_settings(then, asked, run)
+
+
+def _check_record(recorded: dict, now: Resolved, run: str) -> None:
     old, new = _meaning(recorded), _meaning(now.to_dict())
     for key in old:
         if old[key] is not None and old[key] != new[key]:
