@@ -121,6 +121,17 @@ def test_a_run_beside_a_busy_process_leaves_it_a_core_and_its_resume_keeps_the_c
     assert again.returncode == 0, again.stderr[-2000:]
     assert "as recorded at the run's start" in again.stderr
     assert "threads: 1\n" in (tmp_path / "run" / "resolved.yaml").read_text()
+    # the user's OMP_NUM_THREADS wins, and the record says what it costs
+    mine = subprocess.run(
+        [*cmd, "--max-steps", "3", "--resume", "auto"],
+        env={**env, "OMP_NUM_THREADS": "2"},
+        capture_output=True,
+        text=True,
+    )
+    assert mine.returncode == 0, mine.stderr[-2000:]
+    began = "OMP_NUM_THREADS=2 (the run began with 1: not bit-identical to a run never stopped)"
+    record = yaml.safe_load((tmp_path / "run" / "resolved.yaml").read_text())
+    assert began in mine.stderr and began in record["thread_plan"], mine.stderr[-2000:]
 
 
 def _libgomp_spin_count(stderr: str) -> str:

@@ -175,6 +175,8 @@ def plan_threads(
     asked = os.environ.get("OMP_NUM_THREADS")
     if asked and asked.isdigit() and int(asked) > 0:
         n, why = int(asked), f"OMP_NUM_THREADS={asked}"
+        if threads and int(threads) != n:  # the user's choice, said where it is recorded
+            why += f" (the run began with {threads}: not bit-identical to a run never stopped)"
     elif threads:
         n, why = int(threads), "as recorded at the run's start"
     elif kind == "cpu":
