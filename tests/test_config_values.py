@@ -331,3 +331,18 @@ BENCH = ["bench", "--model", "resnet10t", "--image-size", "32", "--steps", "1", 
 def test_bench_refuses_what_it_cannot_time(capsys, flags, line):
     # later flags win in argparse: the bad one comes after BENCH's good ones
     assert refused(capsys, [*BENCH, *flags]) == f"classzoo: error: {line}"
+
+
+def test_a_large_seed_trains_and_one_beyond_torchs_range_is_one_line(capsys, tmp_path, data):
+    """`train.seed=$(date +%s%N)` (as timm's train.py takes it) failed at step 1 with a
+    traceback, its run folder written: seed * 1_000_003 + epoch went past 2**64."""
+    with pytest.raises((RuntimeError, ValueError)):
+        torch.Generator().manual_seed(2**64)  # torch's range: [-2**63, 2**64)
+    torch.Generator().manual_seed(2**64 - 1)
+    argv = ["train", "--recipe", "quickstart", "--data-dir", str(data), "--max-steps", "1"]
+    argv += ["--set", "data.num_workers=0", "--set", "train.progress=false"]
+    assert main([*argv, "--output-dir", str(tmp_path / "r1"), "--set", "train.seed=1764640000123456789"]) == 0  # fmt: skip
+    capsys.readouterr()
+    err = refused(capsys, [*argv, "--output-dir", str(tmp_path / "r2"), "--set", f"train.seed={2**64}"])  # fmt: skip
+    assert f"train.seed={2**64} must be in [-{2**63}, {2**64}) (torch's seeds)" in err
+    assert not (tmp_path / "r2").exists()

@@ -78,7 +78,7 @@ def _min(bound: float, why: str = "") -> dict:
 
 _PROBABILITY = _range(0, 1, why="a probability")
 _UNIT = "timm normalises pixel / 255: 0.485, not 123.68"
-
+_SEEDS = _range(-(2**63), 2**64, hi_open=True, why="torch's seeds")
 
 _COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -222,7 +222,7 @@ class TrainConfig:
     compile_mode: str = field(default="default", metadata=_choices(*_COMPILE_MODES))
     ema: bool = False
     ema_decay: float = field(default=0.9998, metadata=_range(0, 1, why="timm ModelEmaV3's decay"))
-    seed: int = 0
+    seed: int = field(default=0, metadata=_SEEDS)
     grad_accum_steps: int = field(default=1, metadata=_min(1))
     sync_bn: bool = False
     log_every: int = field(default=50, metadata=_min(1))  # steps between train.log lines

@@ -27,10 +27,16 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return x & (2**63 - 1)
 
 
+def torch_seed(value: int) -> int:
+    """``value`` as a torch seed: itself within torch's range [-2**63, 2**64), else modulo 2**64
+    (a seed derived from a large train.seed, such as ``date +%s%N``, overflowed at step 1)."""
+    return value if -(2**63) <= value < 2**64 else value % 2**64
+
+
 def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
     if not shuffle:
         return np.arange(n)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed(torch_seed(seed * 1_000_003 + epoch))
     return torch.randperm(n, generator=g).numpy()
 
 

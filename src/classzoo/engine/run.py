@@ -20,7 +20,7 @@ from torch import nn
 
 from classzoo.config import Config, with_values
 from classzoo.data.class_index import imagenet_head
-from classzoo.data.sampling import global_batches
+from classzoo.data.sampling import global_batches, torch_seed
 from classzoo.engine import build, host_memory
 from classzoo.engine.bf16_conv_check import cpu_training_check
 from classzoo.engine.checkpoint import CheckpointManager
@@ -173,7 +173,7 @@ def set_up(asked: Config, env: DistEnv, need_train: bool, need_val: bool) -> Set
     tfrecord = first.info if data.source == "tfrecord" else None
     num_classes = num_classes_for(m, classes, tfrecord, offset)
     model, weights = build.build_model(m, num_classes, pre.image_size, asked.train.seed)
-    torch.manual_seed(asked.train.seed + env.rank)  # after the (same) init: dropout per rank
+    torch.manual_seed(torch_seed(asked.train.seed + env.rank))  # after the same init: dropout
     n = int(getattr(model, "num_classes", num_classes or 0))
     if classes and imagenet_head(classes, n):  # synset folders: ImageNet's logit, not position
         train, val, classes = build.imagenet_labelled(train, val, n)

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from classzoo.data.sampling import torch_seed
 from classzoo.engine.devices import accelerator_rng_state, set_accelerator_rng_state
 from classzoo.engine.distributed import DistEnv
 from classzoo.engine.logs import utc_now
@@ -106,7 +107,7 @@ class TrainState:
         if p.get("world_size") == env.world_size and len(states) == env.world_size:
             set_rng_state(states[env.rank])
         else:  # another world size: the model RNG (dropout) restarts from (seed, step, rank)
-            torch.manual_seed(seed + 1_000_003 * self.pos.step + env.rank)
+            torch.manual_seed(torch_seed(seed + 1_000_003 * self.pos.step + env.rank))
 
     def non_finite(self) -> list[str]:
         """Names of parameters holding NaN or inf (a diverged model must not replace good files)."""
