@@ -32,3 +32,31 @@ def test_epoch_end_step_reads_the_completed_epoch(tmp_path, capsys):
     ]
     evals = [ln.split()[:2] for ln in (run / "eval.log").read_text().splitlines()[1:]]
     assert evals == [["3", "1.000"], ["6", "2.000"]]
+
+
+def test_every_step_is_in_a_train_log_line(tmp_path, capsys):
+    """With train.log_every=2 and 3 steps per epoch, step 3 (an epoch's last) was in no line and
+    the step-4 line's loss was step 4's alone; with log_every=50 the first epoch never appeared.
+    timm's train.py logs each epoch's last batch. The truth: the per-step losses of the same run
+    logged every step, averaged by hand over each line's steps."""
+    data = tmp_path / "data"
+    write_imagefolder(data / "train", {"a": 5, "b": 4, "c": 4}, seed=1)
+    write_imagefolder(data / "val", dict.fromkeys("abc", 2), seed=2)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(RECIPE)
+
+    def losses(every: int) -> list[tuple[int, float]]:
+        run = tmp_path / f"every{every}"
+        argv = ["train", "--recipe", str(recipe), "--data-dir", str(data), "--output-dir"]
+        assert main([*argv, str(run), "--set", f"train.log_every={every}"]) == 0
+        text = (run / "train.log").read_text()
+        return [(int(s), float(v)) for s, v in re.findall(r"^step: (\d+) .* loss: ([\d.]+) ", text, re.M)]  # fmt: skip
+
+    each = dict(losses(1))
+    assert sorted(each) == [1, 2, 3, 4, 5, 6]
+    lines = losses(2)
+    assert [s for s, _ in lines] == [2, 3, 4, 6]  # 3 and 6 end an epoch
+    for (start, _), (step, loss) in zip([(0, 0), *lines], lines):
+        mean = sum(each[k] for k in range(start + 1, step + 1)) / (step - start)
+        assert abs(loss - mean) < 2e-4, (step, loss, mean)  # train.log's 4 decimals
+    assert [s for s, _ in losses(50)] == [3, 6]

@@ -215,13 +215,16 @@ def train_one_epoch(
             bar.update(state.pos.step)  # absolute; no host sync (the loss comes at log lines)
             last_of_epoch = gi == len(groups) - 1
             at_limit = state.pos.step >= loop.total_steps
-            if state.pos.step % loop.log_every == 0 or at_limit:
+            stop = hooks.should_stop()
+            # every step is in a line: an epoch's last steps too (timm's train.py logs its
+            # last batch), and those before a stop
+            if state.pos.step % loop.log_every == 0 or at_limit or last_of_epoch or stop:
                 seconds += time.perf_counter() - interval.t
                 images_done += interval.images
                 loss = _log_interval(interval, state, sampler, env, hooks)
                 bar.update(state.pos.step, loss=loss, data_wait_s=interval.data_wait)
                 interval = _Interval(env.device)
-            if hooks.should_stop():
+            if stop:
                 reason = "stop"
             elif at_limit and not last_of_epoch:
                 reason = "limit"
