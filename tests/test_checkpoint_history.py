@@ -120,6 +120,35 @@ def test_a_damaged_metrics_line_leaves_that_checkpoint_unscored_and_kept(tmp_pat
             assert entry["metrics"]["loss"] == rows[entry["step"]]["loss"]
 
 
+def test_a_removed_metrics_log_leaves_the_checkpoints_unscored_and_kept(tmp_path, capsys):
+    """index.json damaged and metrics.jsonl removed: the attempt's logger makes a new one (a
+    resume marker only), which read as "every row there" and let rotation delete the best."""
+    data, run = _inverted(tmp_path), tmp_path / "run"
+    assert _train(data, run, *ONE_BEST, "--set", "train.epochs=3", "--max-steps", "4") == 0
+    _flip_a_score(run)
+    (run / "metrics.jsonl").unlink()
+    capsys.readouterr()
+    assert _train(data, run, *ONE_BEST, "--set", "train.epochs=3", "--resume", "auto") == 0
+    said = [ln for ln in capsys.readouterr().err.splitlines() if "has no evaluation rows" in ln]
+    assert len(said) == 1 and "ckpt-000000002.pt" in said[0], said
+    ckpts = run / "checkpoints"
+    assert _step(ckpts / "ckpt-000000002.pt") == 2  # the best (by construction): kept
+    index = json.loads((ckpts / "index.json").read_text())
+    assert index["checkpoints"]["ckpt-000000002.pt"]["score_lost"] is True
+
+
+def test_a_resume_from_another_folders_checkpoint_at_an_evaluation(tmp_path, capsys):
+    """--resume of a file in another folder (another run's, or one set aside in
+    abandoned-from-step-N) at an epoch's end: its evaluation found no file of that step here
+    to rank and the run stopped, exit 2."""
+    data, run = _inverted(tmp_path), tmp_path / "run"
+    assert _train(data, run, "--set", "train.epochs=3", "--max-steps", "2") == 0
+    other = tmp_path / "other"
+    given = run / "checkpoints" / "ckpt-000000002.pt"
+    assert _train(data, other, "--set", "train.epochs=3", "--resume", str(given)) == 0
+    assert [r["step"] for r in _evals(other)] == [2, 4, 6]  # step 2's evaluation, then on
+
+
 def _digests(folder: Path) -> dict[int, str]:
     return {_step(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("ckpt-*.pt")}
 

@@ -267,6 +267,11 @@ def test_fine_tuning_a_kept_head_follows_the_class_names_its_checkpoint_stores(t
     assert "logit 1 is 'c2' there and 'c10' here: set data.class_order=natural" in err
     code, err = _cli(capsys, [*tune, str(tmp_path / "r3"), *run_a])  # the same classes, in order
     assert code == 0, err
+    write_imagefolder(tmp_path / "c" / "train", dict.fromkeys(("c1", "c2"), 2), seed=1)
+    first_two = ["--data-dir", str(tmp_path / "c"), "--set", "data.class_order=natural"]
+    first_two += ["--set", "model.num_classes=3"]  # folder k is still logit k: c10's is spare
+    code, err = _cli(capsys, [*tune, str(tmp_path / "r5"), *first_two])
+    assert code == 0, err
     code, err = _cli(capsys, [*tune, str(tmp_path / "r4"), "--data-dir", str(tmp_path / "b"), "--set", "model.exclude=fc"])  # fmt: skip
     assert code == 0, err  # a new classifier, left at its initialisation, as asked
 
@@ -299,3 +304,11 @@ def test_tfrecord_labels_are_checked_against_the_class_names_the_checkpoint_stor
     folder = ["eval", "--checkpoint", str(tmp_path / "run"), "--device", "cpu", "--data-dir"]
     code, same = _cli(capsys, [*folder, str(tmp_path / "d")])  # the same images, by name
     assert code == 0 and _top1(same) == _top1(err)
+    no_offset = [*ev[:7], "--data-dir"]  # data.source=tfrecord, label_offset left at 0
+    code, err = _cli(capsys, [*no_offset, str(tmp_path / "t_all")])
+    assert code == EXIT_USER_ERROR and "label k + 1: set data.label_offset=1" in err, err
+    # slim's imagenet.get_split writes its own labels.txt (human-readable names) beside the
+    # shards: another naming, which says nothing about these logits
+    (tmp_path / "t_all" / "labels.txt").write_text("0:background\n1:tench, Tinca tinca\n")
+    code, err = _cli(capsys, [*ev, str(tmp_path / "t_all")])
+    assert code == 0 and _top1(same) == _top1(err), err

@@ -41,6 +41,9 @@ def test_unnamed_shards_are_not_read_as_both_train_and_val(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the val split reads 2 of the train split's 2 files" in err, err
     assert "score its own training images" in err and not (tmp_path / "r1").exists()
+    # the val pattern alone: train still reads every file, part-b included
+    assert main([*argv, str(tmp_path / "r0"), "--set", "data.val_pattern=part-b*"]) == 2
+    assert "the val split reads 1 of the train split's 2 files" in capsys.readouterr().err
     held_out = ["--set", "data.train_pattern=part-a*", "--set", "data.val_pattern=part-b*"]
     assert main([*argv, str(tmp_path / "r2"), *held_out]) == 0
     files = (tmp_path / "r2" / "resolved.yaml").read_text()
@@ -92,6 +95,17 @@ def test_eval_of_a_folder_of_splits_without_val_names_the_split_to_give(tmp_path
     err = capsys.readouterr().err
     assert "has no 'val' folder but has train, validation: give --split validation" in err, err
     assert main([*ev, "--device", "cpu", "--split", "validation"]) == 0
+
+
+def test_a_class_named_like_a_split_is_a_class(tmp_path, capsys):
+    """CIFAR-100 has a class 'train': its folder holds images, not class folders."""
+    write_imagefolder(tmp_path / "d" / "train", dict.fromkeys(("bus", "car", "train"), 4), seed=1)
+    write_imagefolder(tmp_path / "d" / "val", dict.fromkeys(("bus", "car", "train"), 2), seed=2)
+    assert main(["train", *TINY, "--data-dir", str(tmp_path / "d"), "--output-dir", str(tmp_path / "r")]) == 0  # fmt: skip
+    capsys.readouterr()
+    ev = ["eval", "--checkpoint", str(tmp_path / "r"), "--data-dir", str(tmp_path / "d" / "val")]
+    assert main([*ev, "--device", "cpu"]) == 0
+    assert "count 6" in capsys.readouterr().out
 
 
 def test_a_val_folder_is_not_written_as_training_shards_without_a_word(tmp_path, capsys):

@@ -26,25 +26,12 @@ from PIL import Image
 from classzoo.data.class_index import imagenet_classes, is_imagenet_synsets, synset_index
 from classzoo.data.decode import decode_reason, eight_bit
 from classzoo.data.imagefolder import IMG_EXTENSIONS, images_under
+from classzoo.data.label_file import LABELS_FILE, read_label_file
 from classzoo.data.tfrecord_dataset import IMAGE_KEY, LABEL_KEY
 from classzoo.data.tfrecord_shards import find_shards, split_label
 from classzoo.errors import UserError
 from classzoo.formats.example import build_example, parse_example
 from classzoo.formats.tfrecord import TFRecordReader, TFRecordWriter
-
-LABELS_FILE = "labels.txt"  # slim's dataset_utils.write_label_file name and "%d:%s" lines
-
-
-def _read_label_file(path: Path) -> dict[str, int]:
-    labels = {}
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        label, sep, name = line.partition(":")
-        if not line.strip():
-            continue
-        if not sep or not label.strip().isdigit() or not name:
-            raise UserError(f"{path} line {n}: expected 'label:class name', got {line!r}")
-        labels[name] = int(label)
-    return labels
 
 
 def _labels(classes: list[str], out: Path) -> tuple[dict[str, int], bool]:
@@ -54,7 +41,7 @@ def _labels(classes: list[str], out: Path) -> tuple[dict[str, int], bool]:
         return {c: synset_index()[c] + 1 for c in classes}, False
     path = out / LABELS_FILE
     if path.exists():
-        known = _read_label_file(path)
+        known = read_label_file(path)
         new = [c for c in classes if c not in known]
         if new:
             raise UserError(
@@ -64,29 +51,6 @@ def _labels(classes: list[str], out: Path) -> tuple[dict[str, int], bool]:
             )
         return {c: known[c] for c in classes}, False
     return {c: i for i, c in enumerate(classes, start=1)}, True  # slim: 0 is the background
-
-
-def check_label_file(folder: Path, stored: tuple[str, ...], offset: int) -> None:
-    """Records scored by a checkpoint that names its logits (``stored``): where the shards'
-    ``labels.txt`` names their labels, label L must be that checkpoint's logit L - ``offset``.
-    ``data to-tfrecord`` numbers the folders it is given in sorted order, so a val subset, or
-    classes a run ordered naturally, would be scored against other classes' logits."""
-    path = folder / LABELS_FILE
-    if not path.is_file():
-        return
-    for name, label in sorted(_read_label_file(path).items(), key=lambda kv: kv[1]):
-        logit = label - offset
-        theirs = stored[logit] if 0 <= logit < len(stored) else None
-        if theirs == name:
-            continue
-        where = f"{path} gives '{name}' label {label} (logit {logit} under label_offset {offset})"
-        if name not in stored:
-            raise UserError(f"{where}, but the checkpoint was not trained on '{name}'")
-        raise UserError(
-            f"{where}, but the checkpoint's logit {logit} is '{theirs}' (its '{name}' is logit "
-            f"{stored.index(name)}): score the image folder (matched by name), or write the "
-            "checkpoint's numbering to labels.txt before `classzoo data to-tfrecord`"
-        )
 
 
 def _write_labels(labels: dict[str, int], out: Path) -> Path:

@@ -174,10 +174,11 @@ class CheckpointManager:
         """Rank the already-saved checkpoint of ``step`` (an evaluation that ran after the save)."""
         index = self._entries()
         name = self.path_for(step).name
-        if name not in index:
-            raise UserError(
-                f"no checkpoint of step {step} in {self.directory} to attach metrics to"
+        if name not in index:  # resumed from a file of another folder: eval.log has the row
+            log.info(
+                "no checkpoint of step %d in %s to rank by its evaluation", step, self.directory
             )
+            return
         index[name]["metrics"] = {**index[name]["metrics"], **_clean_metrics(metrics)}
         index[name].pop("score_lost", None)
         self._commit(index, max(e["step"] for e in index.values()))
@@ -335,6 +336,8 @@ class CheckpointManager:
         rows, why = {}, "no metrics.jsonl (not a run folder's checkpoints)"
         if self.metrics_log is not None:
             rows, why = eval_rows(self.metrics_log)
+            if why is None and not rows:  # removed, and made anew by this attempt's logger
+                why = f"{self.metrics_log} has no evaluation rows"
         index, lost = {}, []
         for name, step in sorted(on_disk.items(), key=lambda item: item[1]):
             metrics, saved = self._stored(name)

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from classzoo.data.tfrecord_tools import check_label_file
+from classzoo.data.label_file import check_label_file
 from classzoo.engine.build import Split, labelled_by_logit
 from classzoo.engine.checkpoint import CKPT_RE
 from classzoo.engine.distributed import DistEnv

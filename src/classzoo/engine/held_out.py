@@ -4,8 +4,9 @@ the same files for both scores its own training images and calls the number "val
 That happened without a word in two layouts a user meets: a folder of arbitrarily named TFRecord
 shards (every file is read for every split: data/tfrecord_shards.py rule 4) and an ImageFolder
 whose ``val`` is a link to ``train``. Neither timm nor torchvision checks this. A user who asks
-for it in so many words (``data.val_pattern`` matching train files, or ``data.val_split`` equal
-to ``data.train_split``) gets it; the log's ``val:`` line names the files either way.
+for it in so many words (``data.train_pattern`` and ``data.val_pattern`` that share files, or
+``data.val_split`` equal to ``data.train_split``) gets it; the log's ``val:`` line names the
+files either way. Not detected: copies (hard links, class folders linked one by one).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def check_held_out(train: SplitInfo, val: SplitInfo, data: DataConfig) -> None:
             return
         what = f"the val split reads {len(shared)} of the train split's {len(ours)} files"
         what += f" ({', '.join(shared[:3])}{', ...' if len(shared) > 3 else ''})"
-        asked = data.val_pattern is not None
+        asked = data.val_pattern is not None and data.train_pattern is not None
         fix = "name the shards train-* and validation-*, or set data.val_pattern to the "
         fix += "held-out files (and data.train_pattern to the others)"
     else:

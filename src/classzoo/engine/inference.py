@@ -19,7 +19,7 @@ from torch import nn
 
 from classzoo.config import Config, from_dict, load_recipe, with_overrides, with_values
 from classzoo.data.class_index import is_imagenet_synsets
-from classzoo.data.tfrecord_tools import check_label_file
+from classzoo.data.label_file import check_label_file
 from classzoo.engine.build import (
     Split,
     build_model,
@@ -249,8 +249,13 @@ def eval_checkpoint(
 
 def _no_split_folders(root: Path, val_split: str) -> None:
     """A folder without ``val_split`` is read as the class folders themselves, unless it holds
-    other splits: then the user meant one of them (``train/`` would be "a class")."""
-    splits = sorted(p.name for p in root.glob("*") if p.name in _SPLIT_NAMES and p.is_dir())
+    other splits (a folder named like one that holds class folders, not images: CIFAR-100 has a
+    class ``train``): then the user meant one of them (``train/`` would be "a class")."""
+    splits = sorted(
+        p.name
+        for p in root.glob("*")
+        if p.name in _SPLIT_NAMES and p.is_dir() and any(q.is_dir() for q in p.iterdir())
+    )
     if splits:
         raise UserError(
             f"{root} has no '{val_split}' folder but has {', '.join(splits)}: give --split "
