@@ -110,7 +110,8 @@ def run(
         if s.train is not None:  # a loader that cannot serve it: before the folder exists
             build.check_loader(s.train.dataset, asked.data.loader)
         then = recorded_config(run_dir, resume, early)
-        check_same_run(recorded_run(run_dir, resume, early), s.resolved, str(run_dir), then, asked)
+        what = str(run_dir) if early is None else f"{run_dir} from {resume}"
+        check_same_run(recorded_run(run_dir, resume, early), s.resolved, what, then, asked)
         recorded = {"threads": plan.compute_threads, "thread_plan": plan.explained}
         s.resolved = replace(s.resolved, **recorded, host_memory=host_memory.describe())
         if early is not None:  # it fits this model: checked before anything is written
