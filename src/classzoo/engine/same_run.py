@@ -64,13 +64,23 @@ _ABSENT = {"crop_mode": "center"}  # a field records before it was kept: what th
 def recorded_run(run_dir: Path, resume: str | None, checkpoint: dict | None) -> dict | None:
     """The resolved record of the run ``resume`` continues; None for a new run, or for ``auto``
     in a folder without a checkpoint (it starts fresh)."""
+    return _recorded(run_dir, resume, checkpoint, "resolved", "resolved.yaml")
+
+
+def recorded_config(run_dir: Path, resume: str | None, checkpoint: dict | None) -> dict | None:
+    """The config as asked of the run ``resume`` continues (None: a new run, or none kept)."""
+    return _recorded(run_dir, resume, checkpoint, "config", "config.yaml")
+
+
+def _recorded(run_dir: Path, resume, checkpoint: dict | None, key: str, name: str) -> dict | None:
+    """``checkpoint[key]`` (``--resume FILE``), else the run folder's ``name`` when it has a
+    checkpoint to resume from (``--resume auto``)."""
     if resume is None:
         return None
     if checkpoint is not None:
-        return checkpoint.get("resolved") or None
-    has_checkpoint = any((run_dir / "checkpoints").glob("ckpt-*.pt"))
-    path = run_dir / "resolved.yaml"
-    if not has_checkpoint or not path.is_file():
+        return checkpoint.get(key) or None
+    path = run_dir / name
+    if not any((run_dir / "checkpoints").glob("ckpt-*.pt")) or not path.is_file():
         return None
     try:
         record = yaml.safe_load(path.read_text())
@@ -114,22 +124,6 @@ def _shown(v: Any) -> str:
     if isinstance(v, list) and len(v) > 6:
         return f"[{', '.join(map(str, v[:6]))}, ... ({len(v)})]"
     return str(v)
-
-
-def recorded_config(run_dir: Path, resume: str | None, checkpoint: dict | None) -> dict | None:
-    """The config as asked of the run ``resume`` continues (None: a new run, or none kept)."""
-    if resume is None:
-        return None
-    if checkpoint is not None:
-        return checkpoint.get("config") or None
-    path = run_dir / "config.yaml"
-    if not any((run_dir / "checkpoints").glob("ckpt-*.pt")) or not path.is_file():
-        return None
-    try:
-        record = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot resume: {path} is unreadable ({exc})") from None
-    return record if isinstance(record, dict) else None
 
 
 def _flat(cfg: dict[str, Any]) -> dict[str, Any]:
