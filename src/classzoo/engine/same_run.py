@@ -35,7 +35,7 @@ from classzoo.config import Config
 from classzoo.engine.resolve import Resolved
 from classzoo.errors import UserError
 
-__all__ = ["MAY_CHANGE", "check_same_run", "recorded_run"]
+__all__ = ["MAY_CHANGE", "check_same_run", "check_same_settings", "recorded_config", "recorded_run"]
 
 # Config keys a resume may change: where the data and checkpoints are, how fast, how much is
 # logged and kept, evaluation-only settings, the weights a fresh start would load (a resume
