@@ -17,7 +17,6 @@ import math
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -396,5 +395,5 @@ def _check_together(cfg: Config, source: str) -> None:
         )
 
 
-def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def config_text(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)  # config.yaml: the config as asked

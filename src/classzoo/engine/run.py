@@ -18,7 +18,7 @@ import yaml
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from classzoo.config import Config, with_values
+from classzoo.config import Config, config_text, with_values
 from classzoo.data.class_index import imagenet_head
 from classzoo.data.sampling import global_batches, torch_seed
 from classzoo.engine import build, host_memory
@@ -139,7 +139,7 @@ def _run(
     with RunLogger(run_dir, enabled=env.is_main) as logger:
         if resume is not None:
             logger.marker(f"resumed (--resume {resume})")
-        logger.write_text("config.yaml", yaml.safe_dump(asked.to_dict(), sort_keys=False))
+        logger.write_text("config.yaml", config_text(asked))
         logger.write_text("resolved.yaml", yaml.safe_dump(s.resolved.to_dict(), sort_keys=False))
         if env.is_main:
             log.info("resolved (resolved.yaml):\n%s", describe(s.resolved))
