@@ -157,6 +157,27 @@ def test_a_full_disk_mid_run_is_one_line_and_the_folder_stays_readable(tmp_path,
             subprocess.run(["umount", "-l", str(disk)], check=True)  # -l: also if busy
 
 
+def test_a_full_disk_at_a_checkpoint_save_says_where_the_run_continues(tmp_path, data, capsys):
+    run = tmp_path / "run"
+    first = _in_process(_args(data, run, "--set", "train.max_steps=6"), capsys)
+    assert first.returncode == 0, first.stderr
+    # logs stay far under 1 MB; a checkpoint of this model (weights, optimizer) is ~15 MB
+    again = _args(data, run, "--resume", "auto", "--set", "train.ckpt_every_steps=4")
+    failed = _classzoo([*again, "--set", "train.max_steps=12"], _size_limit(1 << 20))
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    (line,) = _error_lines(failed.stderr)
+    assert f"cannot write checkpoint {run}/checkpoints/ckpt-000000008.pt: File too large" in line
+    assert f"last checkpoint {run}/checkpoints/ckpt-000000006.pt (step 6)" in line, line
+    assert f"once there is room, --output-dir {run} --resume auto" in line
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "best.pt", "ckpt-000000006.pt", "index.json"
+    ]  # fmt: skip
+    done = _in_process([*again, "--set", "train.max_steps=8"], capsys)
+    assert done.returncode == 0, done.stderr
+    assert "ckpt-000000006.pt at step 6" in done.stderr
+    assert (run / "checkpoints" / "ckpt-000000008.pt").is_file()
+
+
 # ---- a read-only output folder --------------------------------------------------------------
 
 

@@ -13,6 +13,15 @@ class UserError(Exception):
     exit_code = 2
 
 
+class WriteError(UserError):
+    """A file could not be written (a full disk, a quota, a read-only folder): one line naming
+    it and the OS error; ``errno`` says which (a run adds where it continues from)."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 def one_line(exc: Exception) -> str:
     """The user's line, also when a DataLoader worker wrapped the error in its traceback text."""
     text = str(exc)

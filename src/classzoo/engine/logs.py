@@ -15,19 +15,15 @@ from typing import TextIO, TypeVar
 
 from tqdm import tqdm
 
-from classzoo.errors import UserError
+from classzoo.errors import WriteError
 
 log = logging.getLogger("classzoo")
 T = TypeVar("T")
 
 
-class RunFileError(UserError):
+class RunFileError(WriteError):
     """A file or folder of the run could not be written (a full disk, a quota, a read-only
     folder): one line naming it and the OS error (engine/run_dir.py adds where to resume)."""
-
-    def __init__(self, message: str, errno: int | None = None) -> None:
-        super().__init__(message)
-        self.errno = errno
 
 
 def write_error(path: Path | str, exc: OSError, verb: str = "write") -> RunFileError:

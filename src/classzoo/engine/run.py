@@ -35,7 +35,7 @@ from classzoo.engine.distributed import (
 )
 from classzoo.engine.evaluate import EvalOptions, evaluate
 from classzoo.engine.evaluate_mode import checkpoint_paths, evaluate_checkpoints, labelled_for
-from classzoo.engine.logs import RunFileError, setup_console_logging
+from classzoo.engine.logs import setup_console_logging
 from classzoo.engine.loop import Hooks, LoopConfig, StepConfig, steps_per_epoch, train
 from classzoo.engine.optim import build_optimizer, build_scheduler, lr_shape, scaled_lr
 from classzoo.engine.resolve import (
@@ -63,7 +63,7 @@ from classzoo.engine.stop import GracefulStop
 from classzoo.engine.sync_bn import convert_sync_batchnorm
 from classzoo.engine.threads import apply as apply_threads
 from classzoo.engine.threads import plan_for_run
-from classzoo.errors import UserError
+from classzoo.errors import UserError, WriteError
 from classzoo.models.weights import load_into
 
 log = logging.getLogger("classzoo")
@@ -123,7 +123,7 @@ def run(
     except BaseException as exc:
         if named_here and env.is_main:
             remove_if_empty(run_dir)
-        if isinstance(exc, RunFileError):  # a full disk, a read-only folder: where to resume
+        if isinstance(exc, WriteError):  # a full disk, a read-only folder: where to resume
             raise with_resume_hint(exc, run_dir) from None
         raise
     finally:

@@ -15,7 +15,7 @@ import yaml
 from classzoo.engine.checkpoint import CheckpointManager
 from classzoo.engine.distributed import DistEnv, barrier, broadcast_object
 from classzoo.engine.logs import RunFileError, write_error
-from classzoo.errors import UserError
+from classzoo.errors import UserError, WriteError
 
 log = logging.getLogger("classzoo")
 
@@ -86,7 +86,7 @@ def create_run_dir(run_dir: Path, resume: str | None, overwrite: bool, env: Dist
     barrier(env)
 
 
-def with_resume_hint(exc: RunFileError, run_dir: Path | None) -> RunFileError:
+def with_resume_hint(exc: WriteError, run_dir: Path | None) -> WriteError:
     """``exc`` with where the run continues from: its newest checkpoint (saves are atomic, so
     the newest file is whole) and the command; the steps after it are the ones lost. Nothing
     added for a run that has no checkpoint and logged no step (a folder that failed at start)."""

@@ -40,7 +40,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from classzoo.errors import UserError
+from classzoo.errors import UserError, WriteError
 from classzoo.formats.checkpoint_schema import check_checkpoint
 
 log = logging.getLogger("classzoo")
@@ -87,7 +87,9 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], what: str 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create the folder of {what} {path}: {exc.strerror}") from None
+        raise WriteError(
+            f"cannot create the folder of {what} {path}: {exc.strerror}", exc.errno
+        ) from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         # O_EXCL: never write through a planted symlink; 0o666: the umask decides who may read
@@ -101,9 +103,10 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], what: str 
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, (OSError, _WriteFailed)) or _is_torch_write_error(exc):
-            raise UserError(
+            raise WriteError(
                 f"cannot write {what} {path}: {_reason(exc)}; nothing was replaced "
-                f"(the previous file, if any, is intact)"
+                f"(the previous file, if any, is intact)",
+                _errno(exc),
             ) from None
         raise
 
@@ -120,6 +123,11 @@ def _is_torch_write_error(exc: BaseException) -> bool:
     # caffe2's PyTorchStreamWriter: "PytorchStreamWriter failed writing file data/0: file write
     # failed" (torch/csrc/... inline_container.cc)
     return isinstance(exc, RuntimeError) and "write" in str(exc).lower()
+
+
+def _errno(exc: BaseException) -> int | None:
+    cause = exc.cause if isinstance(exc, _WriteFailed) else exc
+    return cause.errno if isinstance(cause, OSError) else None
 
 
 def _reason(exc: BaseException) -> str:
