@@ -177,6 +177,7 @@ def test_resume_refuses_other_classes_images_or_pixels_before_writing(tmp_path, 
     (data / "val" / "a").rename(data / "val" / "z")
     line = refused("--resume", "auto")
     assert "classes was ['a', 'b', 'c', 'd'] when the run began, now ['b', 'c', 'd', 'z']" in line
+    assert "--set" not in line  # the data changed, no setting: nothing to set back
     from_file = refused("--resume", first)  # the checkpoint's own record says the same
     assert from_file.endswith(f"from {first}: {line.split('/run: ', 1)[1]}")
     (data / "train" / "z").rename(data / "train" / "a")
@@ -191,9 +192,9 @@ def test_resume_refuses_other_classes_images_or_pixels_before_writing(tmp_path, 
     # its steps counted batches of 8 and its scheduler holds a 3-epoch cosine: a resume at batch
     # 4 had trained to epoch 3.7 of 3, and one with 6 epochs kept the 3-epoch cosine's min_lr
     batch = "global batch (data.batch_size x devices x train.grad_accum_steps) was 8"
-    assert f"{batch} when the run began, now 4" in refused(
-        "--resume", "auto", "--set", "data.batch_size=4"
-    )
+    line = refused("--resume", "auto", "--set", "data.batch_size=4")
+    assert f"{batch} when the run began, now 4" in line
+    assert "began with (--set data.batch_size=8, as the run began)" in line
     # the record said bf16 (amp auto on AMX) or fp32 while the run went on in the other
     began = yaml.safe_load(record)["train_precision"]
     other = "fp32" if began == "bf16" else "bf16"
@@ -202,6 +203,10 @@ def test_resume_refuses_other_classes_images_or_pixels_before_writing(tmp_path, 
     line = refused("--resume", "auto", "--epochs", "6")
     assert "lr schedule was cosine to 1e-05 over 2.5 epochs (train.epochs)" in line
     assert "now cosine to 1e-05 over 6 epochs (train.epochs)" in line
+    # the setting to give back (a recipe whose epochs changed since the run began: the same)
+    assert "(--set train.epochs=2.5, as the run began)" in line
+    line = refused("--resume", first, "--epochs", "6")  # the checkpoint's config says the same
+    assert "(--set train.epochs=2.5, as the run began)" in line
     # the optimizer's state restores its own weight decay (config.yaml said the new one); a new
     # label smoothing trained on from the resume: weights of neither run (engine/same_run.py)
     line = refused("--resume", "auto", "--set", "optim.weight_decay=0.5", "--set", "train.label_smoothing=0.3")  # fmt: skip
