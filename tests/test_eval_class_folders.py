@@ -262,6 +262,11 @@ def test_fine_tuning_a_kept_head_follows_the_class_names_its_checkpoint_stores(t
     assert code == EXIT_USER_ERROR and not (tmp_path / "r1").exists(), err
     assert f"checkpoint {ckpt}: its classifier was trained on classes c1, c2, c10" in err
     assert "'x'" in err and "model.exclude=fc" in err
+    # another layer left at init keeps the classifier: the same refusal (it trained on before)
+    again = [*tune, str(tmp_path / "r6"), "--data-dir", str(tmp_path / "b")]
+    code, err = _cli(capsys, [*again, "--set", "model.exclude=layer4"])
+    assert code == EXIT_USER_ERROR and not (tmp_path / "r6").exists(), err
+    assert "its classifier was trained on classes c1, c2, c10" in err
     code, err = _cli(capsys, [*tune, str(tmp_path / "r2"), *run_a[:2], "--set", "data.class_order=sorted"])  # fmt: skip
     assert code == EXIT_USER_ERROR and not (tmp_path / "r2").exists(), err
     assert "logit 1 is 'c2' there and 'c10' here: set data.class_order=natural" in err

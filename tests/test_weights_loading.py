@@ -87,6 +87,28 @@ def test_create_model_refuses_a_new_head_when_asked(ten_class_checkpoint):
     assert model.load_report.left_at_init == ["fc.weight", "fc.bias"]
 
 
+def test_both_heads_of_a_distilled_timm_model_are_new_for_another_class_count(tmp_path):
+    """deit *_distilled and levit have two classifiers (get_classifier() returns both): a file
+    of 1000 classes fine-tuned on 3 was refused as 'does not fit'. The truth: timm's own
+    pretrained load of the same file (pretrained_cfg classifier = ('head', 'head_dist'))."""
+    import timm
+
+    name, kw = "deit_tiny_distilled_patch16_224", {"img_size": 32}
+    path = tmp_path / "deit1000.pth"
+    torch.save(timm.create_model(name, num_classes=1000, **kw).state_dict(), path)
+    overlay = {"file": str(path)}
+    theirs = timm.create_model(
+        name, num_classes=3, pretrained=True, pretrained_cfg_overlay=overlay, **kw
+    ).state_dict()
+    ours = classzoo.create_model(name, num_classes=3, checkpoint=path, **kw)
+    left = set(ours.load_report.left_at_init)
+    assert left == {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}
+    assert ours.load_report.heads == ["head", "head_dist"]
+    for key, value in ours.state_dict().items():
+        if key not in left:
+            assert torch.equal(value, theirs[key]), key
+
+
 def test_int8_weights_in_a_state_dict_are_refused_not_cast(tmp_path):
     model = classzoo.create_model("resnet18", num_classes=5)
     state = dict(model.state_dict())

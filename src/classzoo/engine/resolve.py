@@ -365,13 +365,24 @@ def resolve(
 def _check_kept_head(classes, order: str | None, data: dict[str, SplitInfo], weights, loaded):
     """Fine-tuning a loaded classifier: its logit k must be the folder it was trained on,
     by the names its checkpoint stores, else by the order the user states."""
-    if not (classes and weights.get("source") and not weights.get("left_at_init")):
+    if not (classes and weights.get("source") and _head_kept(weights, loaded)):
         return
     if loaded is not None and loaded.classes:
         check_kept_head_classes(loaded.classes, classes, loaded.source, loaded.heads)
         return
     where = data["train"].location if "train" in data else "the training folders"
     check_order_given(classes, order, where, "the weights' classifier is kept (fine-tuned)")
+
+
+def _head_kept(weights: dict, loaded) -> bool:
+    """Whether a classifier of the loaded weights is kept: one of the model's heads has no key
+    left at init (another layer left at init, ``model.exclude=layer4``, keeps it). A model
+    that names no head: kept when nothing was left at init."""
+    left = weights.get("left_at_init") or []
+    heads = loaded.heads if loaded is not None else []
+    if not heads:
+        return not left
+    return any(not any(k.startswith(h + ".") for k in left) for h in heads)
 
 
 def or_device_default(value: bool | None, device: torch.device, name: str) -> bool:

@@ -132,8 +132,10 @@ def _classifier_prefixes(model: nn.Module) -> list[str]:
     prefixes = []
     get = getattr(model, "get_classifier", None)
     head = get() if callable(get) else None
+    # timm's distilled models (deit *_distilled, levit) return (head, head_dist)
+    heads = [h for h in (head if isinstance(head, (tuple, list)) else (head,)) if h is not None]
     for name, module in model.named_modules():
-        if head is not None and module is head:
+        if any(module is h for h in heads):
             prefixes.append(name + ".")
     prefixes.extend(getattr(model, "aux_classifier_prefixes", ()))
     return prefixes
