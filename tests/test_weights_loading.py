@@ -126,6 +126,47 @@ def test_int8_weights_in_a_state_dict_are_refused_not_cast(tmp_path):
 REFERENCE_EXCLUDES = ["InceptionV4/Logits/Logits", "InceptionV4/AuxLogits/Aux_logits"]
 
 
+# train_image_classifier._configure_optimizer's optimizers, as TF1 names their slots
+_SLIM_OPTIMIZERS = {
+    "adadelta": lambda tf: tf.compat.v1.train.AdadeltaOptimizer(0.01, rho=0.95, epsilon=1.0),
+    "adagrad": lambda tf: tf.compat.v1.train.AdagradOptimizer(0.01, 0.1),
+    "adam": lambda tf: tf.compat.v1.train.AdamOptimizer(0.01),
+    "ftrl": lambda tf: tf.compat.v1.train.FtrlOptimizer(0.01),
+    "sgd": lambda tf: tf.compat.v1.train.GradientDescentOptimizer(0.01),
+}
+
+
+# momentum and rmsprop slots: tests/test_train_parity_tf.py saves them with TF's own optimizers
+@pytest.mark.parametrize("optimizer", ["adadelta", "adagrad", "adam", "ftrl", "sgd"])
+def test_a_slim_checkpoint_of_any_slim_optimizer_loads_its_model_variables(tmp_path, optimizer):
+    """slim restores a checkpoint's model variables whatever optimizer wrote it; an Adadelta
+    checkpoint was refused for its 318 slots (<var>/Adadelta, <var>/Adadelta_1). The truth: the
+    variables TF's own optimizer adds, saved by tf.compat.v1.train.Saver."""
+    from tf_compat import import_tf
+
+    tf = import_tf()
+    torch.manual_seed(5)
+    model = classzoo.create_model("resnet_v1_50", num_classes=10)
+    values = state_dict_to_slim("resnet_v1_50", model.state_dict())
+    graph = tf.Graph()
+    with graph.as_default():
+        variables = {n: tf.compat.v1.Variable(v, name=n) for n, v in values.items()}
+        loss = tf.add_n([tf.reduce_sum(tf.square(v)) for v in variables.values()])
+        step = tf.compat.v1.train.get_or_create_global_step()
+        train = _SLIM_OPTIMIZERS[optimizer](tf).minimize(loss, global_step=step)
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            sess.run(train)
+            after = sess.run(variables)
+            prefix = str(tmp_path / "model.ckpt")
+            tf.compat.v1.train.Saver().save(sess, prefix, write_meta_graph=False)
+    saved = {n for n, _ in tf.train.list_variables(prefix)}
+    assert len(saved) > len(values) or optimizer == "sgd"  # the optimizer's slots are in it
+    loaded = classzoo.create_model("resnet_v1_50", num_classes=10, checkpoint=prefix)
+    ours = state_dict_to_slim("resnet_v1_50", loaded.state_dict())
+    assert all(np.array_equal(ours[n], after[n]) for n in values)
+
+
 @pytest.fixture(scope="module")
 def tf_inception(tmp_path_factory):
     """A 1001-class Inception-v4 checkpoint written by tf.compat.v1.train.Saver (V2)."""

@@ -30,12 +30,13 @@ __all__ = [
     "state_dict_to_slim",
 ]
 
-# Saved next to the model variables but not part of the network: the step counter, optimizer
-# slots (<var>/RMSProp, <var>/RMSProp_1, <var>/Momentum, Adam's m/v and beta powers) and the
-# EMA shadows of train_image_classifier --moving_average_decay (<var>/ExponentialMovingAverage).
+# Saved next to the model variables but not part of the network: the step counter, the slots
+# of the optimizers train_image_classifier offers (<var>/Adadelta and _1, /Adagrad, /Adam and _1
+# with Adam's beta powers, /Ftrl and _1, /Momentum, /RMSProp and _1; TF1's slot names), and the
+# EMA shadows of --moving_average_decay (<var>/ExponentialMovingAverage).
 _NOT_MODEL = re.compile(
     r"(^|/)(global_step|beta1_power|beta2_power|_CHECKPOINTABLE_OBJECT_GRAPH)$"
-    r"|/(ExponentialMovingAverage|RMSProp(_\d+)?|Momentum|Adam(_\d+)?|Adagrad|Ftrl(_\d+)?)$"
+    r"|/(ExponentialMovingAverage|(Adadelta|Adagrad|Adam|Ftrl|Momentum|RMSProp)(_\d+)?)$"
 )
 _EMA = "/ExponentialMovingAverage"
 _SHOW = 4  # names shown per category in error messages
