@@ -163,6 +163,7 @@ def test_a_slim_checkpoint_of_any_slim_optimizer_loads_its_model_variables(tmp_p
     saved = {n for n, _ in tf.train.list_variables(prefix)}
     assert len(saved) > len(values) or optimizer == "sgd"  # the optimizer's slots are in it
     loaded = classzoo.create_model("resnet_v1_50", num_classes=10, checkpoint=prefix)
+    assert len(loaded.load_report.loaded) == len(values)  # 267 (318: BN counters were counted)
     ours = state_dict_to_slim("resnet_v1_50", loaded.state_dict())
     assert all(np.array_equal(ours[n], after[n]) for n in values)
 
@@ -236,5 +237,8 @@ def test_create_model_on_another_class_count_leaves_only_the_classifiers_at_init
     heads = ["aux_head.fc.weight", "aux_head.fc.bias", "last_linear.weight", "last_linear.bias"]
     assert sorted(report.left_at_init) == sorted(heads)
     assert report.excluded == ["Logits/Logits", "AuxLogits/Aux_logits"]
+    # loaded: the checkpoint's variables slim restores (906 before: every BN's counter and the
+    # gammas of 1 that slim's scale=False BN does not have were counted too)
+    assert len(report.loaded) == len(_slim_restores(ckpt, REFERENCE_EXCLUDES))
     with pytest.raises(UserError, match="allow_new_head"):
         load_checkpoint(model, "inception_v4", prefix, allow_new_head=False)

@@ -272,7 +272,7 @@ def slim_to_state_dict(
     source: str = "checkpoint",
 ) -> dict[str, torch.Tensor]:
     """A complete state dict for ``model`` from slim checkpoint ``variables``
-    (:func:`slim_to_state_dict_and_init` without the list of keys kept at init)."""
+    (:func:`slim_to_state_dict_and_init` without its lists of keys)."""
     return slim_to_state_dict_and_init(
         model_name, variables, model, exclude, use_ema=use_ema, scope=scope, source=source
     )[0]
@@ -287,9 +287,10 @@ def slim_to_state_dict_and_init(
     use_ema: bool = False,
     scope: str | None = None,
     source: str = "checkpoint",
-) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """A complete state dict for ``model`` from slim checkpoint ``variables``, and the keys of
-    it that keep ``model``'s own values (those of excluded scopes).
+) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """A complete state dict for ``model`` from slim checkpoint ``variables``, the keys of it
+    that keep ``model``'s own values (those of excluded scopes), and the keys whose value is
+    slim's constant rather than a variable of the checkpoint (BN gamma 1 under scale=False).
 
     ``exclude``: slim scopes (``"Logits"``, ``"AuxLogits"``, ``"InceptionV4/Logits"``, or any
     checkpoint-only scope to ignore) whose parameters keep ``model``'s own values and whose
@@ -317,17 +318,20 @@ def slim_to_state_dict_and_init(
     # Gamma may be absent only where slim's arg scope has none (Inception: scale=False), and
     # then from every BN: a ResNet checkpoint without gammas, or a half-gamma one, does not fit.
     gamma_optional = not has_gamma and not any(table[n].is_gamma for n in model_vars if n in table)
-    out, missing, mismatched, init = _convert(table, own, model_vars, exclude, top, gamma_optional)
+    out, missing, mismatched, init, ones = _convert(
+        table, own, model_vars, exclude, top, gamma_optional
+    )
     unexpected = sorted(n for n in model_vars if n not in table and not _in_scope(n, exclude, top))
     if missing or unexpected or mismatched:
         _misfit(source, model_name, top, missing, unexpected, mismatched)
-    return out, init
+    return out, init, ones
 
 
 def _convert(table, own, model_vars, exclude, top: str, gamma_optional: bool):
-    """(state dict, missing names, mismatched descriptions, keys kept at init)."""
+    """(state dict, missing names, mismatched descriptions, keys kept at init, keys set to
+    slim's gamma 1)."""
     out = {k: v.clone() for k, v in own.items()}
-    missing, mismatched, init = [], [], []
+    missing, mismatched, init, ones = [], [], [], []
     for name, var in table.items():
         if _in_scope(name, exclude, top):
             init.append(var.key)
@@ -336,6 +340,7 @@ def _convert(table, own, model_vars, exclude, top: str, gamma_optional: bool):
         if name not in model_vars:
             if var.is_gamma and gamma_optional:
                 out[var.key] = torch.ones_like(target)  # slim batch_norm scale=False: gamma == 1
+                ones.append(var.key)
             else:
                 missing.append(name)
             continue
@@ -347,7 +352,7 @@ def _convert(table, own, model_vars, exclude, top: str, gamma_optional: bool):
             )
             continue
         out[var.key] = _to_torch(var, value).to(target.dtype)
-    return out, missing, mismatched, init
+    return out, missing, mismatched, init, ones
 
 
 def _model_variables(variables, table, use_ema: bool, source: str) -> dict[str, np.ndarray]:

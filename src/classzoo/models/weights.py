@@ -280,12 +280,15 @@ def _tf_state(model: nn.Module, model_name: str, path, exclude, use_ema: bool, a
             "their initialisation)"
         )
     scopes = [*exclude, *auto]
-    state, init = slim_to_state_dict_and_init(
+    state, init, ones = slim_to_state_dict_and_init(
         model_name, variables, model, exclude=scopes, use_ema=use_ema, source=str(path)
     )
     if auto:
         log.warning("checkpoint %s: %s left at init (another class count)", path, ", ".join(init))
-    return {k: v for k, v in state.items() if k not in init}, init, scopes
+    # the model's own counters and slim's constant gammas complete the state: not from the file
+    from_file = {k for k in state if k not in init and k not in ones}
+    from_file -= {k for k in from_file if k.endswith("num_batches_tracked")}
+    return {k: v for k, v in state.items() if k not in init}, init, scopes, from_file
 
 
 def load_checkpoint(
@@ -303,10 +306,11 @@ def load_checkpoint(
     ckpt = load_checkpoint_file(path) if fmt == "classzoo" else None
     prefixes = _classifier_prefixes(model)
     if fmt == "tf":
-        state, init, scopes = _tf_state(
+        state, init, scopes, from_file = _tf_state(
             model, model_name, path, list(exclude), use_ema, allow_new_head
         )
         loaded, left = load_into(model, state, str(path), exclude=init)
+        loaded = [k for k in loaded if k in from_file]
     else:
         if ckpt is None:  # safetensors
             state = read_state_dict(path, use_ema=use_ema)
