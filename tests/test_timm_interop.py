@@ -171,9 +171,14 @@ def test_resnet_block_features_are_the_non_strided_activations():
         h.remove()
     for k, name in enumerate(("layer1", "layer2", "layer3"), start=1):
         assert feats[k].shape[-1] == 2 * seen[name].shape[-1]
-        torch.testing.assert_close(feats[k][:, :, ::2, ::2], seen[name], rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(feats[4], seen["layer4"])
-    torch.testing.assert_close(model.forward_head(final), logits, rtol=1e-5, atol=1e-4)
+        # float32 rounding of the two convolutions (stride 1 then subsampled, stride 2): oneDNN
+        # picks other kernels for them on some CPUs (8.5e-4 of layer3's 1509 on an AMD EPYC)
+        atol = 2e-6 * float(seen[name].abs().max())
+        torch.testing.assert_close(feats[k][:, :, ::2, ::2], seen[name], rtol=1e-5, atol=atol)
+    atol = 2e-6 * float(seen["layer4"].abs().max())
+    torch.testing.assert_close(feats[4], seen["layer4"], rtol=1e-5, atol=atol)
+    atol = 2e-6 * float(logits.abs().max())
+    torch.testing.assert_close(model.forward_head(final), logits, rtol=1e-5, atol=atol)
 
 
 def test_pretrained_loads_timms_hub_cache_file_and_fails_fast_without_it(tmp_path):
