@@ -247,3 +247,57 @@ def test_signal_saves_the_current_step_and_resume_is_bit_identical(
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_identical(_newest(run), whole)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if stat.rsplit(")", 1)[1].split()[1] == str(pid):  # field 4: the parent's pid
+                kids.append(int(entry))
+    return kids
+
+
+@pytest.mark.slow
+def test_a_killed_loader_worker_saves_the_steps_done_and_resume_is_bit_identical(
+    tmp_path, small_imagefolder, uninterrupted
+):
+    """``kill -9`` of one DataLoader worker (what the kernel's out-of-memory killer does) ended
+    the run with PyTorch's traceback, raised mid-step, and lost every step since the last
+    checkpoint (21 in the hunt's run). The truth for the resumed run: the never-stopped run."""
+    recipe, whole = uninterrupted(1, small_imagefolder)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        _cmd(recipe, small_imagefolder, run, 1),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list((run / "checkpoints").glob("ckpt-*.pt")) and (workers := _children(proc.pid)):
+            time.sleep(0.5)  # into the next epoch
+            os.kill(workers[0], signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    err = proc.communicate(timeout=600)[1]
+    assert proc.returncode == 2 and "Traceback" not in err, err[-3000:]
+    (line,) = [x for x in err.splitlines() if x.startswith("classzoo: error:")]
+    assert re.search(r"data loader worker \(pid \d+\) was killed by SIGKILL", line), line
+    saved = _newest(run)["progress"]["step"]
+    assert f"the {saved} steps done are saved: --resume auto continues" in line
+    logged = re.findall(r"^step: (\d+) ", (run / "train.log").read_text(), re.M)
+    assert int(logged[-1]) == saved < whole["progress"]["step"]  # no step lost
+    resumed = subprocess.run(
+        _cmd(recipe, small_imagefolder, run, 1, "--resume", "auto"),
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_identical(_newest(run), whole)

@@ -28,6 +28,7 @@ from classzoo.data.device import Prefetcher
 from classzoo.data.sampling import TrainBatchSampler, global_batches
 from classzoo.engine.devices import traits
 from classzoo.engine.distributed import DistEnv, all_reduce_sum
+from classzoo.engine.loader_workers import WorkerDied, fetching, start
 from classzoo.engine.logs import Progress
 from classzoo.engine.precision import autocast
 from classzoo.engine.state import TrainState
@@ -206,7 +207,12 @@ def train_one_epoch(
         for gi, group in enumerate(groups):
             step_total = sum(end - begin for begin, end in group)
             t_wait = time.perf_counter()
-            micro = [next(batches) for _ in group]
+            try:
+                micro = [next(batches) for _ in group]
+            except (UnreadableImage, CorruptRecordError, WorkerDied):
+                if env.world_size == 1 and interval.images:  # train() saves these steps: logged
+                    _log_interval(interval, state, sampler, env, hooks)
+                raise
             interval.data_wait += time.perf_counter() - t_wait
             interval.lr = state.optimizer.param_groups[0]["lr"]
             interval.loss += train_step(state, net, micro, step_total, loop.step, env)
@@ -243,10 +249,12 @@ def batches_of(loader) -> Iterator:
     """The loader's iterator; its workers are shut down however the loop ends. An error raised
     in a worker must not leave them to the exit-time terminate(): they ignore SIGTERM (the main
     process owns a graceful stop), and joining them would hang."""
-    it = iter(loader)
+    it = None
     try:
-        yield it
+        it = start(loader)  # a dead worker is found between steps (engine/loader_workers.py)
+        yield fetching(it)
     except BaseException:  # a normal end keeps persistent workers for the next epoch
+        it = it if it is not None else getattr(loader, "_iterator", None)  # persistent ones
         shutdown = getattr(it, "_shutdown_workers", None)  # torch's multi-process iterator
         if shutdown is not None:
             shutdown()
@@ -302,7 +310,7 @@ def train(
             reason, n, dt = train_one_epoch(
                 state, net, loader, sampler, loop, env, hooks, bar, batch_fn
             )
-        except (UnreadableImage, CorruptRecordError) as exc:
+        except (UnreadableImage, CorruptRecordError, WorkerDied) as exc:
             raise _saved_before(exc, hooks, env, state.pos.step) from None
         images, seconds = images + n, seconds + dt
         hooks.save()
