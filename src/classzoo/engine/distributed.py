@@ -119,6 +119,15 @@ def broadcast_object(values: list, env: DistEnv) -> None:
         dist.broadcast_object_list(values, src=0)
 
 
+def gather_objects(value, env: DistEnv) -> list:
+    """Every rank's ``value`` (a picklable object), in rank order, on every rank."""
+    if not env.distributed:
+        return [value]
+    out: list = [None] * env.world_size
+    dist.all_gather_object(out, value)
+    return out
+
+
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()

@@ -33,6 +33,7 @@ from classzoo.engine.checkpoint import newest_in_run
 from classzoo.engine.distributed import init_distributed
 from classzoo.engine.evaluate import EvalOptions, evaluate
 from classzoo.engine.logs import setup_console_logging
+from classzoo.engine.rank_agreement import check_same_data
 from classzoo.engine.resolve import Resolved, resolve
 from classzoo.engine.resolved_text import describe
 from classzoo.errors import UserError
@@ -234,6 +235,7 @@ def eval_checkpoint(
                 "--set data.source=tfrecord (an ImageFolder is <dir>/<class>/<image>)"
             )
     p = prepare(src, asked, env.device, env.world_size, with_data=True)
+    check_same_data({"eval": p.split}, env)  # each rank cuts its shard from its own file list
     log.info("evaluating %s\n%s", src.path, describe(p.resolved))
     d = p.asked.data
     loader = eval_loader(p.split.dataset, d.eval_batch_size or d.batch_size, d.num_workers, env)

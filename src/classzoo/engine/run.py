@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import astuple, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from classzoo.engine.evaluate_mode import checkpoint_paths, evaluate_checkpoints
 from classzoo.engine.logs import setup_console_logging
 from classzoo.engine.loop import Hooks, LoopConfig, StepConfig, steps_per_epoch, train
 from classzoo.engine.optim import build_optimizer, build_scheduler, lr_shape, scaled_lr
+from classzoo.engine.rank_agreement import check_same_data, check_same_newest
 from classzoo.engine.resolve import (
     Resolved,
     Schedule,
@@ -48,6 +49,7 @@ from classzoo.engine.resolve import (
     resolve,
 )
 from classzoo.engine.resolved_text import describe
+from classzoo.engine.resume_point import restore
 from classzoo.engine.run_dir import (
     claim_run_dir,
     create_run_dir,
@@ -93,6 +95,8 @@ def run(
     named_here = run_dir is None  # claim_run_dir makes a new runs/<name> folder, empty
     try:
         run_dir = claim_run_dir(run_dir, asked.recipe, resume, overwrite, env)
+        if resume == "auto":  # each machine reads its own folder: the same run on every rank
+            check_same_newest(run_dir, env)
         setup_console_logging(env.is_main)  # the folder's console.log once it exists
         early = load_ckpt(Path(resume)) if resume not in (None, "auto") else None
         threads = recorded_threads(run_dir, resume, early)
@@ -107,6 +111,7 @@ def run(
             s.val, s.resolved = labelled_for(s.val, s.resolved, paths, asked.data.class_order)
         else:
             s = set_up(asked, env, need_train=True, need_val=mode != "train")
+        check_same_data({"train": s.train, "val": s.val}, env)
         if s.train is not None:  # a loader that cannot serve it: before the folder exists
             build.check_loader(s.train.dataset, asked.data.loader)
         then = recorded_config(run_dir, resume, early)
@@ -247,7 +252,7 @@ def training_state(
     ckpts = CheckpointManager(run_dir / "checkpoints", t.keep_max, t.keep_best, t.best_metric)
     if env.is_main:
         ckpts.clean_stale()
-    _maybe_resume(state, ckpts, resume, s.resume_from, env, t.seed)
+    restore(state, ckpts, resume, s.resume_from, env, t.seed)
     for group in (g for g in optimizer.param_groups if "fused" in g):  # not the checkpoint's:
         group["fused"] = bool(r.fused_optimizer)  # the run computes as resolved.yaml records
     return state, ckpts
@@ -357,34 +362,6 @@ def save(state: TrainState, env: DistEnv, ckpts: CheckpointManager, extra: dict[
         )
     payload = state.payload(env, extra)  # collective (RNG gather): every rank takes part
     return ckpts.save(state.pos.step, payload) if env.is_main else None
-
-
-def _maybe_resume(
-    state: TrainState,
-    ckpts: CheckpointManager,
-    resume: str | None,
-    given: dict[str, Any] | None,
-    env: DistEnv,
-    seed: int,
-) -> None:
-    """``resume``: "auto" (the newest good checkpoint) or a file, ``given`` as run() read it."""
-    if resume is None:
-        return
-    if resume == "auto":
-        found = ckpts.latest_good()
-        if found is None:
-            log.info("resume auto: no checkpoint in %s, starting fresh", ckpts.directory)
-            return
-        path, ckpt = found
-    else:
-        path, ckpt = Path(resume), given if given is not None else load_ckpt(Path(resume))
-    try:
-        state.restore(ckpt, env, seed)
-    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        raise UserError(f"cannot resume from {path}: {str(exc).splitlines()[0]}") from None
-    if env.is_main:  # the files of the continuation a resume from an earlier step abandons
-        ckpts.resumed_from(state.pos.step)
-    log.info("resumed from %s at step %d (epoch %d, sample %d)", path, *astuple(state.pos))
 
 
 def _log_skipped_tail(n: int, batch_size: int, env: DistEnv) -> None:
