@@ -121,9 +121,10 @@ def test_results_table_in_the_gluon_shape(runs):
     row = ["slim152_8p", "8p-NPU", "75.90", "75.90", "3100.50", "4", "bf16"]
     assert _rows(text, "slim152_8p", 7) == [row]
     # no summary nor resolved.yaml: world size and device unknown; FPS = median(400, 470,
-    # 469.5, 471) = 469.75; epochs reached 2.0 (of 100 configured); AMP from config.yaml
-    assert _rows(text, "incep_1p", 7) == [
-        ["incep_1p", "?p-?", "70.40", "70.40", "469.75", "2", "fp16"]
+    # 469.5, 471) = 469.75; epochs reached 2.0 (of 100 configured); AMP from config.yaml;
+    # marked as in the paper table: its last eval is not its end
+    assert _rows(text, "incep_1p (incomplete)", 7) == [
+        ["incep_1p (incomplete)", "?p-?", "70.40", "70.40", "469.75", "2", "fp16"]
     ]
 
 
@@ -246,7 +247,7 @@ def test_best_and_last_differ_and_the_best_epoch_is_named(tmp_path):
     row = _rows(text, "peaked (incomplete)")[0]
     # last 79.9, best 80.5 at epoch 2; delta last - 80.2 = -0.30
     assert row[2:7] == ["79.90", "80.50 (ep 2)", "94.90", "80.20", "-0.30"]
-    assert _rows(text, "peaked", 7)[0][2:4] == ["79.90", "80.50"]
+    assert _rows(text, "peaked (incomplete)", 7)[0][2:4] == ["79.90", "80.50"]
 
 
 def test_published_figures_for_another_model_are_flagged(tmp_path):
@@ -285,7 +286,7 @@ def test_interrupted_run_is_labelled_from_resolved_yaml(tmp_path):
         encoding="utf-8",
     )
     text = build_report([run], None)
-    assert _rows(text, "incomplete8", 7)[0][1] == "8p-GPU"
+    assert _rows(text, "incomplete8 (incomplete)", 7)[0][1] == "8p-GPU"
 
 
 def test_a_recipe_run_on_other_classes_is_not_compared_with_imagenet(tmp_path, small_imagefolder):
@@ -311,3 +312,36 @@ def test_a_recipe_run_on_other_classes_is_not_compared_with_imagenet(tmp_path, s
     assert "77.58" not in text
     assert [r[5:] for r in _rows(text, "run")] == [["-", "-", "-"]]
     assert _rows(text, "run", 7)[0][6] == resolved["train_precision"]
+
+
+def test_a_resume_from_an_earlier_checkpoint_drops_the_abandoned_rows(tmp_path):
+    """A run of 3 epochs resumed from its first epoch's checkpoint and ended a step later: its
+    report took "Epochs 3" and the best top-1 from the evaluations of the continuation it had
+    abandoned. The truths: summary.json (where it ended) and checkpoints/index.json (which ranks
+    only the run's own checkpoints; the abandoned ones are set aside)."""
+    from classzoo.cli import main
+    from conftest import write_imagefolder
+
+    write_imagefolder(tmp_path / "data" / "train", dict.fromkeys("abcd", 6), seed=1)
+    write_imagefolder(tmp_path / "data" / "val", dict.fromkeys("abcd", 2), seed=2)
+    run = tmp_path / "run"
+    argv = ["train", "--recipe", "quickstart", "--data-dir", str(tmp_path / "data")]
+    argv += ["--output-dir", str(run), "--batch-size", "4", "--epochs", "3", "--amp", "off"]
+    for o in (
+        "data.num_workers=0",
+        "train.progress=false",
+        "train.keep_max=10",
+        "train.eval_every=1",
+    ):
+        argv += ["--set", o]
+    assert main(argv) == 0  # 6 steps per epoch, evaluated at steps 6, 12 and 18
+    first = str(run / "checkpoints" / "ckpt-000000006.pt")
+    assert main([*argv, "--resume", first, "--set", "train.max_steps=7"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    index = json.loads((run / "checkpoints" / "index.json").read_text())
+    best = index["checkpoints"][index["best"]]["metrics"]["top1"]
+    r = load_run(run)
+    assert [e["step"] for e in r.evals] == [6, 7]  # not 12 and 18 of the abandoned attempt
+    assert r.best("top1")[0] == pytest.approx(best)
+    (row,) = _rows(build_report([run]), "run", width=7)
+    assert row[5] == f"{summary['epochs']:g}" == "1.167"

@@ -169,6 +169,8 @@ def _read_metrics(path: Path) -> tuple[list[dict], list[dict], list[int], str | 
     The trainer appends to metrics.jsonl, so a run killed mid-write and then resumed leaves a
     cut-off line inside the file, and re-logs the steps after its last checkpoint: such lines
     are skipped (and reported), and a later record of the same step replaces the earlier one.
+    A resume's marker names the step it continued from: the rows of later steps before it are
+    an abandoned attempt's (``--resume`` of an earlier checkpoint, steps lost to a kill).
     A file with no readable line at all is not a metrics file: an error.
     """
     records: dict[tuple[str, Any], dict[str, Any]] = {}
@@ -188,6 +190,9 @@ def _read_metrics(path: Path) -> tuple[list[dict], list[dict], list[int], str | 
             records[record["kind"], record.get("step")] = record
         elif record.get("kind") == "marker" and isinstance(record.get("what"), str):
             marker = record["what"]
+            at = record.get("step")
+            if isinstance(at, int) and not isinstance(at, bool):  # a resume: where it continued
+                records = {k: r for k, r in records.items() if not _after(r, at)}
     if bad and not records:
         raise UserError(f"{path}: no readable metrics line (line {bad[0]} is not a JSON object)")
     ordered = list(records.values())
@@ -197,6 +202,11 @@ def _read_metrics(path: Path) -> tuple[list[dict], list[dict], list[int], str | 
         bad,
         marker,
     )
+
+
+def _after(record: dict[str, Any], step: int) -> bool:
+    s = record.get("step")
+    return isinstance(s, (int, float)) and s > step
 
 
 def load_run(path: Path | str) -> Run:
@@ -328,9 +338,9 @@ def paper_table(runs: list[Run]) -> tuple[list[str], list[str]]:
 def results_table(runs: list[Run]) -> list[str]:
     """The Gluon reference's result table (Name = devices, Acc@1, FPS, Epochs, AMP_Type), one
     row per run, named after it, with the best top-1 next to the last."""
-    rows = [
-        [r.name, run_label(r), _num(r.final("top1")), _num(r.best("top1")[0]), _num(r.fps),
-         _epochs(r.epochs), r.amp or "-"]
+    rows = [  # a run without summary.json: its last eval is not its end (see the notes)
+        [r.name if r.summary else f"{r.name} (incomplete)", run_label(r), _num(r.final("top1")),
+         _num(r.best("top1")[0]), _num(r.fps), _epochs(r.epochs), r.amp or "-"]
         for r in runs
     ]  # fmt: skip
     return _table(["Run", "Name", "Acc@1", "Acc@1 best", "FPS", "Epochs", "AMP_Type"], rows)

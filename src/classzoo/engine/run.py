@@ -142,7 +142,7 @@ def _run(
     if resume is not None and env.is_main:
         log.info("resuming in %s (--resume %s)", run_dir, resume)
     with RunLogger(run_dir, enabled=env.is_main) as logger:
-        if resume is not None:
+        if resume is not None and mode == "evaluate":
             logger.marker(f"resumed (--resume {resume})")
         logger.write_text("config.yaml", config_text(asked))
         logger.write_text("resolved.yaml", yaml.safe_dump(s.resolved.to_dict(), sort_keys=False))
@@ -263,6 +263,8 @@ def _train_mode(
 ) -> tuple[dict[str, Any], float | None, float, bool]:
     t, d, r = asked.train, asked.data, s.resolved
     state, ckpts = training_state(asked, s, env, run_dir, resume)
+    if resume is not None:  # the rows of later steps before it are an abandoned attempt's
+        logger.marker(f"resumed (--resume {resume}) at step {state.pos.step}", state.pos.step)
     if state.pos.step < r.schedule.total_steps:  # a summary.json there is of an earlier end
         retire_summary(run_dir, env.is_main)
     _log_skipped_tail(len(s.train.dataset), d.batch_size, env)

@@ -135,14 +135,16 @@ class RunLogger:
         )
         self._scalars("eval", {k: result[k] for k in ("top1", "top5", "loss")}, step)
 
-    def marker(self, what: str) -> None:
-        """A line in every log saying what happened to the run here (e.g. a resume)."""
+    def marker(self, what: str, step: int | None = None) -> None:
+        """A line in every log saying what happened to the run here (e.g. a resume); ``step``:
+        where the run continues (rows of later steps above it are an abandoned attempt's)."""
         if not self.enabled:
             return
         line = f"# {utc_now()} {what}"
         for f in (self.train_log, self.eval_log):
             f.write(line + "\n")
-        self._metric({"kind": "marker", "what": what, "time": utc_now()})
+        at = {} if step is None else {"step": step}
+        self._metric({"kind": "marker", "what": what, **at, "time": utc_now()})
 
     def _metric(self, record: dict[str, Any]) -> None:
         self.metrics.write(json.dumps(record) + "\n")
