@@ -168,6 +168,40 @@ def test_a_slim_checkpoint_of_any_slim_optimizer_loads_its_model_variables(tmp_p
     assert all(np.array_equal(ours[n], after[n]) for n in values)
 
 
+def test_layers_a_converted_file_left_at_init_are_recorded_as_left_at_init(tmp_path):
+    """`classzoo convert slim --exclude block4` writes block4 at its initialisation and says so
+    in the file's record; fine-tuning from the file recorded those 50 tensors as loaded (and a
+    head it left at init as kept). The truth: the file's own record, and TF's variables."""
+    from classzoo.cli import main
+    from tf_compat import import_tf
+
+    tf = import_tf()
+    values = state_dict_to_slim("resnet_v1_50", classzoo.create_model("resnet_v1_50").state_dict())
+    with tf.Graph().as_default():
+        variables = [tf.compat.v1.Variable(v, name=n) for n, v in values.items()]
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            prefix = str(tmp_path / "model.ckpt")
+            tf.compat.v1.train.Saver(variables).save(sess, prefix, write_meta_graph=False)
+    out = tmp_path / "no_block4.pt"
+    argv = ["convert", "slim", "--model", "resnet_v1_50", "--checkpoint", prefix]
+    assert main([*argv, "--output", str(out), "--exclude", "block4"]) == 0
+    made = set(load_checkpoint_file_record(out))
+    assert made and all(k.startswith("layer4.") for k in made)
+    report = classzoo.create_model("resnet_v1_50", checkpoint=out).load_report
+    assert made <= set(report.left_at_init)
+    assert not made & set(report.loaded)
+    block4 = [n for n in values if n.startswith("resnet_v1_50/block4/")]
+    in_tf = len(values) - len(block4)  # the TF variables the file holds trained values of
+    assert len([k for k in report.loaded if not k.endswith("num_batches_tracked")]) == in_tf
+
+
+def load_checkpoint_file_record(path) -> list[str]:
+    from classzoo.formats.torch_checkpoint import load_checkpoint_file
+
+    return load_checkpoint_file(path)["resolved"]["weights"]["left_at_init"]
+
+
 @pytest.fixture(scope="module")
 def tf_inception(tmp_path_factory):
     """A 1001-class Inception-v4 checkpoint written by tf.compat.v1.train.Saver (V2)."""

@@ -127,11 +127,15 @@ def load_weights(
     is a UserError here (training may start a new head; evaluation may not). ``use_ema``: the
     EMA weights (``train.ema``: a run with EMA evaluated them, and ranked best.pt by them)."""
     made = src.stored.weights if src.stored is not None else {}
-    if made.get("left_at_init") and "progress" not in (src.contents or {}):
-        raise UserError(  # a converted file with a new head: weights to fine-tune, not to score
-            f"checkpoint {src.path}: its {', '.join(made['left_at_init'])} were left at their "
-            f"initialisation when it was made from {made.get('source')} (another class count): "
-            "fine-tune it (model.checkpoint=...) or convert again without --num-classes"
+    left = list(made.get("left_at_init") or ())
+    if left and "progress" not in (src.contents or {}):
+        # a converted file with a new head or excluded layers: weights to fine-tune, not to score
+        excluded = ", ".join(made.get("excluded") or ()) or "?"
+        shown = ", ".join(left[:4]) + (f", ... ({len(left)})" if len(left) > 4 else "")
+        raise UserError(
+            f"checkpoint {src.path}: its {shown} were left at their initialisation when it was "
+            f"made from {made.get('source')} (excluded: {excluded}): fine-tune it "
+            "(model.checkpoint=...) or convert again without --exclude / --num-classes"
         )
     if src.contents is None:
         report = load_checkpoint(net, model_name, src.path, use_ema=use_ema, allow_new_head=False)

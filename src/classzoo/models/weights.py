@@ -259,6 +259,23 @@ def load_into(
     return take, left
 
 
+def _at_init_in_file(ckpt, loaded: list[str], left: list[str], path) -> tuple[list, list]:
+    """A converted file (``classzoo convert slim --exclude`` / ``--num-classes``; no training
+    progress) holds the layers it left at init as it made them: not trained weights, so they
+    are recorded as left at init here too (they were counted as loaded, and a new head of
+    such a file was taken for a trained one)."""
+    record = ckpt.get("resolved") if isinstance(ckpt, dict) and "progress" not in ckpt else None
+    made = (record or {}).get("weights") or {}
+    at_init = set(made.get("left_at_init") or ()) & set(loaded)
+    if not at_init:
+        return loaded, left
+    log.warning(
+        "checkpoint %s: %d tensors were left at init when it was made from %s: %s",
+        path, len(at_init), made.get("source"), ", ".join(sorted(at_init)[:4]) + ("..." if len(at_init) > 4 else ""),
+    )  # fmt: skip
+    return [k for k in loaded if k not in at_init], [*left, *sorted(at_init)]
+
+
 def _tf_state(model: nn.Module, model_name: str, path, exclude, use_ema: bool, allow: bool):
     """(state dict without the keys kept at init, those keys, the scopes excluded) from a TF
     checkpoint; heads of another class count are excluded by their classifier scopes only."""
@@ -317,6 +334,7 @@ def load_checkpoint(
         else:
             state = state_from_checkpoint(ckpt, path, use_ema)
         loaded, left = load_into(model, state, str(path), exclude, allow_new_head)
+        loaded, left = _at_init_in_file(ckpt, loaded, left, path)
         heads = [p for p in prefixes if p not in exclude and p[:-1] not in exclude]
         scopes = [*exclude, *(p for p in heads if any(k.startswith(p) for k in left))]
     names = [p.rstrip(".") for p in prefixes]
