@@ -120,3 +120,9 @@ def test_eval_needs_the_same_images_on_every_machine(tmp_path):
         assert proc.returncode != 0
         assert "the val split differs between ranks" in _line(proc)
     assert not (tmp_path / "run2").exists()  # before anything is written
+
+    shutil.rmtree(copies[1])  # no data on the second machine: its console says so
+    gone = _two_machines(evaluate)
+    assert f"data directory {copies[1]} does not exist" in _line(gone[1])
+    said = "rank 0 stopped because another rank stopped; its error is above, or in another "
+    assert said + "machine's output" in gone[0].stderr

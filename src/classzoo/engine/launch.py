@@ -213,4 +213,7 @@ def peer_stopped(exc: BaseException) -> bool:
 def peer_stopped_line() -> str:
     """The one line of such a rank: the rank that stopped first printed why, before it."""
     rank = os.environ.get("RANK", "?")
-    return f"classzoo: rank {rank} stopped because another rank stopped; its error is above"
+    # on several machines the rank that failed may be on another one: its console has the line
+    nodes = os.environ.get("LOCAL_WORLD_SIZE", "") != os.environ.get("WORLD_SIZE", "")
+    where = "above, or in another machine's output" if nodes else "above"
+    return f"classzoo: rank {rank} stopped because another rank stopped; its error is {where}"
