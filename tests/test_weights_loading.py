@@ -276,3 +276,30 @@ def test_create_model_on_another_class_count_leaves_only_the_classifiers_at_init
     assert len(report.loaded) == len(_slim_restores(ckpt, REFERENCE_EXCLUDES))
     with pytest.raises(UserError, match="allow_new_head"):
         load_checkpoint(model, "inception_v4", prefix, allow_new_head=False)
+
+
+def test_pretrained_weights_of_another_class_count_record_the_new_head(tmp_path, capsys):
+    """model.pretrained with another class count recorded no weights and nothing left at init,
+    though timm's load_pretrained leaves the classifier at init. The truth: timm's own load of
+    the same file (the non-head weights equal, the head not)."""
+    import timm
+    import yaml
+
+    from classzoo.cli import main
+    from conftest import write_imagefolder
+
+    torch.manual_seed(7)
+    weights = tmp_path / "in1k.pth"
+    torch.save(timm.create_model("resnet10t").state_dict(), weights)
+    write_imagefolder(tmp_path / "data" / "train", dict.fromkeys("abc", 2), seed=1)
+    overlay = {"pretrained_cfg_overlay": {"file": str(weights)}}
+    argv = ["train", "--recipe", "quickstart", "--data-dir", str(tmp_path / "data")]
+    argv += ["--output-dir", str(tmp_path / "run"), "--max-steps", "1", "--amp", "off"]
+    argv += ["--set", "model.pretrained=true", "--set", f"model.kwargs={overlay}"]
+    argv += ["--set", "train.mode=train", "--set", "data.num_workers=0"]
+    assert main(argv) == 0, capsys.readouterr().err
+    record = yaml.safe_load((tmp_path / "run" / "resolved.yaml").read_text())["weights"]
+    assert record["pretrained"] == str(weights)
+    assert record["left_at_init"] == ["fc.weight", "fc.bias"]
+    theirs = timm.create_model("resnet10t", num_classes=3, pretrained=True, **overlay)
+    assert not torch.equal(theirs.fc.weight[:3], torch.load(weights)["fc.weight"][:3])

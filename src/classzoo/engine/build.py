@@ -171,10 +171,22 @@ def build_model(
     torch.manual_seed(seed)
     net = registry.build(model.name, num_classes, **kwargs)
     if model.checkpoint is None:
-        init = "timm pretrained weights" if model.pretrained else "random init"
-        return net, {"source": None, "init": init}
+        if not model.pretrained:
+            return net, {"source": None, "init": "random init"}
+        return net, {"source": None, "init": "timm pretrained weights", **_pretrained(net)}
     report = load_checkpoint(net, model.name, model.checkpoint, exclude=model.exclude)
     return net, weights_report(report)
+
+
+def _pretrained(net: nn.Module) -> dict[str, Any]:
+    """Which timm weights were loaded and what timm's ``load_pretrained`` left at init: the
+    classifier(s) of ``pretrained_cfg['classifier']`` when the class count is another."""
+    cfg = dict(getattr(net, "pretrained_cfg", None) or {})
+    heads = cfg.get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    other = cfg.get("num_classes") not in (None, getattr(net, "num_classes", None))
+    left = [k for k in net.state_dict() if other and any(k.startswith(h + ".") for h in heads)]
+    return {"pretrained": cfg.get("file") or cfg.get("hf_hub_id"), "left_at_init": left}
 
 
 def weights_report(report: LoadReport) -> dict[str, Any]:
