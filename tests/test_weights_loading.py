@@ -125,8 +125,7 @@ def test_int8_weights_in_a_state_dict_are_refused_not_cast(tmp_path):
 
 REFERENCE_EXCLUDES = ["InceptionV4/Logits/Logits", "InceptionV4/AuxLogits/Aux_logits"]
 
-
-# train_image_classifier._configure_optimizer's optimizers, as TF1 names their slots
+# three of train_image_classifier._configure_optimizer's optimizers, as TF1 names their slots
 _SLIM_OPTIMIZERS = {
     "adadelta": lambda tf: tf.compat.v1.train.AdadeltaOptimizer(0.01, rho=0.95, epsilon=1.0),
     "adagrad": lambda tf: tf.compat.v1.train.AdagradOptimizer(0.01, 0.1),
