@@ -77,7 +77,7 @@ def _fingerprint(split: Any) -> tuple[int, int, str, str]:
     the split's folder), the split's location)."""
     ds = split.dataset
     h = hashlib.blake2b(digest_size=8)
-    h.update("\0".join(split.classes or ()).encode())
+    h.update("\0".join(split.classes or ()).encode("utf-8", "surrogateescape"))
     files = getattr(ds, "files", None)  # an ImageFolder: its files under its root, in order
     root = str(getattr(ds, "root", ""))
     names = (f[len(root) :] if f.startswith(root) else f for f in files) if files else ()

@@ -264,7 +264,9 @@ def _train_mode(
     t, d, r = asked.train, asked.data, s.resolved
     state, ckpts = training_state(asked, s, env, run_dir, resume)
     if resume is not None:  # the rows of later steps before it are an abandoned attempt's
-        logger.marker(f"resumed (--resume {resume}) at step {state.pos.step}", state.pos.step)
+        k = state.pos.step
+        said = f"resumed (--resume {resume}) at step {k}" if k else "no checkpoint: started anew"
+        logger.marker(said, k)
     if state.pos.step < r.schedule.total_steps:  # a summary.json there is of an earlier end
         retire_summary(run_dir, env.is_main)
     _log_skipped_tail(len(s.train.dataset), d.batch_size, env)
