@@ -99,10 +99,34 @@ def test_amp_auto_trains_such_a_network_in_fp32_and_says_why(tmp_path):
 def test_a_conv_that_pads_itself_is_judged_on_its_padded_width():
     """timm's Conv2dSame (tf_ models) pads a 1-pixel-wide map to 3 before a padding-free
     convolution (by hand: TF 'SAME' pad = (ceil(1/2) - 1) * 2 + 3 - 1 = 2): right in bf16."""
-    from timm.layers import Conv2dSame
+    from timm.layers import Conv2dSame, ScaledStdConv2dSame, StdConv2dSame
 
     x = torch.zeros(1, 8, 1, 1)
     assert not wrong_bf16_weight_grad(Conv2dSame(8, 16, 3, stride=2), x)
+    # dm_nfnet's and the vit hybrids' convolutions pad the same way (pad_same, then padding 0):
+    # they were refused with a false reason (their bf16 gradient was right in 20 of 20 trials)
+    assert not wrong_bf16_weight_grad(ScaledStdConv2dSame(8, 16, 3, stride=2), x)
+    assert not wrong_bf16_weight_grad(StdConv2dSame(8, 16, 3, stride=2), x)
+    assert wrong_bf16_weight_grad(StdConv2dSame(8, 16, 3, stride=2, padding=1), x)  # static pad
     assert wrong_bf16_weight_grad(torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), x)
     # depthwise too: wrong in 16 of 40 trials on one thread here (right on two)
     assert wrong_bf16_weight_grad(torch.nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), x)
+
+
+def test_a_same_padded_std_conv_on_a_1x1_map_trains_right_in_bf16():
+    """The truth for the probe's answer above: fp32 arithmetic on the bf16-rounded operands."""
+    from timm.layers import ScaledStdConv2dSame
+
+    torch.manual_seed(0)
+    for _ in range(5):
+        conv = ScaledStdConv2dSame(48, 48, 3, stride=2, groups=6)
+        x = torch.randn(8, 48, 1, 1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv(x)
+        g = torch.randn(y.shape).bfloat16().float()
+        y.float().backward(g)
+        truth = conv.weight.grad.clone()
+        conv.weight.grad = None
+        conv.float()(x.bfloat16().float()).backward(g)  # the same layer in fp32
+        err = (truth - conv.weight.grad).abs().max()
+        assert err <= 0.02 * conv.weight.grad.abs().max(), f"bf16 weight gradient off by {err}"

@@ -34,7 +34,8 @@ def wrong_bf16_weight_grad(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     40 of 40 on two). timm's ``Conv2dSame`` pads its input itself before convolving, so the
     width that counts is the padded one (right in 40 of 40 on one thread)."""
     width = x.shape[-1]
-    if isinstance(conv, Conv2dSame):
+    # Conv2dSame; StdConv2dSame and ScaledStdConv2dSame (nfnets, vit hybrids) with same_pad
+    if isinstance(conv, Conv2dSame) or getattr(conv, "same_pad", False) is True:
         width += get_same_padding(width, conv.kernel_size[1], conv.stride[1], conv.dilation[1])
     return width == 1 and conv.kernel_size[1] > 1 and conv.stride[1] > 1
 
