@@ -291,3 +291,30 @@ def test_a_split_folder_wins_over_a_stray_file_beside_it(tmp_path):
     assert [str(p.relative_to(root)) for p in selection.files] == [
         "validation/validation-00000-of-00001"
     ]
+
+
+def test_a_shard_whose_name_is_not_utf8_trains_and_is_logged(tmp_path, capsys):
+    """A shard named in latin-1 (bytes, as Linux allows) ended in a UnicodeEncodeError traceback
+    (the index cache key), then in logging errors (console.log); an ImageFolder of such names
+    trained. The truth: the images it holds, counted by hand (2 shards of 4)."""
+    import os
+
+    from classzoo.cli import main
+
+    root = tmp_path / "data"
+    root.mkdir()
+    _shard(root / "train-a", [1, 2, 1, 2])
+    _shard(root / "validation-a", [1, 2, 1, 2])
+    odd = os.fsencode(root / "train-b") + b"\xe9"  # not valid UTF-8
+    _shard(Path(os.fsdecode(odd)), [2, 1, 2, 1])
+    run = tmp_path / "run"
+    argv = ["train", "--recipe", "quickstart", "--data-dir", str(root), "--output-dir", str(run)]
+    argv += ["--set", "data.source=tfrecord", "--set", "data.num_workers=0", "--max-steps", "1"]
+    argv += ["--set", "data.batch_size=4", "--amp", "off", "--set", "train.mode=train"]
+    argv += ["--set", "data.train_pattern=train-*", "--set", "data.val_pattern=validation-*"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err
+    assert "train: 8 images in 2 files" in (run / "console.log").read_bytes().decode(
+        "utf-8", "replace"
+    )

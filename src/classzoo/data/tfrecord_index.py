@@ -41,7 +41,7 @@ def sidecar_path(path: Path) -> Path:
 
 def _cache_file(path: Path, st: os.stat_result) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode("utf-8", "surrogateescape")
     return base / "classzoo" / "tfrecord-index" / (hashlib.sha1(key).hexdigest() + ".idx")
 
 

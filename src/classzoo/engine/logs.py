@@ -59,7 +59,7 @@ class AppendFile:
     def write(self, text: str) -> None:
         if self.fd is None:
             return
-        data = memoryview(text.encode("utf-8"))
+        data = memoryview(text.encode("utf-8", "surrogateescape"))  # a non-UTF-8 file name
         start = os.lseek(self.fd, 0, os.SEEK_END)
         try:
             while data:
@@ -85,7 +85,11 @@ class _ConsoleHandler(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            tqdm.write(self.format(record), file=self.stream)
+            text = self.format(record)
+            try:
+                tqdm.write(text, file=self.stream)
+            except UnicodeEncodeError:  # a file name that is not UTF-8, on a strict stream
+                tqdm.write(text.encode("ascii", "backslashreplace").decode(), file=self.stream)
         except Exception:  # logging's contract: report, never raise
             self.handleError(record)
 

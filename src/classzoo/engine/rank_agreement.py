@@ -82,7 +82,9 @@ def _fingerprint(split: Any) -> tuple[int, int, str, str]:
     root = str(getattr(ds, "root", ""))
     names = (f[len(root) :] if f.startswith(root) else f for f in files) if files else ()
     h.update("\n".join(names).encode("utf-8", "surrogateescape"))
-    h.update("\n".join(p.rsplit("/", 1)[-1] for p in split.info.files).encode())  # TFRecord
+    h.update(
+        "\n".join(p.rsplit("/", 1)[-1] for p in split.info.files).encode("utf-8", "surrogateescape")
+    )  # TFRecord
     return len(ds), len(split.classes or ()), h.hexdigest(), split.info.location
 
 
