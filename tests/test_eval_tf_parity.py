@@ -255,4 +255,6 @@ def test_a_1001_logit_resnet_v1_scores_slims_labels_as_its_logits(tf_truth, tmp_
                 + ["--output", str(new_head), "--num-classes", "1000"]) == 0  # fmt: skip
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(new_head), "--data-dir", tf_truth["data_dir"]]) == 2
-    assert "fc.weight, fc.bias were left at their initialisation" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "fc.weight, fc.bias were left at their initialisation" in err
+    assert "(another class count)" in err

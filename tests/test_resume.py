@@ -185,6 +185,8 @@ def test_resume_refuses_other_classes_images_or_pixels_before_writing(tmp_path, 
     extra = data / "train" / "d" / "extra.png"
     extra.write_bytes((data / "train" / "d" / "00000.png").read_bytes())
     assert "train images was 24 when the run began, now 25" in refused("--resume", "auto")
+    line = refused("--resume", "auto", "--epochs", "6")  # the data refuses: no --set fixes it
+    assert "train images was 24 when the run began, now 25" in line and "--set" not in line
     extra.unlink()
     assert "preprocess.image_size was 32" in refused(
         "--resume", "auto", "--set", "data.image_size=48"

@@ -130,11 +130,12 @@ def load_weights(
     left = list(made.get("left_at_init") or ())
     if left and "progress" not in (src.contents or {}):
         # a converted file with a new head or excluded layers: weights to fine-tune, not to score
-        excluded = ", ".join(made.get("excluded") or ()) or "?"
+        excluded = ", ".join(made.get("excluded") or ())  # none: --num-classes made the head
+        why = f"excluded: {excluded}" if excluded else "another class count"
         shown = ", ".join(left[:4]) + (f", ... ({len(left)})" if len(left) > 4 else "")
         raise UserError(
             f"checkpoint {src.path}: its {shown} were left at their initialisation when it was "
-            f"made from {made.get('source')} (excluded: {excluded}): fine-tune it "
+            f"made from {made.get('source')} ({why}): fine-tune it "
             "(model.checkpoint=...) or convert again without --exclude / --num-classes"
         )
     if src.contents is None:

@@ -15,6 +15,7 @@ steps done are saved first, engine/loop.py).
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,7 +49,7 @@ def start(loader: Any) -> Iterator[Any]:
     detect_deaths_at_fetch()
     try:
         return iter(loader)
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:
         _raise_if_died(exc, getattr(loader, "_iterator", None))
         raise
 
@@ -60,18 +61,33 @@ def fetching(it: Iterator[Any]) -> Iterator[Any]:
             item = next(it)
         except StopIteration:
             return
-        except RuntimeError as exc:
+        except (RuntimeError, OSError) as exc:
             _raise_if_died(exc, it)
             raise
         yield item
 
 
-def _raise_if_died(exc: RuntimeError, it: Any) -> None:
-    if "DataLoader worker" in str(exc):
+def _raise_if_died(exc: Exception, it: Any) -> None:
+    """WorkerDied for PyTorch's "DataLoader worker ... exited unexpectedly", and for an OSError
+    met while reading a batch a worker queued before it was killed (its shared-memory socket
+    resets: ConnectionResetError, seen 1 run in 3 under load) once that worker is seen dead."""
+    torch_said = isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc)
+    if torch_said or (isinstance(exc, OSError) and _dead(it, wait_s=2.0)):
         raise WorkerDied(_which(it, exc)) from None
 
 
-def _which(it: Any, exc: RuntimeError) -> str:
+def _dead(it: Any, wait_s: float) -> bool:
+    """Whether a worker of ``it`` has ended, waiting up to ``wait_s`` for one being killed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        if any(w.exitcode not in (None, 0) for w in getattr(it, "_workers", [])):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _which(it: Any, exc: Exception) -> str:
     dead = [w for w in getattr(it, "_workers", []) if w.exitcode not in (None, 0)]
     if not dead:
         return f"a data loader worker ended: {str(exc).splitlines()[0]}"

@@ -56,12 +56,17 @@ MAY_CHANGE = frozenset(
     }
 )
 
-# MAY_CHANGE keys whose effect the resolved record compares: when it refuses, the ones this attempt
-# changed are named with the --set that restores them (e.g. a recipe's epochs changed since)
-_FEEDS_RECORD = (
-    *("train.epochs", "optim.lr", "optim.lr_base_batch", "data.batch_size"),
-    *("train.grad_accum_steps", "train.amp", "train.seed", "model.num_classes"),
-)
+# The MAY_CHANGE keys behind each compared record field: when the field refuses a resume, the keys
+# this attempt changed are named with the --set that restores them (a recipe's epochs changed)
+_BATCH = ("data.batch_size", "train.grad_accum_steps")
+_FEEDS_RECORD = {
+    "lr schedule": ("train.epochs", "optim.lr", "optim.lr_base_batch", *_BATCH),
+    "global batch": _BATCH,
+    "lr": ("optim.lr", "optim.lr_base_batch", *_BATCH),
+    "train_precision": ("train.amp",),
+    "seed": ("train.seed",),
+    "num_classes": ("model.num_classes",),
+}
 
 # Preprocess fields that decide the pixels (the ``sample`` / ``steps`` texts only describe them)
 _PIXELS = ("preset", "image_size", "crop_pct", "interpolation", "mean", "std", "decoder")
@@ -180,18 +185,19 @@ def check_same_run(
     (``recorded``: its resolved record), or the config keys it changes (``then``: its config as
     asked, ``asked``: this attempt's)."""
     if recorded is not None:
-        _check_record(recorded, now, run, _restoring(then, asked))
+        _check_record(recorded, now, run, then, asked)
     if asked is not None:
         check_same_settings(then, asked, run)
 
 
-def _restoring(then: dict | None, asked: Config | None) -> str:
-    """`` (--set K=V ..., as the run began)`` for the record-feeding keys this attempt
-    changed; "" when none did (the data, the classes or the machine changed instead)."""
-    if then is None or asked is None:
+def _restoring(field: str, then: dict | None, asked: Config | None) -> str:
+    """`` (--set K=V ..., as the run began)`` for the keys behind record ``field`` that this
+    attempt changed; "" when none did (the data, the classes or the machine changed instead)."""
+    feeds = next((v for k, v in _FEEDS_RECORD.items() if field.startswith(k)), ())
+    if then is None or asked is None or not feeds:
         return ""
     old, new = _flat(then), _flat(asked.to_dict())
-    keys = [k for k in _FEEDS_RECORD if k in old and k in new and not _same(old[k], new[k])]
+    keys = [k for k in feeds if k in old and k in new and not _same(old[k], new[k])]
     sets = " ".join(f"--set {k}={_typed(old[k])}" for k in keys)
     return f" ({sets}, as the run began)" if keys else ""
 
@@ -201,12 +207,12 @@ def _typed(v: Any) -> str:
     return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def _check_record(recorded: dict, now: Resolved, run: str, restoring: str = "") -> None:
+def _check_record(recorded: dict, now: Resolved, run: str, then=None, asked=None) -> None:
     old, new = _meaning(recorded), _meaning(now.to_dict())
     for key in old:
         if old[key] is not None and old[key] != new[key]:
             raise UserError(
                 f"cannot resume {run}: {key} was {_shown(old[key])} when the run began, now "
                 f"{_shown(new[key])}; resume with the data and settings it began with"
-                f"{restoring}, or start a new run (another --output-dir)"
+                f"{_restoring(key, then, asked)}, or start a new run (another --output-dir)"
             )
