@@ -207,12 +207,7 @@ def train_one_epoch(
         for gi, group in enumerate(groups):
             step_total = sum(end - begin for begin, end in group)
             t_wait = time.perf_counter()
-            try:
-                micro = [next(batches) for _ in group]
-            except (UnreadableImage, CorruptRecordError, WorkerDied):
-                if env.world_size == 1 and interval.images:  # train() saves these steps: logged
-                    _log_interval(interval, state, sampler, env, hooks)
-                raise
+            micro = _fetch(batches, len(group), interval, state, sampler, env, hooks)
             interval.data_wait += time.perf_counter() - t_wait
             interval.lr = state.optimizer.param_groups[0]["lr"]
             interval.loss += train_step(state, net, micro, step_total, loop.step, env)
@@ -242,6 +237,18 @@ def train_one_epoch(
         state.pos.epoch += 1
         state.pos.sample = 0
     return reason, images_done + interval.images, seconds + time.perf_counter() - interval.t
+
+
+def _fetch(batches, n: int, interval, state, sampler, env: DistEnv, hooks: Hooks) -> list:
+    """The next ``n`` batches; where a damaged file or a dead worker stops the run, train()
+    saves the steps done, so their interval is logged first (one process only: the line's
+    all-reduce would wait for ranks that never come)."""
+    try:
+        return [next(batches) for _ in range(n)]
+    except (UnreadableImage, CorruptRecordError, WorkerDied):
+        if env.world_size == 1 and interval.images:
+            _log_interval(interval, state, sampler, env, hooks)
+        raise
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from classzoo.errors import UserError
+from classzoo.models.slim_variables import model_variables
 
 __all__ = [
     "default_scope",
@@ -30,15 +31,6 @@ __all__ = [
     "state_dict_to_slim",
 ]
 
-# Saved next to the model variables but not part of the network: the step counter, the slots
-# of the optimizers train_image_classifier offers (<var>/Adadelta and _1, /Adagrad, /Adam and _1
-# with Adam's beta powers, /Ftrl and _1, /Momentum, /RMSProp and _1; TF1's slot names), and the
-# EMA shadows of --moving_average_decay (<var>/ExponentialMovingAverage).
-_NOT_MODEL = re.compile(
-    r"(^|/)(global_step|beta1_power|beta2_power|_CHECKPOINTABLE_OBJECT_GRAPH)$"
-    r"|/(ExponentialMovingAverage|(Adadelta|Adagrad|Adam|Ftrl|Momentum|RMSProp)(_\d+)?)$"
-)
-_EMA = "/ExponentialMovingAverage"
 _SHOW = 4  # names shown per category in error messages
 
 
@@ -314,7 +306,7 @@ def slim_to_state_dict_and_init(
             raise UserError(
                 f"exclude scope '{s}' matches no variable of {source} or of {model_name}"
             )
-    model_vars = _model_variables(variables, table, use_ema, source)
+    model_vars = model_variables(variables, table, use_ema, source)
     # Gamma may be absent only where slim's arg scope has none (Inception: scale=False), and
     # then from every BN: a ResNet checkpoint without gammas, or a half-gamma one, does not fit.
     gamma_optional = not has_gamma and not any(table[n].is_gamma for n in model_vars if n in table)
@@ -353,18 +345,6 @@ def _convert(table, own, model_vars, exclude, top: str, gamma_optional: bool):
             continue
         out[var.key] = _to_torch(var, value).to(target.dtype)
     return out, missing, mismatched, init, ones
-
-
-def _model_variables(variables, table, use_ema: bool, source: str) -> dict[str, np.ndarray]:
-    """The network's variables (no step counter, optimizer slots or EMA shadows); with
-    ``use_ema`` each replaced by its ExponentialMovingAverage shadow where there is one."""
-    model_vars = {n: v for n, v in variables.items() if not _NOT_MODEL.search(n)}
-    if use_ema:
-        shadows = {n[: -len(_EMA)]: v for n, v in variables.items() if n.endswith(_EMA)}
-        if not shadows:
-            raise UserError(f"{source} has no ExponentialMovingAverage variables (use_ema=True)")
-        model_vars.update((n, v) for n, v in shadows.items() if n in model_vars or n in table)
-    return model_vars
 
 
 def _misfit(source, model_name, top, missing, unexpected, mismatched) -> None:
