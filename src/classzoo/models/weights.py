@@ -269,11 +269,13 @@ def _at_init_in_file(ckpt, loaded: list[str], left: list[str], path) -> tuple[li
     at_init = set(made.get("left_at_init") or ()) & set(loaded)
     if not at_init:
         return loaded, left
+    names = sorted(at_init)
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
     log.warning(
         "checkpoint %s: %d tensors were left at init when it was made from %s: %s",
-        path, len(at_init), made.get("source"), ", ".join(sorted(at_init)[:4]) + ("..." if len(at_init) > 4 else ""),
+        path, len(names), made.get("source"), shown,
     )  # fmt: skip
-    return [k for k in loaded if k not in at_init], [*left, *sorted(at_init)]
+    return [k for k in loaded if k not in at_init], [*left, *names]
 
 
 def _tf_state(model: nn.Module, model_name: str, path, exclude, use_ema: bool, allow: bool):
