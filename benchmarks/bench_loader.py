@@ -7,7 +7,8 @@
 Timed as CPU time with one torch thread (a DataLoader worker's setting): what a worker does per
 image (read the file, decode, augment, collate batches of 32) and, for classzoo, what the batch
 stage (``pipeline.batch``: conversion, normalisation, colour ops) costs when the device is this
-CPU, i.e. what a CPU-only trainer pays. Each round times the peer, then classzoo, over the same
+CPU, i.e. what a CPU-only trainer pays. The process runs with a CPU trainer's host-memory
+settings (engine/host_memory.py: huge pages, freed memory kept), peer included. Each round times the peer, then classzoo, over the same
 files; the table shows medians over the rounds and three per-core ratios (> 1: classzoo is
 cheaper):
 
@@ -45,9 +46,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import classzoo  # noqa: F401  before torch, as the CLI: huge pages (engine/host_memory.py)
+
+# isort: split
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
+
+from classzoo.engine import host_memory
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 BATCH = 32
@@ -119,6 +125,7 @@ class Passes(Dataset):
     def __getitem__(self, i: int):
         if self.seeded:  # SeededDataset's worker path: seed, then load (no RNG save/restore)
             return self.dataset._load(i % self.n, 1000 + i)
+        torch.default_generator.manual_seed(1000 + i)  # the same crops in every round
         return self.dataset[i % self.n]
 
 
@@ -224,7 +231,8 @@ def header(args) -> str:
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), worker stage in "
         f"{where}, medians of {args.rounds} alternating rounds x {args.passes} passes over 20 "
         f"JPEGs\nmachine: {cpu_model()}, {os.cpu_count()} "
-        f"CPUs, load average {load} (1/5/15 min); torch {torch.__version__}\n"
+        f"CPUs, load average {load} (1/5/15 min); torch {torch.__version__}; host memory as "
+        f"a CPU trainer's: {host_memory.describe()}\n"
         "ratio > 1: classzoo is cheaper per core. worker: worker stage only; +batch: classzoo "
         "also runs its batch stage on this CPU; +layout: the peer also copies its NCHW batch "
         "to channels_last, as a CPU trainer does"
@@ -242,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.rounds < 3:
         ap.error("--rounds must be at least 3 (medians of alternating rounds)")
     torch.set_num_threads(1)  # a DataLoader worker's setting
+    host_memory.keep_freed_memory("cpu")  # the batch stage runs in a CPU trainer's process
     print(header(args))
     cols = ("images", "preset", "torchvision", "classzoo", "worker", "+batch", "+layout")
     print("{:>9} {:>10} {:>12} {:>20} {:>7} {:>7} {:>8}".format(*cols))

@@ -183,16 +183,16 @@ def _reference(stage, path: str, seed: int, tf_pixels: bool):
 
 
 def _pixel_diffs(ds, pipe, batch_size=6):
-    """|DALI - reference| per image (grey levels; inception's [0, 1] scaled by 255)."""
+    """|DALI - reference| per image, in grey levels (both give uint8 levels)."""
     _, dali, sampler = _loaders(ds, batch_size, 1)
     order = [item for batch in sampler for item in batch]
     tf_pixels = ds.decoder == "tf"
-    scale = 255.0 if "Inception" in repr(pipe.sample) else 1.0
     diffs = []
     images = torch.cat([_split(x)[0] for x, _ in dali])
     for (index, seed), got in zip(order, images, strict=True):
         ref = _reference(pipe.sample, ds.files[index], seed, tf_pixels)
-        diffs.append((got.float() - ref.float()).abs() * scale)
+        assert got.dtype == ref.dtype == torch.uint8
+        diffs.append((got.float() - ref.float()).abs())
     return torch.stack(diffs)
 
 
@@ -201,10 +201,14 @@ def _pixel_diffs(ds, pipe, batch_size=6):
 def test_slim_train_pixels_equal_tf_arithmetic(tmp_path, preset):
     """Random crop, flip (and vgg's random short side) with the same seeds: DALI's TF1 legacy
     bilinear (ROI-shifted resize) on TF's IFAST-decoded pixels equals classzoo's TF-faithful
-    stage. Measured: max 0.0044 grey levels (vgg), 2.1e-4 (inception, x255)."""
+    stage. Before both round to levels they differed by at most 0.0044 grey levels (vgg) and
+    2.1e-4 (inception); so a level differs by 1 only where the two fall on either side of a
+    half level, or on a half level itself (an upscaled crop's lerp weight 0.5 between two
+    levels: the two break such ties differently). Measured: 0.02 % of values (vgg), 0.7 %
+    (inception)."""
     ds, pipe = _dataset(_photo_folder(tmp_path), _pre(preset, 64))
     d = _pixel_diffs(ds, pipe)
-    assert float(d.max()) < 0.02, float(d.max())
+    assert float(d.max()) <= 1.0 and float((d > 0).float().mean()) < 0.02, float(d.max())
 
 
 @needs_dali

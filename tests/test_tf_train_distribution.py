@@ -140,3 +140,73 @@ def test_train_crop_and_resize_match_tf_legacy_bilinear():
         worst = max(worst, np.abs(ours - ref).max(), np.abs(mirrored - ref[:, ::-1]).max())
     print(f"train resize vs TF: max abs diff {worst:.3g} grey levels")
     assert worst <= 0.05
+
+
+# --- whole training presets: TF's chain at the same draws ------------------------------------
+
+
+def _photos(n: int = 6) -> list[np.ndarray]:
+    files = sorted(glob.glob(os.path.join(foolbox_data(), "imagenet_*")))[:n]
+    return [decode_tf(open(f, "rb").read(), f) for f in files]
+
+
+def _tf_colour(x, row: np.ndarray) -> np.ndarray:
+    """slim's fast_mode distort_color (brightness, then saturation), clip, ``(x - 0.5) * 2``."""
+    x = tf.image.adjust_saturation(tf.image.adjust_brightness(x, float(row[1])), float(row[2]))
+    return ((tf.clip_by_value(x, 0.0, 1.0) - 0.5) * 2.0).numpy()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_inception_train_is_tf_chain_within_rounding(seed):
+    """InceptionTrain at the draws it makes (box, flip, brightness, saturation) against TF's own
+    ops in slim's order. The worker's sample is TF's resize (x 255) rounded to a level: within
+    0.51 of it (half a level and grid_sample's 0.01). The batch stage on it is TF's colour ops
+    on those levels (convert_image_dtype) within 1/255. The whole preset is within 2 x 1.5 x 0.51
+    levels of TF's float chain: saturation moves a pixel by its own rounding and by its largest
+    channel's, each scaled by up to the factor, 1.5 (measured 1.37; in [0, 1] units x 255, i.e.
+    halved after ``(x - 0.5) * 2``)."""
+    from classzoo.data.tf_presets import InceptionTrain
+
+    pre, worst = InceptionTrain(), {"sample": 0.0, "colour": 0.0, "chain": 0.0}
+    for k, img in enumerate(_photos()):
+        torch.manual_seed(seed * 100 + k)
+        (top, left, h, w), _, flip, row = pre.draw(*img.shape[:2])
+        torch.manual_seed(seed * 100 + k)  # the same draws again, then the pixels
+        sample = pre.sample(img)["image_chw"]
+        torch.manual_seed(seed * 100 + k)
+        ours = pre(img).permute(1, 2, 0).numpy()
+        x = tf.image.convert_image_dtype(tf.constant(img), tf.float32)[
+            top : top + h, left : left + w
+        ]
+        x = tf.compat.v1.image.resize_bilinear(x[None], [299, 299])[0]
+        x = tf.image.flip_left_right(x) if flip else x
+        assert sample.dtype == torch.uint8 and sample.shape == (3, 299, 299)
+        levels = sample.permute(1, 2, 0).numpy()
+        d = np.abs(levels - x.numpy() * 255)
+        worst["sample"] = max(worst["sample"], float(d.max()))
+        colour = _tf_colour(tf.image.convert_image_dtype(tf.constant(levels), tf.float32), row)
+        worst["colour"] = max(worst["colour"], float(np.abs(ours - colour).max()) * 255 / 2)
+        worst["chain"] = max(
+            worst["chain"], float(np.abs(ours - _tf_colour(x, row)).max()) * 255 / 2
+        )
+    print(f"inception train vs TF, levels in [0, 255]: {worst}")
+    assert worst["sample"] <= 0.51 and worst["colour"] <= 1.0 and worst["chain"] <= 1.5 * 0.51 * 2
+
+
+def test_vgg_train_is_tf_chain_within_half_a_level():
+    """VggTrain at its draws (short side, crop offset, flip) against TF's resize_bilinear of the
+    whole image, cropped, mirrored, minus slim's means: within half a level (+ 0.01)."""
+    from classzoo.data.tf_presets import VGG_MEAN_RGB, VggTrain
+
+    pre, worst = VggTrain(), 0.0
+    for k, img in enumerate(_photos()):
+        torch.manual_seed(k)
+        (new_h, new_w), (top, left), flip = pre.draw(*img.shape[:2])
+        torch.manual_seed(k)
+        ours = pre(img).permute(1, 2, 0).numpy()
+        x = tf.compat.v1.image.resize_bilinear(tf.constant(img)[None], [new_h, new_w])[0].numpy()
+        ref = x[top : top + 224, left : left + 224]
+        ref = (ref[:, ::-1] if flip else ref) - np.array(VGG_MEAN_RGB, np.float32)
+        worst = max(worst, float(np.abs(ours - ref).max()))
+    print(f"vgg train vs TF: max {worst:.3f} levels")
+    assert worst <= 0.51

@@ -8,9 +8,9 @@ torch worker stage makes, from the global generators seeded with the sample's se
 go to DALI through one ``fn.external_source``, batch by batch. So a DALI batch has the torch
 path's samples, labels and random parameters, and resumes where the torch path would.
 
-Batches are what the torch worker stage collates (``uint8`` NHWC for timm, ``float32`` NHWC for
-the slim presets, a dict with the per-image colour parameters when the preset has colour ops),
-so the split's ``Pipeline.batch`` applies unchanged. Pixels (tests/test_dali_loader.py):
+Batches are what the torch worker stage collates: ``uint8`` NHWC (the resized samples rounded to
+levels, as the workers round them; they give slim inception's planar, as NCHW), in a dict with the
+per-image colour parameters when the preset has colour ops, so the split's ``Pipeline.batch`` applies unchanged. Pixels (tests/test_dali_loader.py):
 
 * timm ``rrc``: ``decoders.image_slice`` (libjpeg-turbo ISLOW: PIL's pixels) of the crop box,
   then ``resize`` with antialiasing (bilinear / bicubic as PIL's filters; nearest through a ROI
@@ -39,9 +39,6 @@ from torchvision.transforms import InterpolationMode
 
 from classzoo.data.decode import EncodedImage, UnreadableImage, decode_pil, read_file
 from classzoo.data.imagefolder import ImageFolderDataset
-from classzoo.data.tf_color import draw_distortion
-from classzoo.data.tf_crop import sample_distorted_bounding_box, smallest_size_at_least
-from classzoo.data.tf_crop import uniform_int as _uniform_int
 from classzoo.data.tf_presets import InceptionTrain, VggTrain
 from classzoo.data.tf_resize import resize_scale
 from classzoo.data.timm_pipeline import FloatStage, PilStage, TimmTrain
@@ -71,9 +68,7 @@ class Plan:
     stage: Any
     size: int
     antialias: bool
-    float_out: bool  # float32 output (slim); else uint8 (timm)
     fast_idct: bool  # TF's IFAST DCT (slim presets) or ISLOW (PIL's pixels)
-    scale: float  # applied after the resize: inception's convert_image_dtype (1/255)
     extra: str | None  # the key of the per-image parameters in the worker's dict
 
 
@@ -83,15 +78,15 @@ def plan_for(stage: Any) -> Plan:
     stage = getattr(getattr(stage, "fn", stage), "__self__", stage)  # Stage -> bound method
     if isinstance(stage, TimmTrain):
         extra = "jitter" if stage.jitter is not None else None
-        return Plan(stage, stage.size, True, False, False, 1.0, extra)
+        return Plan(stage, stage.size, True, False, extra)
     if isinstance(stage, VggTrain):
-        return Plan(stage, stage.image_size, False, True, True, 1.0, None)
+        return Plan(stage, stage.image_size, False, True, None)
     if isinstance(stage, InceptionTrain):
         if not stage.fast_mode:  # 4 random TF1 resize methods: area / bicubic not in DALI
             raise UserError(
                 f"data.loader=dali: slim inception train with fast_mode=False; {_USE_TORCH}"
             )
-        return Plan(stage, stage.image_size, False, True, True, 1.0 / 255.0, "color")
+        return Plan(stage, stage.image_size, False, True, "color")
     raise UserError(f"data.loader=dali cannot reproduce {_refused(stage)}; {_USE_TORCH}")
 
 
@@ -122,26 +117,10 @@ def draw(plan: Plan, h: int, w: int) -> tuple:
         extra = params if plan.extra else None
         return (left, top), (cw, ch), roi, _INTERP[interp], flip, extra
     if isinstance(stage, VggTrain):
-        # VggTrain.sample's draws: side ~ U_int[min, max], top, left, flip (torch.rand < .5)
-        side = stage.resize_side_min + _uniform_int(
-            stage.resize_side_max - stage.resize_side_min + 1
-        )
-        new_h, new_w = smallest_size_at_least(h, w, side)
-        top, left = _uniform_int(new_h - size + 1), _uniform_int(new_w - size + 1)
-        flip = torch.rand(()).item() < 0.5
-        roi = legacy_roi((h, w), (new_h, new_w), (top, left), size)
+        new_hw, top_left, flip = stage.draw(h, w)
+        roi = legacy_roi((h, w), new_hw, top_left, size)
         return (0, 0), (w, h), roi, "linear", flip, None
-    # InceptionTrain.sample's draws (fast_mode): distorted box, flip, colour factors
-    top, left, ch, cw = sample_distorted_bounding_box(
-        h,
-        w,
-        min_object_covered=stage.min_object_covered,
-        aspect_ratio_range=stage.aspect_ratio_range,
-        area_range=stage.area_range,
-        max_attempts=stage.max_attempts,
-    )
-    flip = torch.rand(()).item() < 0.5
-    color = draw_distortion(True)
+    (top, left, ch, cw), _, flip, color = stage.draw(h, w)  # fast_mode: bilinear
     roi = legacy_roi((ch, cw), (size, size), (0, 0), size)
     return (left, top), (cw, ch), roi, "linear", flip, color
 
@@ -167,7 +146,7 @@ def legacy_roi(
 
 
 def build_pipeline(plan: Plan, source, batch_size: int, num_threads: int, device_id):
-    """The DALI graph: external source -> ROI decode -> resize (with ROI) -> flip [-> scale].
+    """The DALI graph: external source -> ROI decode -> resize (with ROI) -> flip.
     ``device_id`` None: CPU only; else the CUDA device, nvJPEG (mixed) decode, GPU ops."""
     dali = _dali()
     from nvidia.dali import fn, types
@@ -202,12 +181,9 @@ def build_pipeline(plan: Plan, source, batch_size: int, num_threads: int, device
             roi_end=roi_end,
             interp_type=fn.cast(interp_code, dtype=types.INTERP_TYPE),
             antialias=plan.antialias,
-            dtype=types.FLOAT if plan.float_out else types.UINT8,
+            dtype=types.UINT8,  # rounded to levels, as the torch worker stage rounds them
         )
-        img = fn.flip(img, horizontal=flip)
-        if plan.scale != 1.0:
-            img = img * plan.scale
-        pipe.set_outputs(img)
+        pipe.set_outputs(fn.flip(img, horizontal=flip))
     pipe.build()
     return pipe
 

@@ -29,6 +29,7 @@ import torch
 
 from classzoo.data import tf_color
 
+_INV_255 = torch.tensor(1.0 / 255.0, dtype=torch.float32)  # convert_image_dtype: x * (1./255)
 _TINY = 1e-30  # a range of 0 (grey pixel) gives a huge ratio, clipped to f: never 0 / 0
 # TF's wrap: hue h = (g' - b') / (6 * range') rounds h + 1 to 1.0 when -2**-25 <= h < 0, i.e.
 # 0 < b' - g' <= 6 * 2**-25 * range'; 1e-3 of slack for the rounding of h and 1 / (6 * range)
@@ -47,20 +48,29 @@ def distort_batch(
 ) -> torch.Tensor:
     """``clip(distort_color(x), 0, 1) * scale + offset`` for a batch in [0, 1] with per-image
     ``params`` rows (:func:`~classzoo.data.tf_color.draw_distortion`); ``x`` is
-    ``(N, 3, H, W)`` when ``channels_first`` (planar samples), else ``(N, H, W, 3)``.
-    Returns NCHW float32. On a CPU ``x`` is consumed: the result is a channels_last view of its
-    memory. Elsewhere vectorised, a new tensor (no host sync). ``scale`` must be positive.
+    ``(N, 3, H, W)`` when ``channels_first`` (planar samples), else ``(N, H, W, 3)``; float, or
+    uint8 levels (taken as ``x * 1/255``, converted plane by plane). Returns NCHW float32. On a
+    CPU a float ``x`` is consumed: the result is a channels_last view of its memory (of new
+    memory for levels). Elsewhere vectorised, a new tensor (no host sync). ``scale`` must be
+    positive.
     ``value_range``: (lowest, highest) value the caller guarantees ``x`` holds (it bounds the
     search for TF's hue-wrap pixels); None: each image's own, found with two reductions."""
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
     if x.device.type != "cpu":
         nchw = x if channels_first else x.permute(0, 3, 1, 2)
-        out = tf_color.apply_distortion(nchw.contiguous(), params, fast_mode)
+        nchw = nchw.contiguous()
+        nchw = nchw if nchw.is_floating_point() else to_unit(nchw)
+        out = tf_color.apply_distortion(nchw, params, fast_mode)
         return out.mul_(scale).add_(offset)
     orders = tf_color.ORDERS_FAST if fast_mode else tf_color.ORDERS_FULL
     opts = (scale, offset, value_range)
     return _per_image_(x.contiguous(), params.tolist(), orders, channels_first, opts)
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 levels as float32 in [0, 1]: ``x * (1 / 255)``, convert_image_dtype's arithmetic."""
+    return x.to(torch.float32).mul_(_INV_255)
 
 
 class _Scratch:
@@ -88,10 +98,15 @@ def _per_image_(x, rows, orders, channels_first: bool, opts):
     n = x.shape[0]
     h, w = x.shape[2:] if channels_first else x.shape[1:3]
     flat = x.view(n, -1)
+    levels = not x.is_floating_point()  # uint8 levels: the result needs float memory
+    result = torch.empty(n, h * w * 3) if levels else flat
     s = _scratch(h, w)
     for i, row in enumerate(rows):
         block = flat[i]
-        if channels_first:
+        if levels:  # converted in the core's cache, plane by plane
+            planes = block.view(3, h, w) if channels_first else block.view(h, w, 3).permute(2, 0, 1)
+            img = s.planes.copy_(planes).mul_(_INV_255)
+        elif channels_first:
             img = block.view(3, h, w)
         else:  # de-interleave once: every op below reads whole planes
             img = s.planes.copy_(block.view(h, w, 3).permute(2, 0, 1))
@@ -101,10 +116,10 @@ def _per_image_(x, rows, orders, channels_first: bool, opts):
         else:
             y = tf_color.distort(img[None], torch.tensor([row]), order)[0]
             s.out.copy_(y).mul_(scale).add_(offset)
-        dest = block.view(h, w, 3)  # img is read: the result goes over it, channels_last
+        dest = result[i].view(h, w, 3)  # img is read: a float result goes over it
         for ch in range(3):  # clip(y, 0, 1) * s + o == clip(y * s + o, o, s + o)
             torch.clamp(s.out[ch], offset, scale + offset, out=dest[..., ch])
-    return flat.view(n, h, w, 3).permute(0, 3, 1, 2)
+    return result.view(n, h, w, 3).permute(0, 3, 1, 2)
 
 
 def _brightness_saturation(img, delta: float, factor: float, s: _Scratch, opts):
