@@ -3,14 +3,19 @@
     python benchmarks/bench_loader.py                      # 500x375 and 1000x750 JPEGs, 5 rounds
     python benchmarks/bench_loader.py --sizes 500x375 --rounds 3 --presets inception
     python benchmarks/bench_loader.py --dataloader         # workers as real DataLoader processes
+    python benchmarks/bench_loader.py --host-memory default  # both sides with PyTorch's defaults
 
 Timed as CPU time with one torch thread (a DataLoader worker's setting): what a worker does per
 image (read the file, decode, augment, collate batches of 32) and, for classzoo, what the batch
 stage (``pipeline.batch``: conversion, normalisation, colour ops) costs when the device is this
-CPU, i.e. what a CPU-only trainer pays. The process runs with a CPU trainer's host-memory
-settings (engine/host_memory.py: huge pages, freed memory kept), peer included. Each round times the peer, then classzoo, over the same
-files; the table shows medians over the rounds and three per-core ratios (> 1: classzoo is
-cheaper):
+CPU, i.e. what a CPU-only trainer pays. Each round times the peer, then classzoo, over the same
+files, each side in a fresh process that runs as its users run it (``--host-memory own``): the
+peer with PyTorch's and glibc's defaults, classzoo with the host memory settings its trainer
+applies before it starts its loader workers (engine/host_memory.py: huge pages for tensors of
+2 MiB or more, freed memory kept). They are worth ~20 % of the peer's CPU too (its per-image
+float tensors fault their pages in afresh): ``--host-memory default`` or ``trainer`` gives both
+sides the same. The table shows medians over the rounds and three per-core ratios (> 1:
+classzoo is cheaper):
 
 * ``worker``: worker stage only (what a GPU trainer's loader workers do);
 * ``+batch``: classzoo's worker + batch stage against the peer's worker (a CPU-only trainer);
@@ -24,9 +29,10 @@ is ``ImageFolderDataset`` + ``SeededDataset`` (per-sample seeding included) with
 interpolation, flip, colour jitter 0.4), slim vgg train (224), slim inception train (299, the
 InceptionV4 recipe's fast_mode distort_color).
 
-By default the worker stage runs in this process (``time.process_time``). ``--dataloader`` runs
-it in one real DataLoader worker process (collating into shared memory, as training does) and
-reads that process's CPU time from ``getrusage(RUSAGE_CHILDREN)``, less a measured start-up.
+By default the worker stage runs in the side's process (``time.process_time``). ``--dataloader``
+runs it in one real DataLoader worker process forked from it (collating into shared memory, as
+training does) and reads that process's CPU time from ``getrusage(RUSAGE_CHILDREN)``, less a
+measured start-up.
 
 Images: the 20 real ImageNet JPEGs that foolbox ships (progressive 512 px), resized and
 re-encoded (PIL, quality 90, baseline) to each ``--sizes`` (ImageNet's typical 500x375, and a
@@ -38,10 +44,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +65,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from classzoo.engine import host_memory
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# what classzoo's import sets in the environment (engine/host_memory.py): not handed to a side
+HOST_MEMORY_ENV = (host_memory.THP_ENV, "_CLASSZOO_SET_THP", host_memory.OPT_OUT)
 BATCH = 32
 PRESETS = ("timm", "vgg", "inception")
 
@@ -184,32 +195,60 @@ def to_channels_last(batches: list) -> float:
     return (time.process_time() - t0) / sum(len(y) for _, y in batches)
 
 
-def bench_preset(root: Path, preset: str, rounds: int, passes: int, dataloader: bool) -> dict:
-    peer = peer_dataset(root)
-    pipe = classzoo_pipeline(preset)
-    ours = classzoo_dataset(root, pipe)
-    peer_items, our_items = Passes(peer, passes, False), Passes(ours, passes, True)
-    if dataloader:
-        starts = (worker_startup(peer, False), worker_startup(ours, True))
+def measure_side(root: Path, preset: str, side: str, passes: int, dataloader: bool) -> dict:
+    """One round of one side in this process: CPU seconds per image of the worker stage and of
+    what follows it (classzoo: the batch stage; the peer: the copy to channels_last), medians of
+    3 timings after a warm-up one: a fresh process faults in its heap over its first rounds
+    (up to 3 ms per image of a batch stage here, where a trainer many batches in pays none)."""
+    torch.set_num_threads(1)  # a DataLoader worker's setting
+    host_memory.keep_freed_memory("cpu")  # a classzoo trainer's process; off if opted out
+    seeded = side == "classzoo"
+    pipe = classzoo_pipeline(preset) if seeded else None
+    dataset = classzoo_dataset(root, pipe) if seeded else peer_dataset(root)
+    items = Passes(dataset, passes, seeded)
+    startup = worker_startup(dataset, seeded) if dataloader else 0.0
+    t = {"worker": [], "after": []}
+    for _ in range(4):  # the first: page cache, lazy imports, the heap's first faults
+        sec, batches = in_worker(items, startup) if dataloader else in_process(items)
+        t["worker"].append(sec)
+        t["after"].append(batch_stage(pipe, batches) if seeded else to_channels_last(batches))
+    return {
+        **{k: statistics.median(v[1:]) for k, v in t.items()},
+        "host_memory": host_memory.describe(),
+    }
 
-        def load(items, k):
-            return in_worker(items, starts[k])
-    else:
 
-        def load(items, k):
-            return in_process(items)
+def _side_env(side: str, memory: str) -> dict:
+    """The environment of a side's process: ``own`` runs the peer with PyTorch's and glibc's
+    defaults (as torchvision's users run it) and classzoo with its trainer's settings."""
+    env = {k: v for k, v in os.environ.items() if k not in HOST_MEMORY_ENV}
+    if memory == "default" or (memory == "own" and side == "peer"):
+        env[host_memory.OPT_OUT] = "default"
+    return env
 
-    in_process(Passes(peer, 1, False))  # warm-up: page cache, lazy imports
-    in_process(Passes(ours, 1, True))
+
+def run_side(root: Path, preset: str, side: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--side", side, "--root", str(root), "--presets", preset]
+    cmd += ["--passes", str(args.passes)] + (["--dataloader"] if args.dataloader else [])
+    env = _side_env(side, args.host_memory)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{side} {preset} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_preset(root: Path, preset: str, args) -> dict:
+    """Alternating rounds (peer, classzoo, peer, ...), each side in a fresh process."""
     t = {k: [] for k in ("peer", "layout", "ours", "batch")}
-    for _ in range(rounds):  # alternate: peer, classzoo, peer, classzoo, ...
-        sec, batches = load(peer_items, 0)
-        t["peer"].append(sec)
-        t["layout"].append(to_channels_last(batches))
-        sec, batches = load(our_items, 1)
-        t["ours"].append(sec)
-        t["batch"].append(batch_stage(pipe, batches))
-    return {k: statistics.median(v) for k, v in t.items()}
+    memory = {}
+    for _ in range(args.rounds):
+        peer, ours = run_side(root, preset, "peer", args), run_side(root, preset, "classzoo", args)
+        t["peer"].append(peer["worker"])
+        t["layout"].append(peer["after"])
+        t["ours"].append(ours["worker"])
+        t["batch"].append(ours["after"])
+        memory = {"peer": peer["host_memory"], "classzoo": ours["host_memory"]}
+    return {**{k: statistics.median(v) for k, v in t.items()}, "memory": memory}
 
 
 def cpu_model() -> str:
@@ -225,41 +264,64 @@ def cpu_model() -> str:
 
 def header(args) -> str:
     load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
-    where = "one DataLoader worker process" if args.dataloader else "this process"
+    where = "one DataLoader worker process" if args.dataloader else "the side's process"
+    memory = {
+        "own": "the peer with PyTorch's and glibc's defaults, classzoo with its trainer's",
+        "default": "both with PyTorch's and glibc's defaults",
+        "trainer": "both with classzoo's trainer's",
+    }[args.host_memory]
     return (
-        f"bench_loader: CPU time per image, torch threads {torch.get_num_threads()} "
+        f"bench_loader: CPU time per image, torch threads 1 "
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), worker stage in "
-        f"{where}, medians of {args.rounds} alternating rounds x {args.passes} passes over 20 "
-        f"JPEGs\nmachine: {cpu_model()}, {os.cpu_count()} "
-        f"CPUs, load average {load} (1/5/15 min); torch {torch.__version__}; host memory as "
-        f"a CPU trainer's: {host_memory.describe()}\n"
+        f"{where}, medians of {args.rounds} alternating rounds (each side a fresh process) x "
+        f"{args.passes} passes over 20 JPEGs\nmachine: {cpu_model()}, {os.cpu_count()} CPUs, "
+        f"load average {load} (1/5/15 min); torch {torch.__version__}; host memory "
+        f"(--host-memory {args.host_memory}): {memory}\n"
         "ratio > 1: classzoo is cheaper per core. worker: worker stage only; +batch: classzoo "
         "also runs its batch stage on this CPU; +layout: the peer also copies its NCHW batch "
         "to channels_last, as a CPU trainer does"
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse(argv: list[str] | None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (>= 3)")
     ap.add_argument("--passes", type=int, default=8, help="passes over the 20 images per round")
     ap.add_argument("--sizes", nargs="+", default=["500x375", "1000x750"])
     ap.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
     ap.add_argument("--dataloader", action="store_true", help="worker stage in a DataLoader")
+    ap.add_argument(
+        "--host-memory",
+        choices=("own", "default", "trainer"),
+        default="own",
+        help="own: each side as its users run it (default); default / trainer: both sides "
+        "with PyTorch's and glibc's defaults / with classzoo's settings (engine/host_memory.py)",
+    )
+    ap.add_argument("--side", choices=("peer", "classzoo"), help=argparse.SUPPRESS)
+    ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.rounds < 3:
         ap.error("--rounds must be at least 3 (medians of alternating rounds)")
-    torch.set_num_threads(1)  # a DataLoader worker's setting
-    host_memory.keep_freed_memory("cpu")  # the batch stage runs in a CPU trainer's process
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    if args.side:  # one round of one side, for the driver below
+        r = measure_side(args.root, args.presets[0], args.side, args.passes, args.dataloader)
+        print(json.dumps(r))
+        return
     print(header(args))
     cols = ("images", "preset", "torchvision", "classzoo", "worker", "+batch", "+layout")
     print("{:>9} {:>10} {:>12} {:>20} {:>7} {:>7} {:>8}".format(*cols))
+    memory = {}
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.sizes:
             w, h = (int(v) for v in spec.split("x"))
             root = write_folder(Path(tmp) / spec, (w, h))
             for preset in args.presets:
-                r = bench_preset(root, preset, args.rounds, args.passes, args.dataloader)
+                r = bench_preset(root, preset, args)
+                memory = r["memory"]
                 both = r["ours"] + r["batch"]
                 ours = f"{r['ours'] * 1e3:.2f} + {r['batch'] * 1e3:.2f} ms"
                 print(
@@ -268,6 +330,9 @@ def main(argv: list[str] | None = None) -> None:
                     f" {(r['peer'] + r['layout']) / both:7.2f}x"
                 )
     print("classzoo column: worker stage + batch stage, ms per image")
+    print(
+        f"host memory as run: torchvision: {memory.get('peer')}; classzoo: {memory.get('classzoo')}"
+    )
 
 
 if __name__ == "__main__":
