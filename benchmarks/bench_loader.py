@@ -17,7 +17,9 @@ float tensors fault their pages in afresh): ``--host-memory default`` or ``train
 sides the same. The table shows medians over the rounds and three per-core ratios (> 1:
 classzoo is cheaper):
 
-* ``worker``: worker stage only (what a GPU trainer's loader workers do);
+* ``worker``: worker stage only (what a GPU trainer's loader workers do; they have huge pages
+  but not the kept freed memory, which ``keep_freed_memory`` applies for CPU training only, so
+  for them ``--host-memory default`` is the closer comparison);
 * ``+batch``: classzoo's worker + batch stage against the peer's worker (a CPU-only trainer);
 * ``+layout``: the same, the peer also paying the copy to channels_last that a CPU trainer
   makes of its NCHW batch (classzoo's batches are channels_last already; CPU default).
@@ -220,8 +222,12 @@ def measure_side(root: Path, preset: str, side: str, passes: int, dataloader: bo
 
 def _side_env(side: str, memory: str) -> dict:
     """The environment of a side's process: ``own`` runs the peer with PyTorch's and glibc's
-    defaults (as torchvision's users run it) and classzoo with its trainer's settings."""
+    defaults (as torchvision's users run it) and classzoo with its trainer's settings. What
+    this script's ``import classzoo`` put in the environment is left out (the side's own import
+    decides again), so is a ``CLASSZOO_HOST_MEMORY`` of yours: ``--host-memory`` decides."""
     env = {k: v for k, v in os.environ.items() if k not in HOST_MEMORY_ENV}
+    if env.pop("_CLASSZOO_SET_WAIT", None) == "1":  # classzoo's OMP_WAIT_POLICY, not yours
+        env.pop("OMP_WAIT_POLICY", None)
     if memory == "default" or (memory == "own" and side == "peer"):
         env[host_memory.OPT_OUT] = "default"
     return env

@@ -9,8 +9,9 @@ go to DALI through one ``fn.external_source``, batch by batch. So a DALI batch h
 path's samples, labels and random parameters, and resumes where the torch path would.
 
 Batches are what the torch worker stage collates: ``uint8`` NHWC (the resized samples rounded to
-levels, as the workers round them; they give slim inception's planar, as NCHW), in a dict with the
-per-image colour parameters when the preset has colour ops, so the split's ``Pipeline.batch`` applies unchanged. Pixels (tests/test_dali_loader.py):
+levels, as the workers round them; they give slim inception's planar, as NCHW), in a dict with
+the per-image colour parameters when the preset has colour ops, so the split's
+``Pipeline.batch`` applies unchanged. Pixels (tests/test_dali_loader.py):
 
 * timm ``rrc``: ``decoders.image_slice`` (libjpeg-turbo ISLOW: PIL's pixels) of the crop box,
   then ``resize`` with antialiasing (bilinear / bicubic as PIL's filters; nearest through a ROI

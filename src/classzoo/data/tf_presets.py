@@ -12,7 +12,7 @@ Eval presets give TensorFlow's exact pixels (tests/test_tf_preprocessing.py, dif
 Train presets draw every random number from the global torch generator, in slim's order (a
 trainer that seeds it per sample gets repeatable runs and exact resumes), with TF's crop
 distribution and colour ops (tests/test_tf_train_distribution.py). Their resized samples are
-rounded to uint8 levels (at most half a level from TF's float, 1/510 in [0, 1] units): a
+rounded to uint8 levels (within 0.51 of TF's float: half a level and grid_sample's 0.01): a
 quarter of the bytes to collate, to pass between processes and to copy to the device.
 """
 
@@ -90,8 +90,10 @@ def _levels(x: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of uint8 pixels (a convex mix of levels 0..255) rounded to uint8, in
     ``x``'s shape, C-contiguous: a quarter of float32's bytes to collate and to send to the
     device. Rounding moves a pixel by at most half a level (1/510 in [0, 1] units) before the
-    batch stage's colour ops. numpy's cast: ~4x faster than torch's float-to-uint8 on a CPU."""
-    return torch.from_numpy(x.add_(0.5).numpy().astype(np.uint8))
+    batch stage's colour ops. numpy's cast: ~4x faster than torch's float-to-uint8 on a CPU.
+    A convex mix of levels is at most 255 plus float32 rounding: + 0.5 truncates to 255, never
+    wraps (no clamp needed)."""
+    return torch.from_numpy(np.ascontiguousarray(x.add_(0.5).numpy(), dtype=np.uint8))
 
 
 def _nchw(x: torch.Tensor) -> torch.Tensor:
