@@ -209,3 +209,28 @@ def test_eval_under_torchrun_prints_its_json_once(data, tmp_path):
     lines = proc.stdout.splitlines()
     assert len(lines) == 1, proc.stdout
     assert json.loads(lines[0])["count"] == 13  # every val image once, over both ranks
+
+
+_EVAL_SCRIPT = """import sys
+from classzoo.engine.inference import eval_checkpoint
+import torch.distributed as dist
+result = eval_checkpoint(sys.argv[1], sys.argv[2], quiet=True)
+print("process group left:", dist.is_initialized(), "count:", result["count"])
+"""
+
+
+@pytest.mark.slow
+def test_eval_under_torchrun_leaves_no_process_group_to_the_exit(data, tmp_path):
+    """The deterministic side of an abort the test above met 1 run in 4-5: with the process
+    group left to the exit-time destructors, gloo's threads ended a rank with "terminate
+    called without an active exception" (SIGABRT) after the result was printed, and torchrun
+    reported the eval failed. eval_checkpoint now destroys the group before it returns."""
+    run = tmp_path / "run"
+    made = _run(_train(data, run, "--set", "train.max_steps=1", nproc=1))
+    assert made.returncode == 0, made.stderr[-3000:]
+    script = tmp_path / "eval_api.py"
+    script.write_text(_EVAL_SCRIPT)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    proc = _run([*torchrun, "--nproc-per-node=2", str(script), str(run), str(data)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("process group left: False count: 13") == 2, proc.stdout

@@ -30,7 +30,7 @@ from classzoo.engine.build import (
     weights_report,
 )
 from classzoo.engine.checkpoint import newest_in_run
-from classzoo.engine.distributed import init_distributed
+from classzoo.engine.distributed import init_distributed, shutdown
 from classzoo.engine.evaluate import EvalOptions, evaluate
 from classzoo.engine.logs import setup_console_logging
 from classzoo.engine.rank_agreement import check_same_data
@@ -216,42 +216,48 @@ def eval_checkpoint(
     device: str = "auto",
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """``classzoo eval``: every image of the split once, in the eval precision (fp32 default)."""
+    """``classzoo eval``: every image of the split once, in the eval precision (fp32 default).
+    Under torchrun the process group is destroyed before returning: left to the exit-time
+    destructors, gloo's threads aborted a rank after its result was printed ("terminate called
+    without an active exception", 1 run in 4-5 here) and torchrun reported the eval failed."""
     setup_console_logging(not quiet)
     env = init_distributed(device)
-    src = read_source(checkpoint)
-    asked = asked_for(src, recipe, model, [])
-    values: dict[str, Any] = {"data.dir": data_dir, "train.device": device}
-    if batch_size is not None:
-        values["data.eval_batch_size"] = batch_size
-    if asked.data.source == "synthetic":  # a smoke run's checkpoint on real images
-        values["data.source"] = "imagefolder"
-    if split is not None:  # the split asked for, not the files the run's val_pattern chose
-        values.update({"data.val_split": split, "data.val_pattern": None})
-    asked = with_overrides(with_values(asked, values, "eval"), list(overrides))
-    root = Path(data_dir)
-    if split is None and asked.data.source == "imagefolder":
-        if not (root / asked.data.val_split).is_dir():  # the folder itself holds the classes
-            _no_split_folders(root, asked.data.val_split)
-            asked = with_values(asked, {"data.val_split": "."}, "eval")
-        if root.is_dir() and not any(p.is_dir() for p in root.iterdir()):
-            raise UserError(
-                f"{root} holds files but no class folders: for TFRecord shards add "
-                "--set data.source=tfrecord (an ImageFolder is <dir>/<class>/<image>)"
-            )
-    p = prepare(src, asked, env.device, env.world_size, with_data=True)
-    check_same_data({"eval": p.split}, env)  # each rank cuts its shard from its own file list
-    log.info("evaluating %s\n%s", src.path, describe(p.resolved))
-    d = p.asked.data
-    loader = eval_loader(p.split.dataset, d.eval_batch_size or d.batch_size, d.num_workers, env)
-    opts = EvalOptions(
-        p.resolved.precision_dtype("eval"), p.resolved.channels_last, not quiet, p.split.batch
-    )
-    # which weights were scored, named as summary.json's eval_weights
-    weights = "ema" if p.resolved.weights.get("ema") else "model"
-    precision = p.resolved.eval_precision
-    result = evaluate(p.net, loader, env, opts)
-    return {**result, "checkpoint": src.path, "weights": weights, "precision": precision}
+    try:
+        src = read_source(checkpoint)
+        asked = asked_for(src, recipe, model, [])
+        values: dict[str, Any] = {"data.dir": data_dir, "train.device": device}
+        if batch_size is not None:
+            values["data.eval_batch_size"] = batch_size
+        if asked.data.source == "synthetic":  # a smoke run's checkpoint on real images
+            values["data.source"] = "imagefolder"
+        if split is not None:  # the split asked for, not the files the run's val_pattern chose
+            values.update({"data.val_split": split, "data.val_pattern": None})
+        asked = with_overrides(with_values(asked, values, "eval"), list(overrides))
+        root = Path(data_dir)
+        if split is None and asked.data.source == "imagefolder":
+            if not (root / asked.data.val_split).is_dir():  # the folder itself holds the classes
+                _no_split_folders(root, asked.data.val_split)
+                asked = with_values(asked, {"data.val_split": "."}, "eval")
+            if root.is_dir() and not any(p.is_dir() for p in root.iterdir()):
+                raise UserError(
+                    f"{root} holds files but no class folders: for TFRecord shards add "
+                    "--set data.source=tfrecord (an ImageFolder is <dir>/<class>/<image>)"
+                )
+        p = prepare(src, asked, env.device, env.world_size, with_data=True)
+        check_same_data({"eval": p.split}, env)  # each rank cuts its shard from its own file list
+        log.info("evaluating %s\n%s", src.path, describe(p.resolved))
+        d = p.asked.data
+        loader = eval_loader(p.split.dataset, d.eval_batch_size or d.batch_size, d.num_workers, env)
+        opts = EvalOptions(
+            p.resolved.precision_dtype("eval"), p.resolved.channels_last, not quiet, p.split.batch
+        )
+        # which weights were scored, named as summary.json's eval_weights
+        weights = "ema" if p.resolved.weights.get("ema") else "model"
+        precision = p.resolved.eval_precision
+        result = evaluate(p.net, loader, env, opts)
+        return {**result, "checkpoint": src.path, "weights": weights, "precision": precision}
+    finally:
+        shutdown(env)
 
 
 def _no_split_folders(root: Path, val_split: str) -> None:
