@@ -60,7 +60,7 @@ def distort_batch(
     if x.device.type != "cpu":
         nchw = x if channels_first else x.permute(0, 3, 1, 2)
         nchw = nchw.contiguous()
-        nchw = nchw if nchw.is_floating_point() else to_unit(nchw)
+        nchw = nchw if nchw.is_floating_point() else _tf_unit(nchw)
         out = tf_color.apply_distortion(nchw, params, fast_mode)
         return out.mul_(scale).add_(offset)
     orders = tf_color.ORDERS_FAST if fast_mode else tf_color.ORDERS_FULL
@@ -68,8 +68,9 @@ def distort_batch(
     return _per_image_(x.contiguous(), params.tolist(), orders, channels_first, opts)
 
 
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """uint8 levels as float32 in [0, 1]: ``x * (1 / 255)``, convert_image_dtype's arithmetic."""
+def _tf_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 levels as float32 in [0, 1]: ``x * (1 / 255)``, TF's convert_image_dtype arithmetic
+    (not ToTensor's ``x / 255``, timm_pipeline.to_unit: they differ in the last bit)."""
     return x.to(torch.float32).mul_(_INV_255)
 
 
