@@ -211,11 +211,12 @@ def test_eval_under_torchrun_prints_its_json_once(data, tmp_path):
     assert json.loads(lines[0])["count"] == 13  # every val image once, over both ranks
 
 
-_EVAL_SCRIPT = """import sys
+_EVAL_SCRIPT = """import os, sys
 from classzoo.engine.inference import eval_checkpoint
 import torch.distributed as dist
 result = eval_checkpoint(sys.argv[1], sys.argv[2], quiet=True)
-print("process group left:", dist.is_initialized(), "count:", result["count"])
+line = f"process group left: {dist.is_initialized()} count: {result['count']}\\n"
+os.write(1, line.encode())  # one write: the two ranks share the pipe and must not interleave
 """
 
 
