@@ -43,13 +43,17 @@ def detect_deaths_at_fetch() -> None:
         signal_handling._SIGCHLD_handler_set = True  # torch's handler is then never installed
 
 
+# what reading a batch raises when its worker died (_raise_if_died tells which)
+_MAYBE_DIED = (RuntimeError, OSError, EOFError)
+
+
 def start(loader: Any) -> Iterator[Any]:
     """``iter(loader)``: persistent workers hand over the last epoch's batches here, so a
     worker's death can surface here too (as :class:`WorkerDied`)."""
     detect_deaths_at_fetch()
     try:
         return iter(loader)
-    except (RuntimeError, OSError) as exc:
+    except _MAYBE_DIED as exc:
         _raise_if_died(exc, getattr(loader, "_iterator", None))
         raise
 
@@ -61,7 +65,7 @@ def fetching(it: Iterator[Any]) -> Iterator[Any]:
             item = next(it)
         except StopIteration:
             return
-        except (RuntimeError, OSError) as exc:
+        except _MAYBE_DIED as exc:
             _raise_if_died(exc, it)
             raise
         yield item
@@ -69,10 +73,12 @@ def fetching(it: Iterator[Any]) -> Iterator[Any]:
 
 def _raise_if_died(exc: Exception, it: Any) -> None:
     """WorkerDied for PyTorch's "DataLoader worker ... exited unexpectedly", and for an OSError
-    met while reading a batch a worker queued before it was killed (its shared-memory socket
-    resets: ConnectionResetError, seen 1 run in 3 under load) once that worker is seen dead."""
+    or EOFError met while reading a batch a worker queued before it was killed (the socket that
+    hands over its shared memory resets, ConnectionResetError, seen 1 run in 3 under load; or
+    closes before multiprocessing's handshake, EOFError, seen once in a suite run) once that
+    worker is seen dead."""
     torch_said = isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc)
-    if torch_said or (isinstance(exc, OSError) and _dead(it, wait_s=2.0)):
+    if torch_said or (isinstance(exc, (OSError, EOFError)) and _dead(it, wait_s=2.0)):
         raise WorkerDied(_which(it, exc)) from None
 
 
