@@ -17,10 +17,10 @@ from torchvision.transforms import functional as F
 
 from classzoo.data import decode
 from classzoo.data.decode import EncodedImage, decode_pil, decode_tf
-from classzoo.data.device import Prefetcher, to_device
+from classzoo.data.device import Prefetcher, sub_channels, to_device
 from classzoo.data.imagefolder import ImageFolderDataset
 from classzoo.data.sampling import SeededDataset, TrainBatchSampler
-from classzoo.data.timm_pipeline import color_jitter
+from classzoo.data.timm_pipeline import color_jitter, normalize
 from classzoo.data.transforms import EvalPreprocess, TrainAugment, build_transform, describe
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -113,6 +113,26 @@ def test_timm_eval_equals_timm_transform_bit_for_bit():
             pipe(EncodedImage(data, "x")), ref(Image.open(io.BytesIO(data)).convert("RGB")),
             rtol=0, atol=0,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_per_channel_batch_ops_are_numpys_arithmetic_in_either_layout(channels_last):
+    """The batch stage's mean subtraction (vgg) and normalisation (timm) broadcast along rows
+    of pixels on channels_last batches and per channel otherwise: numpy's float32 values bit
+    for bit either way, in the layout they came in."""
+    x = torch.randint(0, 256, (4, 3, 5, 7), dtype=torch.uint8, generator=torch.Generator())
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    vgg_mean = (123.68, 116.779, 103.939)
+    got = sub_channels(x, vgg_mean)
+    np.testing.assert_array_equal(got.numpy(), x.numpy() - _per_channel(vgg_mean))
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    unit = x.to(torch.float32) / 255
+    want = (unit.numpy() - _per_channel(MEAN)) / _per_channel(STD)
+    np.testing.assert_array_equal(normalize(unit, MEAN, STD).numpy(), want)
+
+
+def _per_channel(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32)[None, :, None, None]
 
 
 @pytest.mark.parametrize("preset", ["vgg", "inception"])

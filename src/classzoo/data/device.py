@@ -37,6 +37,37 @@ def device_const(values: tuple[float, ...], device: torch.device) -> torch.Tenso
     return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).to(device)
 
 
+@functools.lru_cache(maxsize=32)
+def row_const(values: tuple[float, ...], width: int, device: torch.device) -> torch.Tensor:
+    """A per-channel float32 constant tiled ``width`` times, shaped (W*C,): one row of HWC
+    pixels, which broadcasts against :func:`pixel_rows` of a batch ``width`` pixels wide."""
+    return torch.tensor(values, dtype=torch.float32).repeat(width).to(device)
+
+
+def pixel_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """An NCHW batch in channels_last memory as a (N*H, W*C) view, rows of HWC pixels; None
+    for other layouts. A per-channel op broadcasts a :func:`row_const` along these rows, a
+    contiguous inner dimension the CPU vectorises: a (1, C, 1, 1) constant broadcasts over an
+    inner dimension of 3 there, 2.5-3x the CPU time (uint8 - mean, 32 x 224 px: 0.11 against
+    0.04 ms per image, one thread), with the same arithmetic per element."""
+    nhwc = x.permute(0, 2, 3, 1)
+    if not nhwc.is_contiguous():
+        return None
+    n, h, w, c = nhwc.shape
+    return nhwc.view(n * h, w * c)
+
+
+def sub_channels(x: torch.Tensor, values: tuple[float, ...]) -> torch.Tensor:
+    """``x - values`` per channel of an NCHW batch, out of place (float32 for a uint8 ``x``),
+    channels_last when ``x`` is."""
+    rows = pixel_rows(x)
+    if rows is None:
+        return x - device_const(values, x.device)
+    n, c, h, w = x.shape
+    diff = rows - row_const(values, w, x.device)
+    return diff.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
 def _record(x: Any, stream) -> None:
     if isinstance(x, torch.Tensor):
         x.record_stream(stream)

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from classzoo.data.decode import EncodedImage, dct_denominator, decode_scaled
-from classzoo.data.device import device_const
+from classzoo.data.device import sub_channels
 from classzoo.data.tf_color import draw_distortion
 from classzoo.data.tf_color_batch import distort_batch
 from classzoo.data.tf_crop import (
@@ -123,7 +123,7 @@ def _check_side(name: str, value: int, image_size: int) -> None:
 
 class _VggBatch(_Preset):
     def batch(self, x: torch.Tensor) -> torch.Tensor:
-        return _nchw(x) - device_const(VGG_MEAN_RGB, x.device)  # RGB mean subtraction, 0-255 units
+        return sub_channels(_nchw(x), VGG_MEAN_RGB)  # RGB mean subtraction, 0-255 units
 
 
 class VggEval(_VggBatch):

@@ -27,7 +27,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from classzoo.data.decode import EncodedImage, dct_denominator, decode_pil, decode_scaled
-from classzoo.data.device import device_const
+from classzoo.data.device import device_const, pixel_rows, row_const
 
 _PIL_MODES = {
     InterpolationMode.NEAREST: Image.NEAREST,
@@ -77,8 +77,14 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
-    """Normalize: ``(x - mean) / std`` in place, per channel, float32."""
-    return x.sub_(device_const(mean, x.device)).div_(device_const(std, x.device))
+    """Normalize: ``(x - mean) / std`` in place, per channel, float32 (along rows of pixels
+    where ``x`` is channels_last: :func:`~classzoo.data.device.pixel_rows`)."""
+    rows = pixel_rows(x)
+    if rows is None:
+        return x.sub_(device_const(mean, x.device)).div_(device_const(std, x.device))
+    w = x.shape[-1]
+    rows.sub_(row_const(mean, w, x.device)).div_(row_const(std, w, x.device))
+    return x
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
