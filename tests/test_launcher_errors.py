@@ -235,3 +235,26 @@ def test_eval_under_torchrun_leaves_no_process_group_to_the_exit(data, tmp_path)
     proc = _run([*torchrun, "--nproc-per-node=2", str(script), str(run), str(data)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("process group left: False count: 13") == 2, proc.stdout
+
+
+_LOAD_SCRIPT = """import os, sys
+from classzoo.engine.inference import load_for_inference
+import torch.distributed as dist
+loaded = load_for_inference(sys.argv[1])
+os.write(1, f"process group: {dist.is_initialized()}\\n".encode())
+"""
+
+
+@pytest.mark.slow
+def test_predict_and_export_under_torchrun_join_no_process_group(data, tmp_path):
+    """predict and export (load_for_inference) need only a device: a process group they
+    joined was never destroyed, the state in which eval's ranks aborted after their result."""
+    run = tmp_path / "run"
+    made = _run(_train(data, run, "--set", "train.max_steps=1", nproc=1))
+    assert made.returncode == 0, made.stderr[-3000:]
+    script = tmp_path / "load_api.py"
+    script.write_text(_LOAD_SCRIPT)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    proc = _run([*torchrun, "--nproc-per-node=2", str(script), str(run)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("process group: False") == 2, proc.stdout

@@ -70,14 +70,22 @@ def backend_for(device: torch.device) -> str:
     return {"cuda": "nccl", "npu": "hccl"}.get(device.type, "gloo")
 
 
+def local_device(device_name: str) -> torch.device:
+    """This process's device (under torchrun, the accelerator of its LOCAL_RANK), set as the
+    current one and configured, without joining any process group (predict and export need
+    no collective: a group left to the exit-time destructors can abort the process)."""
+    device = resolve_device(device_name, int(os.environ.get("LOCAL_RANK", "0")))
+    set_device(device)  # before NCCL/HCCL start
+    configure(device)
+    return device
+
+
 def init_distributed(device_name: str) -> DistEnv:
     """Join the process group torchrun prepared (if any) and pick this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local_rank)
-    set_device(device)  # before NCCL/HCCL start
-    configure(device)
+    device = local_device(device_name)
     if world > 1 and not dist.is_initialized():
         store = _attempt_store(rank, world)
         if store is None:

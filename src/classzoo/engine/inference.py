@@ -30,7 +30,7 @@ from classzoo.engine.build import (
     weights_report,
 )
 from classzoo.engine.checkpoint import newest_in_run
-from classzoo.engine.distributed import init_distributed, shutdown
+from classzoo.engine.distributed import init_distributed, local_device, shutdown
 from classzoo.engine.evaluate import EvalOptions, evaluate
 from classzoo.engine.logs import setup_console_logging
 from classzoo.engine.rank_agreement import check_same_data
@@ -286,4 +286,4 @@ def load_for_inference(
     """``predict`` and ``export``: the model in eval mode and its Resolved record."""
     src = read_source(checkpoint)
     asked = asked_for(src, recipe, model, [f"train.device={device}", *overrides])
-    return prepare(src, asked, init_distributed(device).device)
+    return prepare(src, asked, local_device(device))
