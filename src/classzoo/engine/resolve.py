@@ -128,6 +128,7 @@ class Resolved:
     threads: int | None = None  # compute threads (engine/threads.py); a resume reuses them
     thread_plan: str | None = None  # why that many (cores, busy cores, or as recorded)
     host_memory: str | None = None  # huge pages, freed memory kept (engine/host_memory.py)
+    software: dict[str, str] | None = None  # versions this attempt ran (engine/software.py)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (lists, not tuples): YAML-safe and loadable with weights_only."""

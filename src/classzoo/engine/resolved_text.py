@@ -23,6 +23,7 @@ def describe(r: Resolved) -> str:
         *([f"precision: train {r.precision_note}"] if r.precision_note else []),
         *([f"threads {r.threads} compute ({r.thread_plan})"] if r.threads else []),
         *([f"host memory: {r.host_memory}"] if r.host_memory else []),
+        *([f"software: {_versions(r.software)}"] if r.software else []),
         f"preprocess {p.preset} {p.image_size}px crop_pct {p.crop_pct:g} "
         f"{'' if p.crop_mode == 'center' else f'crop_mode {p.crop_mode} '}{p.interpolation}, "
         f"{p.decoder} JPEG decoder; {p.formula} with mean "
@@ -56,3 +57,7 @@ def describe(r: Resolved) -> str:
         if s.lr_shape:
             lines.append(f"lr schedule: {s.lr_shape}")
     return "\n".join(lines)
+
+
+def _versions(software: dict[str, str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in software.items())

@@ -21,7 +21,7 @@ from torch import nn
 from classzoo.config import Config, config_text, with_values
 from classzoo.data.class_index import imagenet_head
 from classzoo.data.sampling import global_batches, torch_seed
-from classzoo.engine import build, host_memory
+from classzoo.engine import build, host_memory, software
 from classzoo.engine.bf16_conv_check import cpu_training_check
 from classzoo.engine.checkpoint import CheckpointManager
 from classzoo.engine.checkpoint import load as load_ckpt
@@ -80,6 +80,7 @@ class Setup:
     train: build.Split | None
     val: build.Split | None
     resume_from: dict[str, Any] | None = None  # --resume FILE, read and checked once, early
+    software_changes: str | None = None  # versions that differ from the resumed run's record
 
 
 def run(
@@ -116,9 +117,12 @@ def run(
             build.check_loader(s.train.dataset, asked.data.loader)
         then = recorded_config(run_dir, resume, early)
         what = str(run_dir) if early is None else f"{run_dir} from {resume}"
-        check_same_run(recorded_run(run_dir, resume, early), s.resolved, what, then, asked)
+        record = recorded_run(run_dir, resume, early)
+        check_same_run(record, s.resolved, what, then, asked)
         recorded = {"threads": plan.compute_threads, "thread_plan": plan.explained}
-        s.resolved = replace(s.resolved, **recorded, host_memory=host_memory.describe())
+        now = {"host_memory": host_memory.describe(), "software": software.versions()}
+        s.resolved = replace(s.resolved, **recorded, **now)
+        s.software_changes = software.changes((record or {}).get("software"), now["software"])
         if early is not None:  # it fits this model: checked before anything is written
             load_into(s.model, early["model"], str(resume), allow_new_head=False)
             s.resume_from = early
@@ -266,6 +270,10 @@ def _train_mode(
     if resume is not None:  # the rows of later steps before it are an abandoned attempt's
         k = state.pos.step
         said = f"resumed (--resume {resume}) at step {k}" if k else "no checkpoint: started anew"
+        if k and s.software_changes:  # allowed, never silent: engine/software.py
+            said += f" on other software ({s.software_changes}): not bit for bit from here on"
+            if env.is_main:
+                log.warning("%s", said)
         logger.marker(said, k)
     if state.pos.step < r.schedule.total_steps:  # a summary.json there is of an earlier end
         retire_summary(run_dir, env.is_main)
