@@ -153,7 +153,12 @@ def main() -> None:
     ]
     for ours, peer in pairs:
         if ours in med and peer in med:
-            print(f"  ratio {ours} / {peer}: {med[ours] / med[peer]:.3f}")
+            # each round's pair ran minutes apart: their ratio drifts less with the machine
+            paired = statistics.median(x / y for x, y in zip(results[ours], results[peer]))
+            print(
+                f"  ratio {ours} / {peer}: {med[ours] / med[peer]:.3f} "
+                f"(median of the rounds' ratios {paired:.3f})"
+            )
     if DATA_WAIT:  # with no worker, making the synthetic images is part of train's step
         wait = statistics.median(DATA_WAIT)
         print(f"  train waited for data {100 * wait:.1f} % of its wall time (median of rounds)")
