@@ -21,8 +21,9 @@ from classzoo.config import Config, with_values
 from classzoo.data.imagefolder import SyntheticDataset
 from classzoo.engine import build
 from classzoo.engine.distributed import DistEnv
-from classzoo.engine.run import loop_config, set_up, training_state
+from classzoo.engine.run import loop_config, training_state
 from classzoo.engine.run_dir import claim_run_dir
+from classzoo.engine.setup import set_up
 from classzoo.errors import UserError
 from classzoo.models import create_model
 from conftest import write_imagefolder

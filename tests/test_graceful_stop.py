@@ -301,3 +301,72 @@ def test_a_killed_loader_worker_saves_the_steps_done_and_resume_is_bit_identical
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_identical(_newest(run), whole)
+
+
+# ---- a signal while a run is being set up ---------------------------------------------------
+
+# classzoo train, its set-up held for a minute: a data scan of ImageNet takes minutes
+SLOW_SETUP = textwrap.dedent(
+    """
+    import os, sys, time
+    import classzoo.engine.run as run_module
+    from classzoo.cli import main
+    set_up = run_module.set_up
+    def slow_set_up(*args, **kwargs):
+        os.write(1, f"SETTING UP {os.environ.get('RANK', '0')}\\n".encode())
+        time.sleep(60)
+        return set_up(*args, **kwargs)
+    run_module.set_up = slow_set_up
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def _slow_setup_cmd(tmp_path: Path, data: Path, *launcher: str) -> list[str]:
+    script = tmp_path / "slow_setup.py"
+    script.write_text(SLOW_SETUP)
+    args = ["train", "--recipe", "quickstart", "--data-dir", str(data)]
+    args += ["--output-dir", str(tmp_path / "run"), "--set", "model.name=resnet10t"]
+    return [*(launcher or [sys.executable]), str(script), *args]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_setup_stops_at_once_with_one_line_and_exit_0(
+    tmp_path, small_imagefolder, sig
+):
+    """Before, SIGTERM kept its default action until training began (the process died with
+    143 and said nothing) and SIGINT ended in "interrupted", exit 130: a scheduler or torchrun
+    took either for a failure."""
+    cmd = _slow_setup_cmd(tmp_path, small_imagefolder)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    assert proc.stdout.readline() == "SETTING UP 0\n"
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=50)[1]
+    assert time.monotonic() - t0 < 30  # not after the minute of set-up
+    assert proc.returncode == 0, err[-3000:]
+    said = f"classzoo: stopped by {sig.name} before the first training step; nothing to save"
+    assert err.strip().splitlines()[-1] == said, err[-3000:]
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_signal_during_setup_under_torchrun_restarts_nothing(tmp_path, small_imagefolder):
+    """Both ranks told to stop while setting up (torchrun forwards a signal to every worker,
+    Slurm's scancel signals every process): both exit 0, so torchrun --max-restarts=3 exits 0
+    without starting the group again, as docs/reliability.md promises for a stop."""
+    torchrun = _torchrun("--nproc-per-node=2", "--max-restarts=3")
+    cmd = _slow_setup_cmd(tmp_path, small_imagefolder, *torchrun)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    seen = {proc.stdout.readline(), proc.stdout.readline()}
+    assert seen == {"SETTING UP 0\n", "SETTING UP 1\n"}
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "SETTING UP" not in out  # no second attempt
+    said = "classzoo: stopped by SIGTERM before the first training step; nothing to save"
+    assert err.count(said) == 2, err[-3000:]

@@ -178,7 +178,7 @@ def bench_data(
     split), the model's preprocessing (or ``overrides`` such as ``data.preset``), the run's
     thread plan and workers, the loop's prefetcher. Adds the share of wall time spent waiting
     for data (the loader is the bottleneck when it is large)."""
-    from classzoo.engine.run import set_up  # verbs sit above the engine's wiring
+    from classzoo.engine.setup import set_up  # verbs sit above the engine's wiring
 
     values = {"model.name": model_name, "data.dir": data_dir, "data.batch_size": batch_size}
     asked = with_values(Config(), {**values, "train.progress": False, **(overrides or {})}, "bench")

@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from timm.utils import ModelEmaV3
-from torch import nn
 
 from classzoo.config import Config, config_text, with_values
-from classzoo.data.class_index import imagenet_head
-from classzoo.data.sampling import global_batches, torch_seed
+from classzoo.data.sampling import global_batches
 from classzoo.engine import build, host_memory, software
-from classzoo.engine.bf16_conv_check import cpu_training_check
 from classzoo.engine.checkpoint import CheckpointManager
 from classzoo.engine.checkpoint import load as load_ckpt
 from classzoo.engine.devices import make_scaler
@@ -36,17 +32,11 @@ from classzoo.engine.distributed import (
 from classzoo.engine.evaluate import EvalOptions, evaluate
 from classzoo.engine.evaluate_mode import checkpoint_paths, evaluate_checkpoints, labelled_for
 from classzoo.engine.logs import setup_console_logging
-from classzoo.engine.loop import Hooks, LoopConfig, StepConfig, steps_per_epoch, train
-from classzoo.engine.optim import build_optimizer, build_scheduler, lr_shape, scaled_lr
+from classzoo.engine.loop import Hooks, LoopConfig, StepConfig, train
+from classzoo.engine.optim import build_optimizer, build_scheduler
 from classzoo.engine.rank_agreement import check_same_data, check_same_newest
 from classzoo.engine.resolve import (
     Resolved,
-    Schedule,
-    check_train_augment,
-    label_offset_for,
-    num_classes_for,
-    preprocess_for,
-    resolve,
 )
 from classzoo.engine.resolved_text import describe
 from classzoo.engine.resume_point import restore
@@ -60,6 +50,7 @@ from classzoo.engine.run_dir import (
 from classzoo.engine.run_log import RunLogger
 from classzoo.engine.run_summary import end_attempt, retire_summary, run_summary, stopped_note
 from classzoo.engine.same_run import check_same_run, recorded_config, recorded_run
+from classzoo.engine.setup import Setup, set_up
 from classzoo.engine.state import TrainState
 from classzoo.engine.stop import GracefulStop
 from classzoo.engine.sync_bn import convert_sync_batchnorm
@@ -71,18 +62,6 @@ from classzoo.models.weights import load_into
 log = logging.getLogger("classzoo")
 
 
-@dataclass
-class Setup:
-    """A run's resolved record and the objects built from it."""
-
-    resolved: Resolved
-    model: nn.Module
-    train: build.Split | None
-    val: build.Split | None
-    resume_from: dict[str, Any] | None = None  # --resume FILE, read and checked once, early
-    software_changes: str | None = None  # versions that differ from the resumed run's record
-
-
 def run(
     asked: Config, run_dir: Path | None, resume: str | None = None, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -92,6 +71,25 @@ def run(
     error unless ``resume`` continues it or ``overwrite`` replaces it.
     """
     t0 = time.perf_counter()
+    stop = GracefulStop().early(_FIRST_WORK[asked.train.mode == "evaluate"]).install()
+    try:
+        return _set_up_and_run(asked, run_dir, resume, overwrite, stop, t0)
+    finally:
+        stop.close()
+
+
+# what a stop waits for: a signal before it raises StoppedEarly (engine/stop.py)
+_FIRST_WORK = {False: "the first training step", True: "an evaluation finished"}
+
+
+def _set_up_and_run(
+    asked: Config,
+    run_dir: Path | None,
+    resume: str | None,
+    overwrite: bool,
+    stop: GracefulStop,
+    t0: float,
+) -> dict[str, Any]:
     env = init_distributed(asked.train.device)
     named_here = run_dir is None  # claim_run_dir makes a new runs/<name> folder, empty
     try:
@@ -128,7 +126,7 @@ def run(
             s.resume_from = early
         create_run_dir(run_dir, resume, overwrite, env)
         setup_console_logging(env.is_main, run_dir / "console.log" if env.is_main else None)
-        return _run(asked, s, run_dir, resume, env, t0)
+        return _run(asked, s, run_dir, resume, env, (t0, stop))
     except BaseException as exc:
         if named_here and env.is_main:
             remove_if_empty(run_dir)
@@ -140,9 +138,15 @@ def run(
 
 
 def _run(
-    asked: Config, s: Setup, run_dir: Path, resume: str | None, env: DistEnv, t0: float
+    asked: Config,
+    s: Setup,
+    run_dir: Path,
+    resume: str | None,
+    env: DistEnv,
+    started: tuple[float, GracefulStop],
 ) -> dict[str, Any]:
     mode = asked.train.mode
+    t0, stop = started
     if resume is not None and env.is_main:
         log.info("resuming in %s (--resume %s)", run_dir, resume)
     with RunLogger(run_dir, enabled=env.is_main) as logger:
@@ -155,65 +159,13 @@ def _run(
         if mode == "evaluate":
             result, ips, epochs, stopped = _evaluate_mode(asked, s, env, logger), None, 0.0, False
         else:
-            result, ips, epochs, stopped = _train_mode(asked, s, env, logger, run_dir, resume)
+            where = (run_dir, resume)
+            result, ips, epochs, stopped = _train_mode(asked, s, env, logger, where, stop)
         wall = time.perf_counter() - t0
         summary = run_summary(asked, s.resolved, result, ips, epochs, wall, run_dir)
         summary = end_attempt(logger, summary, stopped)
     barrier(env)
     return summary
-
-
-def set_up(asked: Config, env: DistEnv, need_train: bool, need_val: bool) -> Setup:
-    """Resolve once and build the datasets and the model (see engine/build.py for the order)."""
-    data, m = asked.data, asked.model
-    defaults = build.model_defaults(m.name, dict(m.kwargs))
-    pre = preprocess_for(data, defaults)
-    if need_train:
-        check_train_augment(data, pre.preset)
-    offset = label_offset_for(data, defaults, m.num_classes)
-    n_synth = m.num_classes or 10
-    train = val = None
-    if need_train:
-        train = build.open_split(data, data.train_split, pre, True, offset, n_synth)
-    classes = train.classes if train is not None else None
-    if need_val:
-        val = build.open_split(data, data.val_split, pre, False, offset, n_synth, classes)
-        classes = classes or val.classes
-    first = train or val
-    tfrecord = first.info if data.source == "tfrecord" else None
-    num_classes = num_classes_for(m, classes, tfrecord, offset)
-    model, weights = build.build_model(m, num_classes, pre.image_size, asked.train.seed)
-    torch.manual_seed(torch_seed(asked.train.seed + env.rank))  # after the same init: dropout
-    n = int(getattr(model, "num_classes", num_classes or 0))
-    if classes and imagenet_head(classes, n):  # synset folders: ImageNet's logit, not position
-        train, val, classes = build.imagenet_labelled(train, val, n)
-    infos = {k: v.info for k, v in (("train", train), ("val", val)) if v is not None}
-    schedule = _schedule(asked, len(train.dataset), env.world_size) if train is not None else None
-    wrong = schedule and cpu_training_check(model, asked.train.amp, env.device, pre.image_size)
-    loaded = getattr(model, "load_report", None)  # with the class names its checkpoint stores
-    found = (defaults, n, classes, infos, weights, schedule, wrong, loaded)
-    resolved = resolve(asked, env.device, env.world_size, *found)
-    model.to(env.device)
-    if resolved.channels_last:
-        model.to(memory_format=torch.channels_last)
-    return Setup(resolved, model, train, val)
-
-
-def _schedule(asked: Config, n_train: int, world_size: int) -> Schedule:
-    t, o = asked.train, asked.optim
-    global_batch = asked.data.batch_size * world_size * t.grad_accum_steps
-    spe = steps_per_epoch(n_train, asked.data.batch_size, world_size, t.grad_accum_steps)
-    rule = f"{o.lr} x {global_batch}/{o.lr_base_batch}" if o.lr_base_batch else "as given"
-    return Schedule(
-        per_device_batch=asked.data.batch_size,
-        grad_accum=t.grad_accum_steps,
-        global_batch=global_batch,
-        lr=scaled_lr(o, global_batch),
-        lr_rule=rule,
-        steps_per_epoch=spe,
-        total_steps=t.max_steps or max(1, round(t.epochs * spe)),
-        lr_shape=lr_shape(asked.sched, t.epochs),
-    )
 
 
 def _evaluate_mode(asked: Config, s: Setup, env: DistEnv, logger: RunLogger) -> dict[str, Any]:
@@ -263,9 +215,17 @@ def training_state(
 
 
 def _train_mode(
-    asked: Config, s: Setup, env: DistEnv, logger: RunLogger, run_dir: Path, resume: str | None
+    asked: Config,
+    s: Setup,
+    env: DistEnv,
+    logger: RunLogger,
+    where: tuple[Path, str | None],
+    stop: GracefulStop,
 ) -> tuple[dict[str, Any], float | None, float, bool]:
+    """``where``: the run folder and ``--resume``; ``stop``: installed by :func:`run`, told
+    here when the first step begins (a signal before it raised StoppedEarly)."""
     t, d, r = asked.train, asked.data, s.resolved
+    run_dir, resume = where
     state, ckpts = training_state(asked, s, env, run_dir, resume)
     if resume is not None:  # the rows of later steps before it are an abandoned attempt's
         k = state.pos.step
@@ -297,15 +257,16 @@ def _train_mode(
                 ckpts.record_metrics(state.pos.step, result)
             return result
 
-    with GracefulStop() as stop:  # SIGTERM / SIGINT: finish the step, save, exit 0
-        hooks = Hooks(
-            save=lambda: save(state, env, ckpts, extra),
-            log_line=logger.train_step,
-            should_stop=lambda: stop.should_stop(env),
-            scored=lambda step: _scored(ckpts, step, env),
-        )
-        loop = loop_config(asked, r)
-        result = train(state, net, loader, sampler, loop, env, hooks, evaluate_after, s.train.batch)
+    stop.ready()  # SIGTERM / SIGINT from here: finish the step, save, exit 0
+    hooks = Hooks(
+        save=lambda: save(state, env, ckpts, extra),
+        log_line=logger.train_step,
+        should_stop=lambda: stop.should_stop(env),
+        scored=lambda step: _scored(ckpts, step, env),
+    )
+    loop = loop_config(asked, r)
+    result = train(state, net, loader, sampler, loop, env, hooks, evaluate_after, s.train.batch)
+    stop.settle()  # its last all-reduce: every rank launched it, before the group goes
     if result["stopped"]:
         stopped_note(logger, stop.reason, state.pos.step, ckpts.directory, run_dir)
     ips = result["images_per_sec"] if result["images"] else None  # None: nothing trained now

@@ -1,4 +1,5 @@
 """Graceful stop on SIGTERM / SIGINT: finish the step, save, exit 0; a second signal exits at once.
+Before the first step (a run being set up) the first signal raises StoppedEarly: one line, exit 0.
 
 Exit code convention: **0** after a clean stop (a checkpoint of the stop step is written; resume
 with ``--resume auto``). Chosen for torchrun: its elastic agent restarts the worker group when a
@@ -36,6 +37,8 @@ from typing import Any
 
 import torch
 
+from classzoo.errors import StoppedEarly
+
 log = logging.getLogger("classzoo")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -44,6 +47,12 @@ REPEAT_WINDOW_S = 1.0
 
 class GracefulStop:
     """Handlers for SIGTERM and SIGINT; ``should_stop(env)`` once per optimizer step.
+
+    With ``before`` (what the stop waits for, e.g. "the first training step"), the first
+    signal raises :class:`StoppedEarly` until :meth:`ready` is called: a run being set up
+    (minutes of data scans on ImageNet) ends at once, with one line and exit 0. Before, SIGTERM
+    kept its default action there (the rank died with 143, nothing said, and torchrun
+    ``--max-restarts`` restarted a job asked to stop) and SIGINT ended in exit 130.
 
     Use as a context manager (or ``install()`` / ``close()``) in the main thread::
 
@@ -68,6 +77,16 @@ class GracefulStop:
         self._pid = os.getpid()
         self._previous: dict[int, Any] = {}
         self._pending: tuple | None = None  # the all-reduce launched at the previous step
+        self._before: str | None = None  # raise StoppedEarly until ready(): see the class doc
+
+    def early(self, before: str) -> GracefulStop:
+        """Raise :class:`StoppedEarly` at the first signal until :meth:`ready`."""
+        self._before = before
+        return self
+
+    def ready(self) -> None:
+        """From here on the first signal only asks ``should_stop`` to stop."""
+        self._before = None
 
     @property
     def requested(self) -> bool:
@@ -97,11 +116,16 @@ class GracefulStop:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def close(self) -> None:
-        """Restore the previous handlers; completes a pending all-reduce (all ranks launched it)."""
+    def settle(self) -> None:
+        """Complete the all-reduce launched at the last step (every rank launched it): before
+        the process group is destroyed."""
         if self._pending is not None:
             self._pending[0].wait()
             self._pending = None
+
+    def close(self) -> None:
+        """Restore the previous handlers; completes a pending all-reduce (all ranks launched it)."""
+        self.settle()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
@@ -120,6 +144,8 @@ class GracefulStop:
         name = signal.Signals(signum).name
         if self.signum is None:
             self.signum, self._first_at = signum, now
+            if self._before is not None:
+                raise StoppedEarly(signum, self._before)
             log.warning("stopping after this step (%s); a second signal exits at once", name)
             return
         if now - self._first_at < self.repeat_window_s:
