@@ -370,3 +370,41 @@ def test_a_signal_during_setup_under_torchrun_restarts_nothing(tmp_path, small_i
     assert "SETTING UP" not in out  # no second attempt
     said = "classzoo: stopped by SIGTERM before the first training step; nothing to save"
     assert err.count(said) == 2, err[-3000:]
+
+
+FINAL_EVAL_HELD = textwrap.dedent(
+    """
+    import os, sys, time
+    import classzoo.engine.run as run_module
+    from classzoo.cli import main
+    eval_during = run_module._eval_during
+    def held(*args):
+        if args[7]:  # final
+            os.write(1, b"FINAL EVAL\\n")
+            time.sleep(3)
+        return eval_during(*args)
+    run_module._eval_during = held
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_a_signal_during_the_final_evaluation_says_what_it_waits_for(tmp_path, small_imagefolder):
+    """No step is left once the last one is saved: the warning names the final evaluation
+    (before, "stopping after this step" while the run went on to finish)."""
+    script = tmp_path / "held.py"
+    script.write_text(FINAL_EVAL_HELD)
+    args = ["train", "--recipe", "quickstart", "--data-dir", str(small_imagefolder)]
+    args += ["--output-dir", str(tmp_path / "run"), "--max-steps", "2"]
+    for kv in ("model.name=resnet10t", "data.num_workers=0", "train.progress=false"):
+        args += ["--set", kv]
+    cmd = [sys.executable, str(script), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    while proc.stdout.readline() not in ("FINAL EVAL\n", ""):
+        pass
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 0, err[-3000:]
+    said = "stopping after the final evaluation (the last step is saved) (SIGTERM)"
+    assert said in err and "stopping after this step" not in err, err[-3000:]
+    assert (tmp_path / "run" / "summary.json").is_file()  # the run finished

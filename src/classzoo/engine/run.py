@@ -250,6 +250,8 @@ def _train_mode(
         )
 
         def evaluate_after(final: bool) -> dict[str, Any]:
+            if final:  # the last step is saved: a signal now waits for this evaluation only
+                stop.finishing("the final evaluation (the last step is saved)")
             result = _eval_during(
                 state, val_loader, s.val.batch, r, env, logger, sampler, final, t.progress
             )

@@ -78,6 +78,7 @@ class GracefulStop:
         self._previous: dict[int, Any] = {}
         self._pending: tuple | None = None  # the all-reduce launched at the previous step
         self._before: str | None = None  # raise StoppedEarly until ready(): see the class doc
+        self._after = "this step"  # what a stop waits for, as the first signal's warning says
 
     def early(self, before: str) -> GracefulStop:
         """Raise :class:`StoppedEarly` at the first signal until :meth:`ready`."""
@@ -87,6 +88,10 @@ class GracefulStop:
     def ready(self) -> None:
         """From here on the first signal only asks ``should_stop`` to stop."""
         self._before = None
+
+    def finishing(self, what: str) -> None:
+        """No step is left: a signal waits for ``what`` (the final evaluation), not a step."""
+        self._after = what
 
     @property
     def requested(self) -> bool:
@@ -146,7 +151,7 @@ class GracefulStop:
             self.signum, self._first_at = signum, now
             if self._before is not None:
                 raise StoppedEarly(signum, self._before)
-            log.warning("stopping after this step (%s); a second signal exits at once", name)
+            log.warning("stopping after %s (%s); a second signal exits at once", self._after, name)
             return
         if now - self._first_at < self.repeat_window_s:
             return  # the same Ctrl-C, delivered by the terminal and forwarded by torchrun
