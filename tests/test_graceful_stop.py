@@ -61,7 +61,9 @@ def _start_loop(tmp_path: Path, save_s: float) -> subprocess.Popen:
     return proc
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1], ids=["SIGTERM", "SIGINT", "SIGUSR1"]
+)
 def test_first_signal_finishes_the_step_saves_and_exits_0(tmp_path, sig):
     proc = _start_loop(tmp_path, save_s=0.5)
     proc.send_signal(sig)
@@ -139,6 +141,32 @@ def test_launcher_forwards_one_signal_to_the_workers(tmp_path):
     assert stops[0][1] == "SIGTERM"
 
 
+@pytest.mark.slow
+def test_slurms_sigusr1_to_every_process_stops_the_launched_run_with_exit_0(tmp_path):
+    """Slurm's ``--signal=USR1@T`` reaches every process of the job step: the launcher,
+    torchrun's agent and the workers. The agent has no handler for SIGUSR1, so it used to die
+    by it (the launcher exited -10, the workers orphaned); the launcher now starts torchrun
+    with SIGUSR1 ignored and the workers stop at one step and save."""
+    script = tmp_path / "loop.py"
+    script.write_text(LOOP)
+    cmd = _torchrun("--nproc-per-node=2", "--max-restarts=3", str(script), "0.2")
+    launcher = f"import sys; from classzoo.engine.stop import run_forwarding_signals as r; sys.exit(r({cmd!r}))"  # noqa: E501
+    proc = subprocess.Popen(
+        [sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True, env=ENV
+    )
+    while not proc.stdout.readline().startswith("STEP 1 5"):
+        pass
+    agent = _children(proc.pid)
+    everyone = [proc.pid, *agent, *(w for a in agent for w in _children(a))]
+    assert len(everyone) == 4
+    for pid in everyone:
+        os.kill(pid, signal.SIGUSR1)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0
+    stops = sorted(ln.split()[2:] for ln in out.splitlines() if ln.startswith("STOP"))
+    assert len(stops) == 2 and stops[0] == stops[1] and stops[0][1] == "SIGUSR1"
+
+
 # ---- classzoo train, end to end -----------------------------------------------------------------
 
 RECIPE = """\
@@ -211,6 +239,8 @@ def uninterrupted(tmp_path_factory):
         # a scheduler's SIGTERM to every process of the job (Slurm's scancel): the workers
         # serve on until the step is saved (engine/stop.py WORKER_GRACE_S)
         pytest.param(signal.SIGTERM, 1, True, id="SIGTERM-group-1p"),
+        # Slurm's --signal=USR1@T ahead of a time limit, to every process of the job step
+        pytest.param(signal.SIGUSR1, 1, True, id="SIGUSR1-group-1p"),
         pytest.param(signal.SIGTERM, 2, False, id="SIGTERM-2p"),
         pytest.param(signal.SIGINT, 2, False, id="SIGINT-2p"),
     ],

@@ -1,4 +1,5 @@
-"""Graceful stop on SIGTERM / SIGINT: finish the step, save, exit 0; a second signal exits at once.
+"""Graceful stop on SIGTERM / SIGINT / SIGUSR1: finish the step, save, exit 0; a second signal
+exits at once.
 Before the first step (a run being set up) the first signal raises StoppedEarly: one line, exit 0.
 
 Exit code convention: **0** after a clean stop (a checkpoint of the stop step is written; resume
@@ -41,12 +42,15 @@ from classzoo.errors import StoppedEarly
 
 log = logging.getLogger("classzoo")
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGUSR1: what Slurm sends ahead of a job's time limit when asked (``--signal=USR1@T``), and
+# Lightning's convention for "save and stop"; its default action would end the process and
+# lose the steps since the last checkpoint
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 REPEAT_WINDOW_S = 1.0
 
 
 class GracefulStop:
-    """Handlers for SIGTERM and SIGINT; ``should_stop(env)`` once per optimizer step.
+    """Handlers for :data:`STOP_SIGNALS`; ``should_stop(env)`` once per optimizer step.
 
     With ``before`` (what the stop waits for, e.g. "the first training step"), the first
     signal raises :class:`StoppedEarly` until :meth:`ready` is called: a run being set up
@@ -234,6 +238,7 @@ def worker_ignore_signals(worker_id: int = 0) -> None:
     not inherited): ignore SIGINT, which a terminal sends to the whole process group; a SIGTERM
     ends the worker ``WORKER_GRACE_S`` later (see ``_in_worker``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # its default action would end the worker
     signal.signal(signal.SIGTERM, _worker_handler)
 
 
@@ -261,7 +266,15 @@ def run_forwarding_signals(cmd: Sequence[str]) -> int:
     goes to torchrun itself, which shuts its workers down at once. Its own session keeps a
     terminal's Ctrl-C from reaching the workers a second time.
     """
-    proc = subprocess.Popen(list(cmd), start_new_session=True)
+    # torchrun's agent has no handler for SIGUSR1: its default action would end the agent and
+    # orphan the workers when a scheduler signals every process of the job. Ignored here, the
+    # disposition is inherited by torchrun and its workers; each worker's run installs its own
+    # handler (GracefulStop) first thing.
+    usr1 = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    try:
+        proc = subprocess.Popen(list(cmd), start_new_session=True)
+    finally:
+        signal.signal(signal.SIGUSR1, usr1)
     first: list[float] = []
 
     def forward(signum: int, frame: object) -> None:
