@@ -131,8 +131,8 @@ def test_launcher_forwards_one_signal_to_the_workers(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True, env=ENV
     )
-    while not proc.stdout.readline().startswith("STEP 1 5"):
-        pass
+    while not (line := proc.stdout.readline()).startswith("STEP 1 5"):
+        assert line, "the workers ended before step 5"
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0
@@ -154,8 +154,8 @@ def test_slurms_sigusr1_to_every_process_stops_the_launched_run_with_exit_0(tmp_
     proc = subprocess.Popen(
         [sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True, env=ENV
     )
-    while not proc.stdout.readline().startswith("STEP 1 5"):
-        pass
+    while not (line := proc.stdout.readline()).startswith("STEP 1 5"):
+        assert line, "the workers ended before step 5"
     agent = _children(proc.pid)
     everyone = [proc.pid, *agent, *(w for a in agent for w in _children(a))]
     assert len(everyone) == 4

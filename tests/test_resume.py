@@ -219,15 +219,17 @@ def test_resume_refuses_other_classes_images_or_pixels_before_writing(tmp_path, 
     assert "resumed from" in capsys.readouterr().err
 
 
-def test_a_resume_on_other_software_says_which_versions_changed(tmp_path, capsys):
-    """resolved.yaml records the versions a run computes with (torch with its build tag, as
-    torch.__version__ says). A resume on other versions goes on (upgrading is the user's
-    choice) but says which changed, on the terminal and in its marker in the logs: from there
-    on its steps are not bit for bit an uninterrupted run's (engine/software.py)."""
+def test_a_resume_on_other_software_says_which_versions_changed(tmp_path, capsys, monkeypatch):
+    """resolved.yaml, and each checkpoint with it, records the versions an attempt computes
+    with (torch with its build tag, as torch.__version__ says). A resume on versions other
+    than those of the checkpoint it continues from goes on (upgrading is the user's choice) but
+    says which differ, on the terminal and in its marker in the logs: from there on its steps
+    are not bit for bit an uninterrupted run's (engine/software.py)."""
     import importlib.metadata
 
     import classzoo
     from classzoo.cli import main
+    from classzoo.engine import software
     from conftest import write_imagefolder
 
     data = tmp_path / "data"
@@ -238,20 +240,26 @@ def test_a_resume_on_other_software_says_which_versions_changed(tmp_path, capsys
     for o in ("model.name=resnet10t", "data.image_size=32", "data.batch_size=4", "train.amp=off",
               "data.num_workers=0", "train.progress=false", "train.mode=train"):  # fmt: skip
         args += ["--set", o]
-    assert main([*args, "--max-steps", "2"]) == 0
+    here = software.versions()
+    assert here["torch"] == torch.__version__ and here["classzoo"] == classzoo.__version__
+    assert here["timm"] == importlib.metadata.version("timm")
+    with monkeypatch.context() as m:  # the first attempt ran on torch 2.13.0
+        m.setattr(software, "versions", lambda: {**here, "torch": "2.13.0"})
+        assert main([*args, "--max-steps", "2"]) == 0
     path = out / "resolved.yaml"
-    record = yaml.safe_load(path.read_text())
-    assert record["software"]["torch"] == torch.__version__
-    assert record["software"]["classzoo"] == classzoo.__version__
-    assert record["software"]["timm"] == importlib.metadata.version("timm")
-    record["software"]["torch"] = "2.13.0"  # what an attempt on torch 2.13.0 recorded
-    path.write_text(yaml.safe_dump(record, sort_keys=False))
+    assert yaml.safe_load(path.read_text())["software"]["torch"] == "2.13.0"
     capsys.readouterr()
     assert main([*args, "--max-steps", "3", "--resume", "auto"]) == 0
     said = f"torch 2.13.0 -> {torch.__version__}"
     assert said in capsys.readouterr().err
     marker = f"resumed (--resume auto) at step 2 on other software ({said}): not bit for bit"
     assert marker in (out / "train.log").read_text()
-    assert yaml.safe_load(path.read_text())["software"]["torch"] == torch.__version__
-    assert main([*args, "--max-steps", "4", "--resume", "auto"]) == 0  # the same versions
+    assert yaml.safe_load(path.read_text())["software"] == here
+    assert main([*args, "--max-steps", "4", "--resume", "auto"]) == 0  # step 3's versions
     assert (out / "train.log").read_text().count("on other software") == 1
+    with monkeypatch.context() as m:  # a checkpoint of a classzoo that recorded no versions
+        m.setattr(software, "versions", dict)
+        assert main([*args, "--max-steps", "5", "--resume", "auto"]) == 0
+    assert main([*args, "--max-steps", "6", "--resume", "auto"]) == 0
+    unrecorded = "at step 5; its checkpoint records no software versions (an older classzoo)"
+    assert unrecorded in (out / "train.log").read_text()

@@ -1,8 +1,6 @@
-"""The exception types that reach the user as a single line: bad input (exit code 2), and a
-stop asked for before a run had work to save (exit code 0)."""
+"""The one exception type that reaches the user as a single line (exit code 2)."""
 
 import re
-import signal
 
 
 class UserError(Exception):
@@ -22,16 +20,6 @@ class WriteError(UserError):
     def __init__(self, message: str, errno: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno
-
-
-class StoppedEarly(BaseException):
-    """A SIGTERM / SIGINT that arrived before the work a graceful stop saves had begun (setting
-    up a run: scanning data, building the model, loading weights). A BaseException, as
-    KeyboardInterrupt is: no ``except Exception`` on the way turns it into another error."""
-
-    def __init__(self, signum: int, before: str) -> None:
-        self.signum, self.before = signum, before
-        super().__init__(f"stopped by {signal.Signals(signum).name} before {before}")
 
 
 def one_line(exc: Exception) -> str:

@@ -15,7 +15,7 @@ import os
 import sys
 
 from classzoo.cli.common import HelpFormatter
-from classzoo.errors import StoppedEarly, UserError, one_line
+from classzoo.errors import UserError, one_line
 
 # The verbs, in the order `classzoo --help` lists them; each is classzoo.cli.<module>.
 VERBS = {
@@ -60,9 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         _report(f"classzoo: error: {one_line(exc)}", "error")
         return UserError.exit_code
-    except StoppedEarly as exc:  # asked to stop before anything was worth saving: exit 0
-        print(f"classzoo: {exc}; nothing to save", file=sys.stderr)
-        return 0
     except KeyboardInterrupt:
         print("classzoo: interrupted", file=sys.stderr)
         return 130

@@ -115,7 +115,14 @@ def torchrun_main(argv: list[str] | None = None) -> int:
         except SignalException as exc:  # a second signal: torchrun shut the workers down
             print(f"classzoo: stopped by {exc.sigval.name}", file=sys.stderr)
             return 128 + int(exc.sigval)
+        for line in dict.fromkeys(_stopped_lines(Path(folder))):  # stopped before step 1
+            print(line, file=sys.stderr)
     return 0
+
+
+def _stopped_lines(folder: Path) -> list[str]:
+    """The lines of ranks a signal ended before there was anything to save (engine/stop.py)."""
+    return [p.read_text().strip() for p in sorted(folder.glob("rank*.stopped"))]
 
 
 def _report_failure(codes: dict[int, int], folder: Path, held: _HeldRecords, table: str) -> int:

@@ -30,17 +30,19 @@ def restore(
     given: dict[str, Any] | None,
     env: DistEnv,
     seed: int,
-) -> None:
-    """``resume``: "auto" (the newest good checkpoint) or a file, ``given`` as run() read it."""
+) -> dict[str, Any] | None:
+    """``resume``: "auto" (the newest good checkpoint) or a file, ``given`` as run() read it.
+    Returns the resolved record stored in the checkpoint it continued from ({} for one that
+    stores none), None when nothing was restored."""
     if resume is None:
-        return
+        return None
     if resume == "auto":
         found = ckpts.latest_good()
         step = int(found[1]["progress"]["step"]) if found is not None else None
         check_same_checkpoint(step, str(ckpts.directory), env)
         if found is None:
             log.info("resume auto: no checkpoint in %s, starting fresh", ckpts.directory)
-            return
+            return None
         path, ckpt = found
     else:
         path, ckpt = Path(resume), given if given is not None else load_ckpt(Path(resume))
@@ -51,3 +53,5 @@ def restore(
     if env.is_main:  # the files of the continuation a resume from an earlier step abandons
         ckpts.resumed_from(state.pos.step)
     log.info("resumed from %s at step %d (epoch %d, sample %d)", path, *astuple(state.pos))
+    record = ckpt.get("resolved")
+    return record if isinstance(record, dict) else {}

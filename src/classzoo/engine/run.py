@@ -71,59 +71,14 @@ def run(
     error unless ``resume`` continues it or ``overwrite`` replaces it.
     """
     t0 = time.perf_counter()
-    stop = GracefulStop().early(_FIRST_WORK[asked.train.mode == "evaluate"]).install()
-    try:
-        return _set_up_and_run(asked, run_dir, resume, overwrite, stop, t0)
-    finally:
-        stop.close()
-
-
-# what a stop waits for: a signal before it raises StoppedEarly (engine/stop.py)
-_FIRST_WORK = {False: "the first training step", True: "an evaluation finished"}
-
-
-def _set_up_and_run(
-    asked: Config,
-    run_dir: Path | None,
-    resume: str | None,
-    overwrite: bool,
-    stop: GracefulStop,
-    t0: float,
-) -> dict[str, Any]:
     env = init_distributed(asked.train.device)
     named_here = run_dir is None  # claim_run_dir makes a new runs/<name> folder, empty
+    # from here to the first step a stop signal ends the process at once, with one line and
+    # exit 0 (engine/stop.py); during the rendezvous above its default action still does
+    stop = GracefulStop().early(_FIRST_WORK[asked.train.mode == "evaluate"]).install()
     try:
         run_dir = claim_run_dir(run_dir, asked.recipe, resume, overwrite, env)
-        if resume == "auto":  # each machine reads its own folder: the same run on every rank
-            check_same_newest(run_dir, env)
-        setup_console_logging(env.is_main)  # the folder's console.log once it exists
-        early = load_ckpt(Path(resume)) if resume not in (None, "auto") else None
-        threads = recorded_threads(run_dir, resume, early)
-        plan = plan_for_run(asked.data.num_workers, env.device, env.world_size, threads)
-        apply_threads(plan, announce=False)  # torchrun: per local rank; logged as resolved
-        host_memory.keep_freed_memory(env.device.type)
-        mode = asked.train.mode
-        if mode == "evaluate":  # model.checkpoint names what to evaluate: each loaded in turn
-            asked_build = with_values(asked, {"model.checkpoint": None}, "mode evaluate")
-            s = set_up(asked_build, env, need_train=False, need_val=True)
-            paths = checkpoint_paths(asked.model.checkpoint)
-            s.val, s.resolved = labelled_for(s.val, s.resolved, paths, asked.data.class_order)
-        else:
-            s = set_up(asked, env, need_train=True, need_val=mode != "train")
-        check_same_data({"train": s.train, "val": s.val}, env)
-        if s.train is not None:  # a loader that cannot serve it: before the folder exists
-            build.check_loader(s.train.dataset, asked.data.loader)
-        then = recorded_config(run_dir, resume, early)
-        what = str(run_dir) if early is None else f"{run_dir} from {resume}"
-        record = recorded_run(run_dir, resume, early)
-        check_same_run(record, s.resolved, what, then, asked)
-        recorded = {"threads": plan.compute_threads, "thread_plan": plan.explained}
-        now = {"host_memory": host_memory.describe(), "software": software.versions()}
-        s.resolved = replace(s.resolved, **recorded, **now)
-        s.software_changes = software.changes((record or {}).get("software"), now["software"])
-        if early is not None:  # it fits this model: checked before anything is written
-            load_into(s.model, early["model"], str(resume), allow_new_head=False)
-            s.resume_from = early
+        s = _set_up(asked, run_dir, resume, env)
         create_run_dir(run_dir, resume, overwrite, env)
         setup_console_logging(env.is_main, run_dir / "console.log" if env.is_main else None)
         return _run(asked, s, run_dir, resume, env, (t0, stop))
@@ -134,7 +89,49 @@ def _set_up_and_run(
             raise with_resume_hint(exc, run_dir) from None
         raise
     finally:
+        stop.close()  # completes its last all-reduce (every rank launched it) before the group goes
         shutdown(env)
+
+
+# what a stop before the first step would have waited for (engine/stop.py)
+_FIRST_WORK = {
+    False: "the first training step",
+    True: "every checkpoint was evaluated (eval.log has those that were)",
+}
+
+
+def _set_up(asked: Config, run_dir: Path, resume: str | None, env: DistEnv) -> Setup:
+    """Everything a run needs before its folder is written, checked against the run it
+    resumes: threads, host memory, the datasets and model (engine/setup.py), the record."""
+    if resume == "auto":  # each machine reads its own folder: the same run on every rank
+        check_same_newest(run_dir, env)
+    setup_console_logging(env.is_main)  # the folder's console.log once it exists
+    early = load_ckpt(Path(resume)) if resume not in (None, "auto") else None
+    threads = recorded_threads(run_dir, resume, early)
+    plan = plan_for_run(asked.data.num_workers, env.device, env.world_size, threads)
+    apply_threads(plan, announce=False)  # torchrun: per local rank; logged as resolved
+    host_memory.keep_freed_memory(env.device.type)
+    mode = asked.train.mode
+    if mode == "evaluate":  # model.checkpoint names what to evaluate: each loaded in turn
+        asked_build = with_values(asked, {"model.checkpoint": None}, "mode evaluate")
+        s = set_up(asked_build, env, need_train=False, need_val=True)
+        paths = checkpoint_paths(asked.model.checkpoint)
+        s.val, s.resolved = labelled_for(s.val, s.resolved, paths, asked.data.class_order)
+    else:
+        s = set_up(asked, env, need_train=True, need_val=mode != "train")
+    check_same_data({"train": s.train, "val": s.val}, env)
+    if s.train is not None:  # a loader that cannot serve it: before the folder exists
+        build.check_loader(s.train.dataset, asked.data.loader)
+    then = recorded_config(run_dir, resume, early)
+    what = str(run_dir) if early is None else f"{run_dir} from {resume}"
+    check_same_run(recorded_run(run_dir, resume, early), s.resolved, what, then, asked)
+    recorded = {"threads": plan.compute_threads, "thread_plan": plan.explained}
+    now = {"host_memory": host_memory.describe(), "software": software.versions()}
+    s.resolved = replace(s.resolved, **recorded, **now)
+    if early is not None:  # it fits this model: checked before anything is written
+        load_into(s.model, early["model"], str(resume), allow_new_head=False)
+        s.resume_from = early
+    return s
 
 
 def _run(
@@ -208,7 +205,7 @@ def training_state(
     ckpts = CheckpointManager(run_dir / "checkpoints", t.keep_max, t.keep_best, t.best_metric)
     if env.is_main:
         ckpts.clean_stale()
-    restore(state, ckpts, resume, s.resume_from, env, t.seed)
+    s.resumed_record = restore(state, ckpts, resume, s.resume_from, env, t.seed)
     for group in (g for g in optimizer.param_groups if "fused" in g):  # not the checkpoint's:
         group["fused"] = bool(r.fused_optimizer)  # the run computes as resolved.yaml records
     return state, ckpts
@@ -223,15 +220,16 @@ def _train_mode(
     stop: GracefulStop,
 ) -> tuple[dict[str, Any], float | None, float, bool]:
     """``where``: the run folder and ``--resume``; ``stop``: installed by :func:`run`, told
-    here when the first step begins (a signal before it raised StoppedEarly)."""
+    here when the first step begins (a signal before it ended the process: engine/stop.py)."""
     t, d, r = asked.train, asked.data, s.resolved
     run_dir, resume = where
     state, ckpts = training_state(asked, s, env, run_dir, resume)
     if resume is not None:  # the rows of later steps before it are an abandoned attempt's
         k = state.pos.step
         said = f"resumed (--resume {resume}) at step {k}" if k else "no checkpoint: started anew"
-        if k and s.software_changes:  # allowed, never silent: engine/software.py
-            said += f" on other software ({s.software_changes}): not bit for bit from here on"
+        note = software.resume_note(s.resumed_record, r.software or {}) if k else None
+        if note:  # allowed, never silent: engine/software.py
+            said += note
             if env.is_main:
                 log.warning("%s", said)
         logger.marker(said, k)

@@ -40,7 +40,7 @@ class Setup:
     train: build.Split | None
     val: build.Split | None
     resume_from: dict[str, Any] | None = None  # --resume FILE, read and checked once, early
-    software_changes: str | None = None  # versions that differ from the resumed run's record
+    resumed_record: dict[str, Any] | None = None  # the record of the checkpoint continued from
 
 
 def set_up(asked: Config, env: DistEnv, need_train: bool, need_val: bool) -> Setup:

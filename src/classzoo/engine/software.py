@@ -5,7 +5,8 @@ Resumed runs continue bit for bit only on the software they began with: another 
 other kernels, and another classzoo may compute its preprocessing differently (rounding slim's
 training samples to uint8 levels moved their pixels by up to half a grey level). A resume on other versions
 is allowed (upgrading a long run is a user's choice) but never silent: the marker it writes in
-train.log, eval.log and metrics.jsonl names each version that changed.
+train.log, eval.log and metrics.jsonl names each version that differs from those recorded in
+the checkpoint it continues from (the attempt that made that checkpoint ran them).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import torch
 import classzoo
 
 # distributions whose code computes a run's numbers: kernels, models, decoding, augmentation
-_PACKAGES = ("torchvision", "timm", "numpy", "pillow", "simplejpeg", "torch_npu", "nvidia-dali")
+_PACKAGES = (
+    *("torchvision", "timm", "numpy", "pillow", "simplejpeg", "torch_npu"),
+    *("nvidia-dali-cuda110", "nvidia-dali-cuda120", "nvidia-dali-cuda130"),  # DALI's wheels
+)
 
 
 def versions() -> dict[str, str]:
@@ -36,16 +40,19 @@ def versions() -> dict[str, str]:
     return found
 
 
-def changes(then: dict[str, str] | None, now: dict[str, str]) -> str | None:
-    """``"torch 2.13.0 -> 2.14.1, timm 1.0.31 -> (none)"``: what differs between the versions
-    a run recorded and this attempt's; None when nothing does, or when the record is from a
-    classzoo that kept none."""
-    if not then:
-        return None
+def resume_note(record: dict | None, now: dict[str, str]) -> str | None:
+    """What a resume's marker adds about the software, given the resolved ``record`` stored in
+    the checkpoint it continues from: the versions that differ from this attempt's (None when
+    none does), or that the checkpoint records none (made by a classzoo that kept none)."""
+    then = (record or {}).get("software")
+    if not isinstance(then, dict) or not then:
+        return "; its checkpoint records no software versions (an older classzoo): unchecked"
     names = [*now, *(k for k in then if k not in now)]
     moved = [
         f"{k} {then.get(k, '(none)')} -> {now.get(k, '(none)')}"
         for k in names
         if then.get(k) != now.get(k)
     ]
-    return ", ".join(moved) or None
+    if not moved:
+        return None
+    return f" on other software ({', '.join(moved)}): not bit for bit from here on"

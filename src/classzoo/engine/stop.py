@@ -1,6 +1,6 @@
 """Graceful stop on SIGTERM / SIGINT / SIGUSR1: finish the step, save, exit 0; a second signal
 exits at once.
-Before the first step (a run being set up) the first signal raises StoppedEarly: one line, exit 0.
+Before the first step (a run being set up) the first signal ends the process: one line, exit 0.
 
 Exit code convention: **0** after a clean stop (a checkpoint of the stop step is written; resume
 with ``--resume auto``). Chosen for torchrun: its elastic agent restarts the worker group when a
@@ -31,14 +31,13 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-
-from classzoo.errors import StoppedEarly
 
 log = logging.getLogger("classzoo")
 
@@ -52,11 +51,12 @@ REPEAT_WINDOW_S = 1.0
 class GracefulStop:
     """Handlers for :data:`STOP_SIGNALS`; ``should_stop(env)`` once per optimizer step.
 
-    With ``before`` (what the stop waits for, e.g. "the first training step"), the first
-    signal raises :class:`StoppedEarly` until :meth:`ready` is called: a run being set up
-    (minutes of data scans on ImageNet) ends at once, with one line and exit 0. Before, SIGTERM
-    kept its default action there (the rank died with 143, nothing said, and torchrun
-    ``--max-restarts`` restarted a job asked to stop) and SIGINT ended in exit 130.
+    After :meth:`early` (``before``: what a stop would wait for, e.g. "the first training
+    step") and until :meth:`ready`, the first signal ends the process at once with one line
+    and exit 0 (:func:`_exit_early`): a run being set up (minutes of data scans on ImageNet)
+    has nothing to save. Before, SIGTERM kept its default action there (the rank died with
+    143, nothing said, and torchrun ``--max-restarts`` restarted a job asked to stop) and
+    SIGINT ended in "interrupted", exit 130.
 
     Use as a context manager (or ``install()`` / ``close()``) in the main thread::
 
@@ -81,11 +81,11 @@ class GracefulStop:
         self._pid = os.getpid()
         self._previous: dict[int, Any] = {}
         self._pending: tuple | None = None  # the all-reduce launched at the previous step
-        self._before: str | None = None  # raise StoppedEarly until ready(): see the class doc
+        self._before: str | None = None  # exit at the first signal until ready(): class doc
         self._after = "this step"  # what a stop waits for, as the first signal's warning says
 
     def early(self, before: str) -> GracefulStop:
-        """Raise :class:`StoppedEarly` at the first signal until :meth:`ready`."""
+        """End the process at the first signal (:func:`_exit_early`) until :meth:`ready`."""
         self._before = before
         return self
 
@@ -154,7 +154,7 @@ class GracefulStop:
         if self.signum is None:
             self.signum, self._first_at = signum, now
             if self._before is not None:
-                raise StoppedEarly(signum, self._before)
+                _exit_early(name, self._before)
             log.warning("stopping after %s (%s); a second signal exits at once", self._after, name)
             return
         if now - self._first_at < self.repeat_window_s:
@@ -188,6 +188,22 @@ class GracefulStop:
         if not stop:
             self._pending = _launch(self.signum or 0, device=env.device)
         return stop
+
+
+def _exit_early(name: str, before: str) -> None:
+    """End a process that has nothing to save: one line (left for classzoo's launcher to print
+    once for all ranks), the logs flushed, exit 0 with ``os._exit``. No exception is raised
+    into the set-up code the signal interrupted, where it could land in a cleanup (destroying
+    the process group, closing the stop itself) and skip it; ``os._exit`` runs no exit-time
+    destructor, so gloo's threads cannot abort the process after the line either."""
+    from classzoo.engine.launch import hand_to_launcher  # launch imports this module
+
+    line = f"classzoo: stopped by {name} before {before}; nothing to save"
+    if not hand_to_launcher(line, "stopped"):
+        print(line, file=sys.stderr, flush=True)
+    logging.shutdown()  # console.log and the terminal: what was logged before the line
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def _launch(signum: int, device: torch.device) -> tuple:
@@ -261,20 +277,21 @@ def _child_pids(pid: int) -> list[int]:
 def run_forwarding_signals(cmd: Sequence[str]) -> int:
     """Run ``cmd`` (torchrun) in its own session and return its exit code, forwarding signals.
 
-    The first SIGTERM / SIGINT goes to torchrun's workers, which stop at an agreed step, save
-    and exit 0, so torchrun exits 0 and restarts nothing. A later one (after the repeat window)
-    goes to torchrun itself, which shuts its workers down at once. Its own session keeps a
-    terminal's Ctrl-C from reaching the workers a second time.
+    The first SIGTERM / SIGINT / SIGUSR1 goes to torchrun's workers, which stop at an agreed
+    step, save and exit 0, so torchrun exits 0 and restarts nothing. A later SIGTERM / SIGINT
+    (after the repeat window) goes to torchrun itself, which shuts its workers down at once.
+    Its own session keeps a terminal's Ctrl-C from reaching the workers a second time.
     """
     # torchrun's agent has no handler for SIGUSR1: its default action would end the agent and
     # orphan the workers when a scheduler signals every process of the job. Ignored here, the
-    # disposition is inherited by torchrun and its workers; each worker's run installs its own
-    # handler (GracefulStop) first thing.
-    usr1 = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    # disposition is inherited by torchrun and its workers; each worker's run() installs its
+    # own handler (GracefulStop) once its rendezvous is done: a SIGUSR1 before is lost.
+    usr1 = signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # ignored here too until forwarded
     try:
         proc = subprocess.Popen(list(cmd), start_new_session=True)
-    finally:
+    except BaseException:
         signal.signal(signal.SIGUSR1, usr1)
+        raise
     first: list[float] = []
 
     def forward(signum: int, frame: object) -> None:
@@ -283,13 +300,16 @@ def run_forwarding_signals(cmd: Sequence[str]) -> int:
         now = time.monotonic()
         if first and now - first[0] < REPEAT_WINDOW_S:
             return
-        targets = _child_pids(proc.pid) if not first else []
+        # SIGUSR1 always to the workers: torchrun ignores it (above)
+        again = first and signum != signal.SIGUSR1
+        targets = _child_pids(proc.pid) if not again else []
         first.append(now)
         for pid in targets or [proc.pid]:
             with contextlib.suppress(ProcessLookupError):  # a worker that already ended
                 os.kill(pid, signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    previous[signal.SIGUSR1] = usr1
     try:
         return proc.wait()
     finally:
