@@ -16,8 +16,6 @@ import platform
 
 import torch
 
-import classzoo
-
 # distributions whose code computes a run's numbers: kernels, models, decoding, augmentation
 _PACKAGES = (
     *("torchvision", "timm", "numpy", "pillow", "simplejpeg", "torch_npu"),
@@ -26,18 +24,26 @@ _PACKAGES = (
 
 
 def versions() -> dict[str, str]:
-    """This process's versions: classzoo, Python, torch (with its build tag, e.g. +cu130) and
-    its CUDA, and each installed package of :data:`_PACKAGES`."""
-    found = {"classzoo": classzoo.__version__, "python": platform.python_version()}
+    """This process's versions: classzoo (as installed: the engine does not import the package
+    above it), Python, torch (with its build tag, e.g. +cu130) and its CUDA, and each installed
+    package of :data:`_PACKAGES`."""
+    found = {"classzoo": _installed("classzoo") or "(not installed)"}
+    found["python"] = platform.python_version()
     found["torch"] = str(torch.__version__)  # a TorchVersion: YAML wants a plain str
     if torch.version.cuda:
         found["cuda"] = torch.version.cuda
     for name in _PACKAGES:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
+        version = _installed(name)
+        if version is not None:
+            found[name] = version
     return found
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def resume_note(record: dict | None, now: dict[str, str]) -> str | None:
