@@ -121,9 +121,8 @@ def test_ranks_agree_on_the_stop_step_under_torchrun(tmp_path):
     assert len(re.findall(r"STEP 0 1(?!\d)", proc.stdout)) == 1
 
 
-@pytest.mark.slow
-def test_launcher_forwards_one_signal_to_the_workers(tmp_path):
-    """classzoo train --nproc-per-node's launcher: SIGTERM to it reaches each worker once."""
+def _launched_loop(tmp_path: Path) -> subprocess.Popen:
+    """The loop on 2 ranks under classzoo's launcher (torchrun --max-restarts=3), at step 5."""
     script = tmp_path / "loop.py"
     script.write_text(LOOP)
     cmd = _torchrun("--nproc-per-node=2", "--max-restarts=3", str(script), "0.2")
@@ -133,10 +132,22 @@ def test_launcher_forwards_one_signal_to_the_workers(tmp_path):
     )
     while not (line := proc.stdout.readline()).startswith("STEP 1 5"):
         assert line, "the workers ended before step 5"
-    proc.send_signal(signal.SIGTERM)
+    return proc
+
+
+def _stops_of(proc: subprocess.Popen) -> list[list[str]]:
+    """Each rank's (step, signal) of its STOP line, once the launcher exited 0."""
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0
-    stops = sorted(ln.split()[2:] for ln in out.splitlines() if ln.startswith("STOP"))
+    return sorted(ln.split()[2:] for ln in out.splitlines() if ln.startswith("STOP"))
+
+
+@pytest.mark.slow
+def test_launcher_forwards_one_signal_to_the_workers(tmp_path):
+    """classzoo train --nproc-per-node's launcher: SIGTERM to it reaches each worker once."""
+    proc = _launched_loop(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    stops = _stops_of(proc)
     assert len(stops) == 2 and stops[0] == stops[1]
     assert stops[0][1] == "SIGTERM"
 
@@ -147,23 +158,13 @@ def test_slurms_sigusr1_to_every_process_stops_the_launched_run_with_exit_0(tmp_
     torchrun's agent and the workers. The agent has no handler for SIGUSR1, so it used to die
     by it (the launcher exited -10, the workers orphaned); the launcher now starts torchrun
     with SIGUSR1 ignored and the workers stop at one step and save."""
-    script = tmp_path / "loop.py"
-    script.write_text(LOOP)
-    cmd = _torchrun("--nproc-per-node=2", "--max-restarts=3", str(script), "0.2")
-    launcher = f"import sys; from classzoo.engine.stop import run_forwarding_signals as r; sys.exit(r({cmd!r}))"  # noqa: E501
-    proc = subprocess.Popen(
-        [sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True, env=ENV
-    )
-    while not (line := proc.stdout.readline()).startswith("STEP 1 5"):
-        assert line, "the workers ended before step 5"
+    proc = _launched_loop(tmp_path)
     agent = _children(proc.pid)
     everyone = [proc.pid, *agent, *(w for a in agent for w in _children(a))]
     assert len(everyone) == 4
     for pid in everyone:
         os.kill(pid, signal.SIGUSR1)
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 0
-    stops = sorted(ln.split()[2:] for ln in out.splitlines() if ln.startswith("STOP"))
+    stops = _stops_of(proc)
     assert len(stops) == 2 and stops[0] == stops[1] and stops[0][1] == "SIGUSR1"
 
 

@@ -227,14 +227,20 @@ def test_eval_under_torchrun_leaves_no_process_group_to_the_exit(data, tmp_path)
     called without an active exception" (SIGABRT) after the result was printed, and torchrun
     reported the eval failed. eval_checkpoint now destroys the group before it returns."""
     run = tmp_path / "run"
+    proc = _script_under_torchrun(data, run, _EVAL_SCRIPT, str(run), str(data))
+    assert proc.stdout.count("process group left: False count: 13") == 2, proc.stdout
+
+
+def _script_under_torchrun(data: Path, run: Path, text: str, *args: str):
+    """``text`` as a script on 2 ranks under torchrun, after a 1-step run made ``run``."""
     made = _run(_train(data, run, "--set", "train.max_steps=1", nproc=1))
     assert made.returncode == 0, made.stderr[-3000:]
-    script = tmp_path / "eval_api.py"
-    script.write_text(_EVAL_SCRIPT)
+    script = run.parent / "script.py"
+    script.write_text(text)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    proc = _run([*torchrun, "--nproc-per-node=2", str(script), str(run), str(data)])
+    proc = _run([*torchrun, "--nproc-per-node=2", str(script), *args])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("process group left: False count: 13") == 2, proc.stdout
+    return proc
 
 
 _LOAD_SCRIPT = """import os, sys
@@ -250,11 +256,5 @@ def test_predict_and_export_under_torchrun_join_no_process_group(data, tmp_path)
     """predict and export (load_for_inference) need only a device: a process group they
     joined was never destroyed, the state in which eval's ranks aborted after their result."""
     run = tmp_path / "run"
-    made = _run(_train(data, run, "--set", "train.max_steps=1", nproc=1))
-    assert made.returncode == 0, made.stderr[-3000:]
-    script = tmp_path / "load_api.py"
-    script.write_text(_LOAD_SCRIPT)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    proc = _run([*torchrun, "--nproc-per-node=2", str(script), str(run)])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _script_under_torchrun(data, run, _LOAD_SCRIPT, str(run))
     assert proc.stdout.count("process group: False") == 2, proc.stdout

@@ -148,21 +148,29 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, small_imagefolder):
     _assert_identical(_final(whole), _final(killed))
 
 
+def _tiny_run_args(data: Path, out: Path, classes: str, batch_size: int) -> list[str]:
+    """An ImageFolder of 6 train and 2 val images per class and the ``classzoo train``
+    arguments of a tiny quickstart run on it."""
+    from conftest import write_imagefolder
+
+    write_imagefolder(data / "train", dict.fromkeys(classes, 6), seed=1)
+    write_imagefolder(data / "val", dict.fromkeys(classes, 2), seed=2)
+    args = ["train", "--recipe", "quickstart", "--data-dir", str(data), "--output-dir", str(out)]
+    sets = ("model.name=resnet10t", "data.image_size=32", f"data.batch_size={batch_size}")
+    sets += ("train.amp=off", "data.num_workers=0", "train.progress=false", "train.mode=train")
+    for o in sets:
+        args += ["--set", o]
+    return args
+
+
 def test_resume_refuses_other_classes_images_or_pixels_before_writing(tmp_path, capsys):
     """The checkpoint's step means something only with the data it was made on. Before, a class
     folder renamed between two attempts was resumed with every label after it shifted, and the
     folder's resolved.yaml was overwritten with the new record (engine/same_run.py)."""
     from classzoo.cli import main
-    from conftest import write_imagefolder
 
-    data = tmp_path / "data"
-    write_imagefolder(data / "train", dict.fromkeys("abcd", 6), seed=1)
-    write_imagefolder(data / "val", dict.fromkeys("abcd", 2), seed=2)
-    out = tmp_path / "run"
-    args = ["train", "--recipe", "quickstart", "--data-dir", str(data), "--output-dir", str(out)]
-    for o in ("model.name=resnet10t", "data.image_size=32", "data.batch_size=8", "train.amp=off",
-              "data.num_workers=0", "train.progress=false", "train.mode=train"):  # fmt: skip
-        args += ["--set", o]
+    data, out = tmp_path / "data", tmp_path / "run"
+    args = _tiny_run_args(data, out, "abcd", batch_size=8)
     assert main([*args, "--max-steps", "2"]) == 0
     record = (out / "resolved.yaml").read_text()
     first = str(sorted((out / "checkpoints").glob("ckpt-*.pt"))[0])
@@ -230,16 +238,9 @@ def test_a_resume_on_other_software_says_which_versions_changed(tmp_path, capsys
     import classzoo
     from classzoo.cli import main
     from classzoo.engine import software
-    from conftest import write_imagefolder
 
-    data = tmp_path / "data"
-    write_imagefolder(data / "train", dict.fromkeys("ab", 6), seed=1)
-    write_imagefolder(data / "val", dict.fromkeys("ab", 2), seed=2)
-    out = tmp_path / "run"
-    args = ["train", "--recipe", "quickstart", "--data-dir", str(data), "--output-dir", str(out)]
-    for o in ("model.name=resnet10t", "data.image_size=32", "data.batch_size=4", "train.amp=off",
-              "data.num_workers=0", "train.progress=false", "train.mode=train"):  # fmt: skip
-        args += ["--set", o]
+    data, out = tmp_path / "data", tmp_path / "run"
+    args = _tiny_run_args(data, out, "ab", batch_size=4)
     here = software.versions()
     assert here["torch"] == torch.__version__ and here["classzoo"] == classzoo.__version__
     assert here["timm"] == importlib.metadata.version("timm")

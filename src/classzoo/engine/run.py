@@ -35,9 +35,7 @@ from classzoo.engine.logs import setup_console_logging
 from classzoo.engine.loop import Hooks, LoopConfig, StepConfig, train
 from classzoo.engine.optim import build_optimizer, build_scheduler
 from classzoo.engine.rank_agreement import check_same_data, check_same_newest
-from classzoo.engine.resolve import (
-    Resolved,
-)
+from classzoo.engine.resolve import Resolved
 from classzoo.engine.resolved_text import describe
 from classzoo.engine.resume_point import restore
 from classzoo.engine.run_dir import (

@@ -3,10 +3,11 @@ since the run began when an attempt resumes it.
 
 Resumed runs continue bit for bit only on the software they began with: another PyTorch picks
 other kernels, and another classzoo may compute its preprocessing differently (rounding slim's
-training samples to uint8 levels moved their pixels by up to half a grey level). A resume on other versions
-is allowed (upgrading a long run is a user's choice) but never silent: the marker it writes in
-train.log, eval.log and metrics.jsonl names each version that differs from those recorded in
-the checkpoint it continues from (the attempt that made that checkpoint ran them).
+training samples to uint8 levels moved their pixels by up to half a grey level). A resume on
+other versions is allowed (upgrading a long run is a user's choice) but never silent: the
+marker it writes in train.log, eval.log and metrics.jsonl names each version that differs from
+those recorded in the checkpoint it continues from (the attempt that made that checkpoint ran
+them).
 """
 
 from __future__ import annotations
