@@ -264,7 +264,6 @@ def _train_mode(
     )
     loop = loop_config(asked, r)
     result = train(state, net, loader, sampler, loop, env, hooks, evaluate_after, s.train.batch)
-    stop.settle()  # its last all-reduce: every rank launched it, before the group goes
     if result["stopped"]:
         stopped_note(logger, stop.reason, state.pos.step, ckpts.directory, run_dir)
     ips = result["images_per_sec"] if result["images"] else None  # None: nothing trained now

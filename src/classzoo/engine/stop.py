@@ -125,16 +125,11 @@ class GracefulStop:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def settle(self) -> None:
-        """Complete the all-reduce launched at the last step (every rank launched it): before
-        the process group is destroyed."""
+    def close(self) -> None:
+        """Restore the previous handlers; completes a pending all-reduce (all ranks launched it)."""
         if self._pending is not None:
             self._pending[0].wait()
             self._pending = None
-
-    def close(self) -> None:
-        """Restore the previous handlers; completes a pending all-reduce (all ranks launched it)."""
-        self.settle()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
