@@ -121,15 +121,19 @@ def test_ranks_agree_on_the_stop_step_under_torchrun(tmp_path):
     assert len(re.findall(r"STEP 0 1(?!\d)", proc.stdout)) == 1
 
 
+def _launcher(cmd: list[str]) -> subprocess.Popen:
+    """classzoo train --nproc-per-node's launcher (run_forwarding_signals) running ``cmd``."""
+    launcher = f"import sys; from classzoo.engine.stop import run_forwarding_signals as r; sys.exit(r({cmd!r}))"  # noqa: E501
+    return subprocess.Popen(
+        [sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True, env=ENV
+    )
+
+
 def _launched_loop(tmp_path: Path) -> subprocess.Popen:
     """The loop on 2 ranks under classzoo's launcher (torchrun --max-restarts=3), at step 5."""
     script = tmp_path / "loop.py"
     script.write_text(LOOP)
-    cmd = _torchrun("--nproc-per-node=2", "--max-restarts=3", str(script), "0.2")
-    launcher = f"import sys; from classzoo.engine.stop import run_forwarding_signals as r; sys.exit(r({cmd!r}))"  # noqa: E501
-    proc = subprocess.Popen(
-        [sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True, env=ENV
-    )
+    proc = _launcher(_torchrun("--nproc-per-node=2", "--max-restarts=3", str(script), "0.2"))
     while not (line := proc.stdout.readline()).startswith("STEP 1 5"):
         assert line, "the workers ended before step 5"
     return proc
@@ -150,6 +154,37 @@ def test_launcher_forwards_one_signal_to_the_workers(tmp_path):
     stops = _stops_of(proc)
     assert len(stops) == 2 and stops[0] == stops[1]
     assert stops[0][1] == "SIGTERM"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["exited", "reaped"])
+def test_a_signal_once_the_workers_ended_leaves_torchrun_to_finish(tmp_path, moment):
+    """SIGTERM to the launcher after the run's workers ended and before torchrun did: the run
+    has finished, so the launcher says so in one line and exits 0 (it used to kill torchrun,
+    which exited 241 with nothing said). ``--monitor-interval=3`` keeps torchrun from
+    noticing the exit for up to 3 s: the signal comes while the worker is a zombie (exited,
+    not reaped), or right after torchrun reaped it, while it reports the group's success."""
+    script = tmp_path / "worker.py"
+    script.write_text("import os, time; print('WORKER', os.getpid(), flush=True); time.sleep(1)")
+    proc = _launcher(_torchrun("--nproc-per-node=1", "--monitor-interval=3", str(script)))
+    stat = Path(f"/proc/{proc.stdout.readline().split()[1]}/stat")
+    while _running(stat, moment):
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, out
+    if moment == "exited":  # reaped: torchrun may have ended first
+        assert "classzoo: SIGTERM: no worker running to stop; a second SIGTERM stops" in out
+
+
+def _running(stat: Path, until: str) -> bool:
+    """Whether the process of /proc/PID/``stat`` has not yet ``until`` ("exited": is a zombie
+    or gone; "reaped": gone)."""
+    try:
+        state = stat.read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return until == "reaped" or state != "Z"
 
 
 @pytest.mark.slow

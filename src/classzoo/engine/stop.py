@@ -254,7 +254,8 @@ def worker_ignore_signals(worker_id: int = 0) -> None:
 
 
 def _child_pids(pid: int) -> list[int]:
-    """Direct children of ``pid`` (Linux /proc; empty elsewhere)."""
+    """Direct children of ``pid`` that are still running (Linux /proc; empty elsewhere): an
+    exited child not yet reaped (a zombie) is left out, as a signal to it reaches nobody."""
     out = []
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if not entry.isdigit():
@@ -264,9 +265,24 @@ def _child_pids(pid: int) -> list[int]:
                 fields = f.read().rsplit(b")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[1]) == pid:
+        if int(fields[1]) == pid and fields[0] != b"Z":  # fields: state, parent pid, ...
             out.append(int(entry))
     return out
+
+
+class _WorkersSeen(threading.Event):
+    """Set once torchrun (``proc``) has had a child: from then on, no child means the workers
+    ended, not that they are still to start (a daemon thread looks every 0.2 s until then)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        super().__init__()
+
+        def watch() -> None:
+            while proc.poll() is None and not _child_pids(proc.pid):
+                time.sleep(0.2)
+            self.set()
+
+        threading.Thread(target=watch, name="classzoo-workers-seen", daemon=True).start()
 
 
 def run_forwarding_signals(cmd: Sequence[str]) -> int:
@@ -275,6 +291,9 @@ def run_forwarding_signals(cmd: Sequence[str]) -> int:
     The first SIGTERM / SIGINT / SIGUSR1 goes to torchrun's workers, which stop at an agreed
     step, save and exit 0, so torchrun exits 0 and restarts nothing. A later SIGTERM / SIGINT
     (after the repeat window) goes to torchrun itself, which shuts its workers down at once.
+    A first signal when torchrun's workers have ended (the run is finishing, or torchrun is
+    restarting them) is not sent on: killing torchrun then would lose the run's outcome (exit
+    code 241 with nothing printed, though the run had finished and saved).
     Its own session keeps a terminal's Ctrl-C from reaching the workers a second time.
     """
     # torchrun's agent has no handler for SIGUSR1: its default action would end the agent and
@@ -288,6 +307,7 @@ def run_forwarding_signals(cmd: Sequence[str]) -> int:
         signal.signal(signal.SIGUSR1, usr1)
         raise
     first: list[float] = []
+    started = _WorkersSeen(proc)
 
     def forward(signum: int, frame: object) -> None:
         if proc.poll() is not None:
@@ -296,9 +316,16 @@ def run_forwarding_signals(cmd: Sequence[str]) -> int:
         if first and now - first[0] < REPEAT_WINDOW_S:
             return
         # SIGUSR1 always to the workers: torchrun ignores it (above)
-        again = first and signum != signal.SIGUSR1
+        again = bool(first) and signum != signal.SIGUSR1
         targets = _child_pids(proc.pid) if not again else []
         first.append(now)
+        if not targets and not again and started.is_set():
+            # the workers ended (the run is finishing) or torchrun is restarting them: a
+            # signal to torchrun now would kill an agent about to report the run's outcome
+            name = signal.Signals(signum).name
+            again_hint = "" if signum == signal.SIGUSR1 else f"; a second {name} stops torchrun"
+            print(f"classzoo: {name}: no worker running to stop{again_hint}", flush=True)
+            return
         for pid in targets or [proc.pid]:
             with contextlib.suppress(ProcessLookupError):  # a worker that already ended
                 os.kill(pid, signum)
