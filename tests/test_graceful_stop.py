@@ -438,39 +438,61 @@ def test_a_signal_during_setup_under_torchrun_restarts_nothing(tmp_path, small_i
     assert err.count(said) == 2, err[-3000:]
 
 
-FINAL_EVAL_HELD = textwrap.dedent(
+# the run's final evaluation (HOLD=eval), or its last checkpoint's save (HOLD=save), held 3 s
+FINAL_PART_HELD = textwrap.dedent(
     """
     import os, sys, time
     import classzoo.engine.run as run_module
     from classzoo.cli import main
-    eval_during = run_module._eval_during
-    def held(*args):
-        if args[7]:  # final
-            os.write(1, b"FINAL EVAL\\n")
-            time.sleep(3)
+    eval_during, save = run_module._eval_during, run_module.save
+    def hold():
+        os.write(1, b"FINAL PART\\n")
+        time.sleep(3)
+    def held_eval(*args):
+        if args[7] and os.environ["HOLD"] == "eval":  # final
+            hold()
         return eval_during(*args)
-    run_module._eval_during = held
+    def held_save(state, *args):
+        if state.pos.step == 2 and os.environ["HOLD"] == "save":  # --max-steps 2
+            hold()
+        return save(state, *args)
+    run_module._eval_during, run_module.save = held_eval, held_save
     sys.exit(main(sys.argv[1:]))
     """
 )
 
 
-def test_a_signal_during_the_final_evaluation_says_what_it_waits_for(tmp_path, small_imagefolder):
-    """No step is left once the last one is saved: the warning names the final evaluation
-    (before, "stopping after this step" while the run went on to finish)."""
+@pytest.mark.parametrize(
+    ("mode", "hold", "said"),
+    [
+        ("train_and_evaluate", "eval", "the final evaluation (the last step is saved)"),
+        (
+            "train_and_evaluate",
+            "save",
+            "the last checkpoint and the final evaluation (no step is left)",
+        ),
+        ("train", "save", "the last checkpoint (no step is left)"),
+    ],
+)
+def test_a_signal_during_the_final_part_says_what_it_waits_for(
+    tmp_path, small_imagefolder, mode, hold, said
+):
+    """No step is left during the last checkpoint's save or the final evaluation: the warning
+    names what the run finishes (before, "stopping after this step" while it went on)."""
     script = tmp_path / "held.py"
-    script.write_text(FINAL_EVAL_HELD)
+    script.write_text(FINAL_PART_HELD)
     args = ["train", "--recipe", "quickstart", "--data-dir", str(small_imagefolder)]
     args += ["--output-dir", str(tmp_path / "run"), "--max-steps", "2"]
     for kv in ("model.name=resnet10t", "data.num_workers=0", "train.progress=false"):
         args += ["--set", kv]
-    cmd = [sys.executable, str(script), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    while proc.stdout.readline() not in ("FINAL EVAL\n", ""):
+    cmd = [sys.executable, str(script), *args, "--set", f"train.mode={mode}"]
+    env = {**ENV, "HOLD": hold}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    while proc.stdout.readline() not in ("FINAL PART\n", ""):
         pass
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 0, err[-3000:]
-    said = "stopping after the final evaluation (the last step is saved) (SIGTERM)"
+    said = f"stopping after {said} (SIGTERM)"
     assert said in err and "stopping after this step" not in err, err[-3000:]
     assert (tmp_path / "run" / "summary.json").is_file()  # the run finished

@@ -162,13 +162,15 @@ class _Interval:
 
 @dataclass
 class Hooks:
-    """What the loop calls out to: saving, logging a line, asking whether to stop, and whether
-    the checkpoint of a step has an evaluation recorded (the same answer on every rank)."""
+    """What the loop calls out to: saving, logging a line, asking whether to stop, whether
+    the checkpoint of a step has an evaluation recorded (the same answer on every rank), and
+    telling the stop what the run still finishes once no step is left."""
 
     save: Callable[[], Any]
     log_line: Callable[[int, float, float, float, float, float, float], None]
     should_stop: Callable[[], bool] = lambda: False
     scored: Callable[[int], bool] = lambda step: True
+    finishing: Callable[[str], None] = lambda what: None
 
 
 def epoch_float(state: TrainState, sampler: TrainBatchSampler) -> float:
@@ -320,6 +322,9 @@ def train(
         except (UnreadableImage, CorruptRecordError, WorkerDied) as exc:
             raise _saved_before(exc, hooks, env, state.pos.step) from None
         images, seconds = images + n, seconds + dt
+        if reason != "stop" and state.pos.step >= loop.total_steps:  # a signal waits for these
+            evals = "" if evaluate_after_epoch is None else " and the final evaluation"
+            hooks.finishing(f"the last checkpoint{evals} (no step is left)")
         hooks.save()
         if reason == "stop" or evaluate_after_epoch is None:
             continue

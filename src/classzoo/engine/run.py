@@ -260,6 +260,7 @@ def _train_mode(
         save=lambda: save(state, env, ckpts, extra),
         log_line=logger.train_step,
         should_stop=lambda: stop.should_stop(env),
+        finishing=stop.finishing,
         scored=lambda step: _scored(ckpts, step, env),
     )
     loop = loop_config(asked, r)
