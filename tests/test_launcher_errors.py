@@ -198,17 +198,29 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_eval_under_torchrun_prints_its_json_once(data, tmp_path):
+def test_eval_predict_and_export_under_torchrun_print_their_results_once(data, tmp_path):
+    """eval shares the images among the ranks; predict and export run on rank 0 alone and
+    say so (before, each rank printed every image's classes, or built the same file)."""
     run = tmp_path / "run"
     made = _run(_train(data, run, "--set", "train.max_steps=1", nproc=1))
     assert made.returncode == 0, made.stderr[-3000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd = [*torchrun, "--nproc-per-node=2", "-m", "classzoo", "eval", "--checkpoint", str(run)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    cmd = [*torchrun, "-m", "classzoo", "eval", "--checkpoint", str(run)]
     proc = _run([*cmd, "--data-dir", str(data), "--json"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert len(lines) == 1, proc.stdout
     assert json.loads(lines[0])["count"] == 13  # every val image once, over both ranks
+    cmd = [*torchrun, "-m", "classzoo", "predict", "--checkpoint", str(run), str(data / "val")]
+    proc = _run([*cmd, "--json"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and len(json.loads(lines[0])) == 13, proc.stdout
+    assert proc.stderr.count("classzoo predict: runs on rank 0 only (2 processes") == 1
+    out = tmp_path / "model.onnx"
+    proc = _run([*torchrun, "-m", "classzoo", "export", "--checkpoint", str(run), str(out)])
+    assert proc.returncode == 0 and proc.stdout.count("wrote ") == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("classzoo export: runs on rank 0 only (2 processes") == 1
 
 
 _EVAL_SCRIPT = """import os, sys

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from typing import Any
 
@@ -23,6 +24,18 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None and action.option_strings:
             return f"{text} (default: not set)"
         return super()._get_help_string(action)
+
+
+def only_on_rank_zero(verb: str) -> bool:
+    """Whether this process skips ``verb`` (predict, export): under torchrun every rank would
+    print the same results or build the same file, so rank 0 alone runs it and says so."""
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1 and rank == 0:
+        print(
+            f"classzoo {verb}: runs on rank 0 only ({world} processes under torchrun)",
+            file=sys.stderr,
+        )
+    return world > 1 and rank != 0
 
 
 def add_verb(subparsers, name: str, help: str, **kwargs) -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from classzoo.cli.common import add_set_flag, add_verb
+from classzoo.cli.common import add_set_flag, add_verb, only_on_rank_zero
 
 
 def add_parser(subparsers) -> None:
@@ -29,6 +29,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from classzoo.export import CHECK_BATCH, MAX_DIFF, export_onnx
 
+    if only_on_rank_zero("export"):
+        return 0
     r = export_onnx(args.checkpoint, args.output, args.recipe, args.model, args.overrides)
     print(f"wrote {r.path}")
     print(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from classzoo.cli.common import add_set_flag, add_verb, print_json
+from classzoo.cli.common import add_set_flag, add_verb, only_on_rank_zero, print_json
 
 
 def add_parser(subparsers) -> None:
@@ -28,6 +28,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from classzoo.predict import format_results, predict
 
+    if only_on_rank_zero("predict"):
+        return 0
     results = predict(
         args.checkpoint, args.images, args.recipe, args.model, args.top_k, args.overrides
     )
