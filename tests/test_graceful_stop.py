@@ -4,6 +4,7 @@ bit-identical to a run that was never stopped (1 process and 2 under torchrun)."
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from classzoo.engine.stop import GracefulStop
 from classzoo.formats.torch_checkpoint import load_checkpoint_file
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -96,6 +98,25 @@ def test_a_copy_of_the_same_signal_within_the_window_counts_once(tmp_path):
     assert proc.returncode == 0
 
 
+def test_a_signal_in_the_last_step_is_said_to_finish_the_run():
+    """Under torchrun the ranks agree on a stop one step late, so a signal in the last step
+    stops nothing: finishing() says what the run finishes (before: "after this step")."""
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("classzoo")
+    logger.addHandler(handler)
+    stop = GracefulStop().install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # handled before the next line runs
+        stop.finishing("the last checkpoint (no step is left)")
+    finally:
+        stop.close()
+        logger.removeHandler(handler)
+    said = "no step is left (SIGTERM came in the last one): finishing the last checkpoint"
+    assert any(r.startswith(said) for r in records), records
+
+
 def _torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", *args]
 
@@ -121,11 +142,11 @@ def test_ranks_agree_on_the_stop_step_under_torchrun(tmp_path):
     assert len(re.findall(r"STEP 0 1(?!\d)", proc.stdout)) == 1
 
 
-def _launcher(cmd: list[str]) -> subprocess.Popen:
+def _launcher(cmd: list[str], stderr=None) -> subprocess.Popen:
     """classzoo train --nproc-per-node's launcher (run_forwarding_signals) running ``cmd``."""
     launcher = f"import sys; from classzoo.engine.stop import run_forwarding_signals as r; sys.exit(r({cmd!r}))"  # noqa: E501
     return subprocess.Popen(
-        [sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True, env=ENV
+        [sys.executable, "-c", launcher], stdout=subprocess.PIPE, stderr=stderr, text=True, env=ENV
     )
 
 
@@ -166,15 +187,25 @@ def test_a_signal_once_the_workers_ended_leaves_torchrun_to_finish(tmp_path, mom
     not reaped), or right after torchrun reaped it, while it reports the group's success."""
     script = tmp_path / "worker.py"
     script.write_text("import os, time; print('WORKER', os.getpid(), flush=True); time.sleep(1)")
-    proc = _launcher(_torchrun("--nproc-per-node=1", "--monitor-interval=3", str(script)))
-    stat = Path(f"/proc/{proc.stdout.readline().split()[1]}/stat")
-    while _running(stat, moment):
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 0, out
-    if moment == "exited":  # reaped: torchrun may have ended first
-        assert "classzoo: SIGTERM: no worker running to stop; a second SIGTERM stops" in out
+    for _attempt in range(3):  # again if torchrun ended before the signal could be sent
+        with open(tmp_path / "stderr", "w+") as err:
+            cmd = _torchrun("--nproc-per-node=1", "--monitor-interval=3", str(script))
+            proc = _launcher(cmd, stderr=err)
+            worker = proc.stdout.readline().split()[1]
+            (agent,) = _children(proc.pid)
+            while _running(Path(f"/proc/{worker}/stat"), moment):
+                time.sleep(0.002)
+            sent = _running(Path(f"/proc/{agent}/stat"), "exited")
+            if sent:
+                proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=120)
+            err.seek(0)
+            said = err.read()
+        if sent:
+            break
+    assert sent and proc.returncode == 0, said[-3000:]
+    if moment == "exited":  # reaped: torchrun may have ended before the launcher's handler ran
+        assert "classzoo: SIGTERM: no worker running to stop; a second SIGTERM stops" in said
 
 
 def _running(stat: Path, until: str) -> bool:
@@ -438,13 +469,14 @@ def test_a_signal_during_setup_under_torchrun_restarts_nothing(tmp_path, small_i
     assert err.count(said) == 2, err[-3000:]
 
 
-# the run's final evaluation (HOLD=eval), or its last checkpoint's save (HOLD=save), held 3 s
+# the run's final evaluation (HOLD=eval), its last checkpoint's save (HOLD=save), or the
+# shutdown after the run (HOLD=exit), held for 3 s
 FINAL_PART_HELD = textwrap.dedent(
     """
     import os, sys, time
     import classzoo.engine.run as run_module
     from classzoo.cli import main
-    eval_during, save = run_module._eval_during, run_module.save
+    eval_during, save, shutdown = run_module._eval_during, run_module.save, run_module.shutdown
     def hold():
         os.write(1, b"FINAL PART\\n")
         time.sleep(3)
@@ -456,7 +488,12 @@ FINAL_PART_HELD = textwrap.dedent(
         if state.pos.step == 2 and os.environ["HOLD"] == "save":  # --max-steps 2
             hold()
         return save(state, *args)
+    def held_shutdown(env):
+        if os.environ["HOLD"] == "exit":  # the run has ended: the process group goes
+            hold()
+        return shutdown(env)
     run_module._eval_during, run_module.save = held_eval, held_save
+    run_module.shutdown = held_shutdown
     sys.exit(main(sys.argv[1:]))
     """
 )
@@ -472,13 +509,16 @@ FINAL_PART_HELD = textwrap.dedent(
             "the last checkpoint and the final evaluation (no step is left)",
         ),
         ("train", "save", "the last checkpoint (no step is left)"),
+        ("train", "exit", "the run, which has ended"),
     ],
 )
 def test_a_signal_during_the_final_part_says_what_it_waits_for(
     tmp_path, small_imagefolder, mode, hold, said
 ):
     """No step is left during the last checkpoint's save or the final evaluation: the warning
-    names what the run finishes (before, "stopping after this step" while it went on)."""
+    names what the run finishes (before, "stopping after this step" while it went on). In the
+    shutdown after the run (the process group destroyed, the interpreter's exit) a first
+    signal is only logged (before, SIGTERM's default action ended a finished run with -15)."""
     script = tmp_path / "held.py"
     script.write_text(FINAL_PART_HELD)
     args = ["train", "--recipe", "quickstart", "--data-dir", str(small_imagefolder)]

@@ -29,7 +29,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def only_on_rank_zero(verb: str) -> bool:
     """Whether this process skips ``verb`` (predict, export): under torchrun every rank would
     print the same results or build the same file, so rank 0 alone runs it and says so."""
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    try:
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    except ValueError:  # not torchrun's: one process, as engine/launch.world_size takes it
+        return False
     if world > 1 and rank == 0:
         print(
             f"classzoo {verb}: runs on rank 0 only ({world} processes under torchrun)",

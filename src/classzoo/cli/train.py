@@ -88,5 +88,5 @@ def run(args: argparse.Namespace) -> int:
     from classzoo.engine.run import run as run_recipe
 
     out = Path(args.output_dir) if args.output_dir else None
-    run_recipe(cfg, out, resume=args.resume, overwrite=args.overwrite)
+    run_recipe(cfg, out, resume=args.resume, overwrite=args.overwrite, until_exit=True)
     return 0

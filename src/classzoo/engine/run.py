@@ -61,12 +61,19 @@ log = logging.getLogger("classzoo")
 
 
 def run(
-    asked: Config, run_dir: Path | None, resume: str | None = None, overwrite: bool = False
+    asked: Config,
+    run_dir: Path | None,
+    resume: str | None = None,
+    overwrite: bool = False,
+    *,
+    until_exit: bool = False,
 ) -> dict[str, Any]:
     """Train (and evaluate) as ``asked.train.mode`` says; returns the summary of the run folder.
 
     ``run_dir`` None: a new ``runs/<recipe>-<UTC time>``. A folder holding another run is an
-    error unless ``resume`` continues it or ``overwrite`` replaces it.
+    error unless ``resume`` continues it or ``overwrite`` replaces it. ``until_exit``: the
+    process ends after this call (the CLI): the stop signals stay handled until it does
+    (``GracefulStop.close``).
     """
     t0 = time.perf_counter()
     env = init_distributed(asked.train.device)
@@ -87,7 +94,7 @@ def run(
             raise with_resume_hint(exc, run_dir) from None
         raise
     finally:
-        stop.close()  # completes its last all-reduce (every rank launched it) before the group goes
+        stop.close(until_exit)  # its last all-reduce (every rank launched it) before the group goes
         shutdown(env)
 
 

@@ -96,6 +96,10 @@ class GracefulStop:
     def finishing(self, what: str) -> None:
         """No step is left: a signal waits for ``what`` (the final evaluation), not a step."""
         self._after = what
+        if self.signum is not None:  # came in the last step (the ranks agree one step late)
+            log.warning(
+                "no step is left (%s came in the last one): finishing %s", self.signal_name, what
+            )
 
     @property
     def requested(self) -> bool:
@@ -125,11 +129,18 @@ class GracefulStop:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def close(self) -> None:
-        """Restore the previous handlers; completes a pending all-reduce (all ranks launched it)."""
+    def close(self, until_exit: bool = False) -> None:
+        """Complete a pending all-reduce (all ranks launched it), then restore the previous
+        handlers. ``until_exit`` (a process that ends after the run: the CLI): keep handling
+        instead, until the process exits. A first signal during the shutdown (destroying the
+        process group, the interpreter's exit) is then only logged: its default action would
+        end a finished run with 143, a failure for torchrun. A second still exits at once."""
         if self._pending is not None:
             self._pending[0].wait()
             self._pending = None
+        if until_exit and self._previous:
+            self._before, self._after = None, "the run, which has ended"
+            return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
@@ -291,9 +302,9 @@ def run_forwarding_signals(cmd: Sequence[str]) -> int:
     The first SIGTERM / SIGINT / SIGUSR1 goes to torchrun's workers, which stop at an agreed
     step, save and exit 0, so torchrun exits 0 and restarts nothing. A later SIGTERM / SIGINT
     (after the repeat window) goes to torchrun itself, which shuts its workers down at once.
-    A first signal when torchrun's workers have ended (the run is finishing, or torchrun is
-    restarting them) is not sent on: killing torchrun then would lose the run's outcome (exit
-    code 241 with nothing printed, though the run had finished and saved).
+    A first signal when torchrun's workers have ended (the run is finishing) is not sent on:
+    killing torchrun then would lose the run's outcome (exit code 241 with nothing printed,
+    though the run had finished and saved).
     Its own session keeps a terminal's Ctrl-C from reaching the workers a second time.
     """
     # torchrun's agent has no handler for SIGUSR1: its default action would end the agent and
@@ -320,11 +331,12 @@ def run_forwarding_signals(cmd: Sequence[str]) -> int:
         targets = _child_pids(proc.pid) if not again else []
         first.append(now)
         if not targets and not again and started.is_set():
-            # the workers ended (the run is finishing) or torchrun is restarting them: a
-            # signal to torchrun now would kill an agent about to report the run's outcome
+            # the workers ended (the run is finishing): a signal to torchrun now would kill an
+            # agent about to report the run's outcome
             name = signal.Signals(signum).name
             again_hint = "" if signum == signal.SIGUSR1 else f"; a second {name} stops torchrun"
-            print(f"classzoo: {name}: no worker running to stop{again_hint}", flush=True)
+            with contextlib.suppress(OSError, ValueError):  # stderr gone: say nothing, go on
+                print(f"classzoo: {name}: no worker running to stop{again_hint}", file=sys.stderr)
             return
         for pid in targets or [proc.pid]:
             with contextlib.suppress(ProcessLookupError):  # a worker that already ended
