@@ -94,7 +94,8 @@ class GracefulStop:
         self._before = None
 
     def finishing(self, what: str) -> None:
-        """No step is left: a signal waits for ``what`` (the final evaluation), not a step."""
+        """No step is left: a signal waits for ``what`` (the last checkpoint, the final
+        evaluation), not a step."""
         self._after = what
         if self.signum is not None:  # came in the last step (the ranks agree one step late)
             log.warning(
