@@ -98,8 +98,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet50")
     # 32: the batch of issue 10's table and targets; sessions 5-13 ran 16 (docs/benchmarks.md),
-    # where timm's process does relatively better on this 2-core VM (session 14: 1.11-1.18x
-    # there, 1.27x at 32)
+    # where timm's process does relatively better on this 2-core VM (session 14, bench / timm
+    # eager: 1.11x, 1.18x paired, at 16; 1.24-1.27x paired in three runs at 32)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--amp", choices=["bf16", "off"], default="bf16")
