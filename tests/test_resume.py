@@ -237,6 +237,7 @@ def test_a_resume_on_other_software_says_which_versions_changed(tmp_path, capsys
 
     import classzoo
     from classzoo.cli import main
+    from classzoo.data import jpeg_region
     from classzoo.engine import software
 
     data, out = tmp_path / "data", tmp_path / "run"
@@ -244,6 +245,7 @@ def test_a_resume_on_other_software_says_which_versions_changed(tmp_path, capsys
     here = software.versions()
     assert here["torch"] == torch.__version__ and here["classzoo"] == classzoo.__version__
     assert here["timm"] == importlib.metadata.version("timm")
+    assert here["jpeg_windows"] == jpeg_region.state()  # "libjpeg-turbo 2.1.5" or "off: why"
     with monkeypatch.context() as m:  # the first attempt ran on torch 2.13.0
         m.setattr(software, "versions", lambda: {**here, "torch": "2.13.0"})
         assert main([*args, "--max-steps", "2"]) == 0

@@ -119,11 +119,28 @@ class _DecodedSizes:
         return out
 
 
+class _WindowDenominators:
+    """A pass-through spy on the JPEG window decoder: the denominators it was asked for."""
+
+    def __init__(self, real):
+        self.real, self.denoms = real, []
+
+    def __call__(self, data, denom, *args):
+        self.denoms.append(denom)
+        return self.real(data, denom, *args)
+
+
+@pytest.mark.parametrize("windows", [False, True], ids=["whole", "window"])
 @pytest.mark.parametrize("preset", ["timm", "vgg"])
-def test_large_record_is_decoded_at_reduced_scale(folder_and_shards, monkeypatch, preset):
+def test_large_record_is_decoded_at_reduced_scale(folder_and_shards, monkeypatch, preset, windows):
     """A 2048x1536 JPEG in a record whose crop is at least twice the output on both sides
     (timm: area 30-100 %, so sides >= 840 px for 224; vgg: the image resized to a short side
-    of 256-512, a 224 crop of that) is decoded by libjpeg at 1/2..1/8 of its size."""
+    of 256-512, a 224 crop of that) is decoded by libjpeg at 1/2..1/8 of its size, whole or
+    (data/jpeg_region.py) only the window its crop reads."""
+    if windows and not decode.jpeg_region.available():
+        pytest.skip(f"the JPEG window decoder is {decode.jpeg_region.state()}")
+    if not windows:
+        monkeypatch.setattr(decode.jpeg_region, "available", lambda: False)
     root, out = folder_and_shards
     if preset == "timm":
         pre = EvalPreprocess("timm", 224, 0.875, "bilinear", MEAN, STD)
@@ -133,6 +150,13 @@ def test_large_record_is_decoded_at_reduced_scale(folder_and_shards, monkeypatch
     shards = TFRecordImageDataset(str(out), transform=pipe.sample, label_offset=1)
     big = [i for i in range(len(shards)) if _record_hw(shards, i) == (1536, 2048)]
     assert len(big) == 3
+    if windows:
+        spy = _WindowDenominators(decode.jpeg_region.decode_window)
+        monkeypatch.setattr(decode.jpeg_region, "decode_window", spy)
+        for i in big:
+            SeededDataset(shards)[(i, 7)]
+        assert len(spy.denoms) == 3 and set(spy.denoms) <= {2, 4, 8}, spy.denoms
+        return
     spy = _DecodedSizes(simplejpeg.decode_jpeg)
     monkeypatch.setattr(decode.simplejpeg, "decode_jpeg", spy)
     for i in big:

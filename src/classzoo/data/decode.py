@@ -8,7 +8,8 @@ pixels exactly (tests/test_decode.py); non-JPEG files go through PIL either way.
 
 Training pipelines take an :class:`EncodedImage` instead: they read the size from the header,
 sample the crop, and decode at the smallest DCT scale (1/2, 1/4, 1/8; libjpeg's scaled IDCT)
-that still gives the crop at least the output's resolution (:func:`dct_denominator`).
+that still gives the crop at least the output's resolution (:func:`dct_denominator`), and
+only the window of it that the crop samples (:func:`decode_window`, data/jpeg_region.py).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import simplejpeg
 from PIL import Image
 
+from classzoo.data import jpeg_region
 from classzoo.errors import UserError
 
 DECODERS = ("pil", "tf")
@@ -122,6 +125,49 @@ def decode_scaled(img: EncodedImage, tf_pixels: bool, denom: int = 1) -> tuple[n
     return np.asarray(decode_pil(img.data, img.name)), 1
 
 
+@dataclass(frozen=True)
+class Window:
+    """Decoded pixels of part of an image: ``pixels`` (HWC uint8) are rows ``top``.. and
+    columns ``left``.. of the image decoded at 1/``denom``, whose whole size is ``size``
+    (height, width). The whole image is the window at (0, 0)."""
+
+    pixels: np.ndarray
+    denom: int
+    size: tuple[int, int]
+    top: int = 0
+    left: int = 0
+
+
+# plan(size, denom): for the image decoded at 1/denom to (height, width) = size, the window
+# (top, bottom, left, right) a crop reads, and anything the caller wants back with it
+WindowPlan = Callable[[tuple[int, int], int], tuple[tuple[int, int, int, int], Any]]
+
+
+def decode_window(
+    img: EncodedImage, tf_pixels: bool, denom: int, plan: WindowPlan
+) -> tuple[Window, Any]:
+    """The part of ``img`` a crop samples, decoded at 1/``denom``, and what ``plan`` gave
+    with that window. Its pixels are :func:`decode_scaled`'s (bit for bit, tests/
+    test_jpeg_region.py). The whole image, by :func:`decode_scaled` and its rules, where the
+    window decoder is off, the file is not a JPEG libjpeg-turbo decodes to RGB, it has no end
+    marker (a truncated file stays refused whichever part a crop reads), or libjpeg warns."""
+    head = _jpeg_header(img.data)
+    if head is not None and head[2] not in _CMYK and _ends(img.data) and jpeg_region.available():
+        size = (-(-head[0] // denom), -(-head[1] // denom))  # libjpeg: ceil(size / denom)
+        (top, bottom, left, right), extra = plan(size, denom)
+        pixels = jpeg_region.decode_window(img.data, denom, tf_pixels, (top, bottom), (left, right))
+        if pixels is not None:
+            return Window(pixels, denom, size, top, left), extra
+    arr, used = decode_scaled(img, tf_pixels, denom)
+    size = (arr.shape[0], arr.shape[1])
+    return Window(arr, used, size), plan(size, used)[1]
+
+
+def _ends(data: bytes) -> bool:
+    """Whether the file ends with JPEG's end-of-image marker (trailing zero padding allowed)."""
+    return data.rstrip(b"\0")[-2:] == b"\xff\xd9"
+
+
 def _tf_cmyk(data: bytes) -> np.ndarray | None:
     """TF's ``decode_jpeg(channels=3)`` of a CMYK or YCCK JPEG: libjpeg's CMYK (IFAST DCT), then
     per channel ``x * k // 255`` where the file has an Adobe APP14 marker (Photoshop's inverted
@@ -164,7 +210,7 @@ def _turbo(data: bytes, fastdct: bool, **kw) -> np.ndarray | None:
             data, colorspace="RGB", fastdct=fastdct, fastupsample=False, **kw
         )
     except ValueError as exc:
-        if not str(exc).startswith("Corrupt JPEG data") or data.rstrip(b"\0")[-2:] != b"\xff\xd9":
+        if not str(exc).startswith("Corrupt JPEG data") or not _ends(data):
             return None
     try:
         return simplejpeg.decode_jpeg(

@@ -19,12 +19,20 @@ quarter of the bytes to collate, to pass between processes and to copy to the de
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from classzoo.data.decode import EncodedImage, dct_denominator, decode_scaled
+from classzoo.data.decode import (
+    EncodedImage,
+    Window,
+    WindowPlan,
+    dct_denominator,
+    decode_scaled,
+    decode_window,
+)
 from classzoo.data.device import sub_channels
 from classzoo.data.tf_color import draw_distortion
 from classzoo.data.tf_color_batch import distort_batch
@@ -41,6 +49,7 @@ from classzoo.data.tf_resize import (
     bilinear_hwc_fast,
     legacy_coords,
     resize_tf1,
+    sampled_window,
 )
 from classzoo.errors import UserError
 
@@ -84,6 +93,20 @@ def load_hwc(img, denom: int = 1) -> tuple[torch.Tensor, int]:
         arr, used = decode_scaled(img, tf_pixels=True, denom=denom)
         return _rgb_hwc(arr), used
     return _rgb_hwc(img), 1
+
+
+def load_window(img, denom: int, plan: WindowPlan) -> tuple[torch.Tensor, Window, Any]:
+    """The pixels ``plan`` asks for (:func:`~classzoo.data.decode.decode_window`: TF's
+    decode_jpeg pixels, at 1/``denom`` when possible) as an HWC uint8 tensor (a view), the
+    :class:`Window` they are, and what ``plan`` gave with them. A decoded input is its own
+    whole window."""
+    if isinstance(img, EncodedImage):
+        win, extra = decode_window(img, True, denom, plan)
+        px = win.pixels  # simplejpeg's and the window decoder's arrays are writable; PIL's not
+        return (torch.from_numpy(px) if px.flags.writeable else _rgb_hwc(px)), win, extra
+    x = _rgb_hwc(img)
+    size = (int(x.shape[0]), int(x.shape[1]))
+    return x, Window(x.numpy(), 1, size), plan(size, 1)[1]
 
 
 def _levels(x: torch.Tensor) -> torch.Tensor:
@@ -177,9 +200,13 @@ class VggTrain(_VggBatch):
         h, w = image_hw(img)
         (new_h, new_w), (top, left), flip = self.draw(h, w)
         size = self.image_size
-        x, _ = load_hwc(img, dct_denominator((h, w), (new_h, new_w)))
-        ys = legacy_coords(x.shape[0], new_h, top, size)
-        xs = legacy_coords(x.shape[1], new_w, left, size)
+
+        def plan(hw: tuple[int, int], _: int):  # the decoded image's sample positions
+            ys, xs = legacy_coords(hw[0], new_h, top, size), legacy_coords(hw[1], new_w, left, size)
+            return sampled_window(ys, xs, *hw), (ys, xs)
+
+        x, win, (ys, xs) = load_window(img, dct_denominator((h, w), (new_h, new_w)), plan)
+        ys, xs = ys - win.top, xs - win.left  # exact: float32 coordinates less integers <= them
         out = bilinear_hwc_fast(x, ys, xs.flip(0) if flip else xs)
         return _levels(out.contiguous())  # torch's float transpose, then a contiguous cast
 
@@ -268,18 +295,27 @@ class InceptionTrain(_Preset):
         top, left, h, w = box
         size = self.image_size
         if method != "bilinear":
-            x, _ = load_hwc(img)
-            crop = x[top : top + h, left : left + w].to(torch.float32) * _INV_255
+            x, win, _ = load_window(img, 1, lambda hw, d: ((top, top + h, left, left + w), None))
+            crop = x[top - win.top :, left - win.left :][:h, :w].to(torch.float32) * _INV_255
             out = resize_tf1(crop, size, method, channels_last=True).permute(2, 0, 1)
             return (out.flip(2) if flip else out).contiguous()
-        x, d = load_hwc(img, dct_denominator((h, w), (size, size)))
-        if d == 1:  # TF's own arithmetic on the crop
-            ys, xs = legacy_coords(h, size, 0, size), legacy_coords(w, size, 0, size)
-            region = (top, left, h, w)
-        else:  # the crop in the 1/d image: origin top/d, step (h/d)/size
+
+        def plan(hw: tuple[int, int], d: int):  # sample positions, and the pixels they read
+            if d == 1:  # TF's own arithmetic on the crop: positions in the box, clamped to it
+                ys, xs = legacy_coords(h, size, 0, size), legacy_coords(w, size, 0, size)
+                y0, y1, x0, x1 = sampled_window(ys, xs, h, w)
+                return (top + y0, top + y1, left + x0, left + x1), (ys, xs)
+            # the crop in the 1/d image: origin top/d, step (h/d)/size
             ys = top / d + torch.arange(size, dtype=torch.float32) * (h / d / size)
             xs = left / d + torch.arange(size, dtype=torch.float32) * (w / d / size)
-            region = None
+            return sampled_window(ys, xs, *hw), (ys, xs)
+
+        x, win, (ys, xs) = load_window(img, dct_denominator((h, w), (size, size)), plan)
+        region = None
+        if win.denom == 1:  # the box's origin in the window
+            region = (top - win.top, left - win.left, h, w)
+        else:  # exact: float32 positions less integers <= them
+            ys, xs = ys - win.top, xs - win.left
         xs = xs.flip(0) if flip else xs
         if not self.fast_mode:  # other methods overshoot [0, 1]: a batch of float32 samples
             return bilinear_hwc_fast(x, ys, xs, region=region, prescale=_INV_255, planar=True)

@@ -86,6 +86,16 @@ def bilinear_hwc(
     return out.view(ys.numel(), xs.numel(), C)
 
 
+def sampled_window(
+    ys: torch.Tensor, xs: torch.Tensor, height: int, width: int
+) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right): the pixels :func:`bilinear_hwc_fast` reads to sample a
+    ``height`` x ``width`` image at rows ``ys`` x columns ``xs`` (both taps of each coordinate;
+    the upper ones clamp to the edge). A window decode (data/decode.py) needs no more."""
+    bottom, right = min(height, int(ys.max()) + 2), min(width, int(xs.max()) + 2)
+    return int(ys.min()), bottom, int(xs.min()), right
+
+
 def bilinear_hwc_fast(
     img: torch.Tensor,
     ys: torch.Tensor,
@@ -102,8 +112,7 @@ def bilinear_hwc_fast(
     the contiguous CHW tensor grid_sample made."""
     H, W, C = img.shape
     top, left, rh, rw = region if region is not None else (0, 0, H, W)
-    y0, y1 = int(ys.min()), min(rh, int(ys.max()) + 2)
-    x0, x1 = int(xs.min()), min(rw, int(xs.max()) + 2)
+    y0, y1, x0, x1 = sampled_window(ys, xs, rh, rw)
     reg = img[top + y0 : top + y1, left + x0 : left + x1].permute(2, 0, 1)[None]
     gy = (ys - y0) * (2.0 / max(y1 - y0 - 1, 1)) - 1.0  # align_corners: -1 / +1 = first / last
     gx = (xs - x0) * (2.0 / max(x1 - x0 - 1, 1)) - 1.0

@@ -12,6 +12,7 @@ timm's crop, flip and factors (tests/test_loader_pipeline.py).
 
 A training crop whose side is at least twice the output is decoded at 1/2, 1/4 or 1/8 scale by
 libjpeg (:func:`classzoo.data.decode.dct_denominator`); the crop box is mapped to that scale.
+Only the window the resize reads is decoded (:func:`classzoo.data.decode.decode_window`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_inter
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-from classzoo.data.decode import EncodedImage, dct_denominator, decode_pil, decode_scaled
+from classzoo.data.decode import (
+    EncodedImage,
+    Window,
+    WindowPlan,
+    dct_denominator,
+    decode_pil,
+    decode_scaled,
+    decode_window,
+)
 from classzoo.data.device import device_const, pixel_rows, row_const
 
 _PIL_MODES = {
@@ -56,6 +65,18 @@ def hwc_pixels(img, denom: int = 1) -> tuple[torch.Tensor, int]:
     if isinstance(img, np.ndarray):
         return torch.from_numpy(np.require(img, np.uint8, ["C", "W"])), 1
     return hwc_uint8(img.convert("RGB") if img.mode != "RGB" else img), 1
+
+
+def pixels_window(img, denom: int, plan: WindowPlan) -> tuple[torch.Tensor, Window, Any]:
+    """:func:`hwc_pixels` of the window ``plan`` asks for (a view; PIL's pixels for an encoded
+    JPEG: :func:`~classzoo.data.decode.decode_window`), the :class:`Window` it is, and what
+    ``plan`` gave with it. A decoded input is its own whole window."""
+    if isinstance(img, EncodedImage):
+        win, extra = decode_window(img, False, denom, plan)
+        return torch.from_numpy(np.require(win.pixels, np.uint8, ["W"])), win, extra
+    x, _ = hwc_pixels(img)
+    size = (int(x.shape[0]), int(x.shape[1]))
+    return x, Window(x.numpy(), 1, size), plan(size, 1)[1]
 
 
 def hwc_uint8(img: Image.Image) -> torch.Tensor:
@@ -197,9 +218,16 @@ class TimmTrain:
     def sample(self, img):
         (i, j, h, w), interp, flip, params = self.draw(*pil_size(img))
         size = self.size
-        x, d = hwc_pixels(img, dct_denominator((h, w), (size, size)))
+
+        def plan(hw: tuple[int, int], d: int):  # the pixels the crop's resize reads
+            # at 1/d, the whole image: PIL's resize runs its vertical pass first or second by
+            # the input's size (Pillow 13 does), and each pass rounds to uint8
+            return ((i, i + h, j, j + w) if d == 1 else (0, hw[0], 0, hw[1])), None
+
+        x, win, _ = pixels_window(img, dct_denominator((h, w), (size, size)), plan)
+        d, i0, j0 = win.denom, i - win.top, j - win.left  # the crop's origin in the window
         if d == 1:  # resized_crop: crop (a view), resize; torch's uint8 antialiased kernels
-            crop = x[i : i + h, j : j + w].permute(2, 0, 1)[None]  # are PIL's within 2 levels
+            crop = x[i0 : i0 + h, j0 : j0 + w].permute(2, 0, 1)[None]  # are PIL's within 2 levels
             crop = crop.contiguous(memory_format=torch.channels_last)  # HWC out: 2x faster
             aa = interp in (InterpolationMode.BILINEAR, InterpolationMode.BICUBIC)
             out = torch.nn.functional.interpolate(

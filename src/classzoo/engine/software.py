@@ -17,6 +17,8 @@ import platform
 
 import torch
 
+from classzoo.data import jpeg_region
+
 # distributions whose code computes a run's numbers: kernels, models, decoding, augmentation
 _PACKAGES = (
     *("torchvision", "timm", "numpy", "pillow", "simplejpeg", "torch_npu"),
@@ -26,8 +28,8 @@ _PACKAGES = (
 
 def versions() -> dict[str, str]:
     """This process's versions: classzoo (as installed: the engine does not import the package
-    above it), Python, torch (with its build tag, e.g. +cu130) and its CUDA, and each installed
-    package of :data:`_PACKAGES`."""
+    above it), Python, torch (with its build tag, e.g. +cu130) and its CUDA, each installed
+    package of :data:`_PACKAGES`, and the JPEG window decoder's libjpeg-turbo (or ``off``)."""
     found = {"classzoo": _installed("classzoo") or "(not installed)"}
     found["python"] = platform.python_version()
     found["torch"] = str(torch.__version__)  # a TorchVersion: YAML wants a plain str
@@ -37,6 +39,9 @@ def versions() -> dict[str, str]:
         version = _installed(name)
         if version is not None:
             found[name] = version
+    # what decodes training crops' JPEG windows (the same pixels either way: recorded, not
+    # a version a resume must match, yet a difference is said like any other)
+    found["jpeg_windows"] = jpeg_region.state()
     return found
 
 

@@ -1,0 +1,84 @@
+"""The window of a JPEG that a training crop samples, decoded without the rest of the image.
+
+A training crop (slim vgg: a 224 crop of the short side resized to 256-512; random resized
+crops: 8-100 % of the area) reads a third of an ImageNet photo on average, but a whole-image
+decode pays for every pixel: 0.64 ms of the vgg preset's 1.46 ms per 500x375 image here.
+``_jpeg_region`` (data/_jpeg_region.c, built at install where libjpeg-turbo's headers are)
+decodes only the rows down to the window's bottom, and runs the IDCT and colour conversion for
+its columns only: 0.44 ms for the vgg preset's windows (docs/benchmarks.md).
+
+Its pixels are those of the whole-image decode (simplejpeg, the same libjpeg-turbo settings),
+bit for bit: tests/test_jpeg_region.py checks every kind of JPEG, and :func:`state` checks this
+libjpeg against simplejpeg once per process before the first window is decoded (a libjpeg that
+disagreed would be left unused, and said so). Where the module was not built, every image is
+decoded whole, as before: the same numbers, more CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+
+import numpy as np
+import simplejpeg
+from PIL import Image
+
+try:
+    from classzoo.data import _jpeg_region
+except ImportError as exc:  # not built at install (no compiler / headers), or no libjpeg now
+    _jpeg_region, _MISSING = None, f"not built or not loadable ({exc})"
+else:
+    _MISSING = ""
+
+
+@functools.cache
+def state() -> str:
+    """What decodes training crops' JPEG windows in this process: ``libjpeg-turbo X.Y.Z``,
+    or ``off: <why>`` (whole images are decoded then). Recorded in resolved.yaml's
+    ``software`` (engine/software.py)."""
+    if _jpeg_region is None:
+        return f"off: {_MISSING}"
+    differs = _self_check()
+    if differs:
+        return f"off: libjpeg-turbo {_jpeg_region.LIBJPEG_TURBO_VERSION} {differs}"
+    return f"libjpeg-turbo {_jpeg_region.LIBJPEG_TURBO_VERSION}"
+
+
+def available() -> bool:
+    return not state().startswith("off")
+
+
+def decode_window(
+    data: bytes, denom: int, fastdct: bool, rows: tuple[int, int], cols: tuple[int, int]
+) -> np.ndarray | None:
+    """Rows ``rows[0]..rows[1]-1`` and columns ``cols[0]..cols[1]-1`` (clipped to the image) of
+    the JPEG ``data`` decoded at 1/``denom`` as RGB, HWC uint8 (a view), with fancy upsampling
+    and the IFAST (``fastdct``) or ISLOW DCT; None where libjpeg reports anything at all (a
+    warning included): the caller decodes the whole file then, by its own rules."""
+    try:
+        buf, h, w, x0 = _jpeg_region.decode_window(data, denom, fastdct, *rows, *cols)
+    except ValueError:
+        return None
+    pixels = np.frombuffer(buf, np.uint8).reshape(h, w, 3)
+    return pixels[:, cols[0] - x0 : cols[1] - x0]
+
+
+def _self_check() -> str:
+    """'' when this libjpeg's windows equal simplejpeg's whole-image pixels on a small test
+    image (4:2:0 chroma, both DCTs, full and 1/2 scale; windows whose columns start and end on
+    the iMCU grid inside the image, where a cropped scanline's upsampling goes wrong), else what
+    differed."""
+    y, x = np.mgrid[0:61, 0:83]
+    rgb = np.stack([(x * 3 + y) % 256, (y * 5) % 256, (x * y) % 256], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=90, subsampling=2)
+    data = buf.getvalue()
+    for fastdct in (True, False):
+        for denom, (rows, cols) in ((1, ((7, 50), (32, 64))), (2, ((3, 29), (8, 24)))):
+            size = {} if denom == 1 else {"min_height": 31, "min_width": 42}
+            whole = simplejpeg.decode_jpeg(data, "RGB", fastdct=fastdct, fastupsample=False, **size)
+            part = decode_window(data, denom, fastdct, rows, cols)
+            if part is None or not np.array_equal(part, whole[slice(*rows), slice(*cols)]):
+                dct = "IFAST" if fastdct else "ISLOW"
+                return f"gives other pixels than simplejpeg ({dct} DCT, 1/{denom} scale)"
+    return ""
