@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import classzoo
+from classzoo.data import jpeg_region
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -28,9 +29,12 @@ def _run(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_wheel_installs_next_to_an_existing_torch_and_runs(tmp_path):
     tree = tmp_path / "tree"  # a copy: the build's own files stay out of the working tree
     tree.mkdir()
-    for name in ("pyproject.toml", "README.md", "src", "scripts"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "src", "scripts"):
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
-        kwargs = {"symlinks": True, "ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")}
+        ignore = shutil.ignore_patterns(
+            "__pycache__", "*.egg-info", "*.so"
+        )  # the wheel builds its own
+        kwargs = {"symlinks": True, "ignore": ignore}
         copy(ROOT / name, tree / name, **(kwargs if copy is shutil.copytree else {}))
     wheels = tmp_path / "wheels"
     # no build isolation and no index: nothing is downloaded (setuptools is already here)
@@ -57,6 +61,10 @@ def test_wheel_installs_next_to_an_existing_torch_and_runs(tmp_path):
     package = Path(site.strip()).parent
     assert (package / "scripts" / "resnet152" / "test_1p.sh").is_file()
     assert (package / "data_files" / "imagenet_classes.tsv").is_file()
+    # the JPEG window decoder is compiled into the wheel wherever it is built here
+    ask = "from classzoo.data import jpeg_region as j; print(j.state())"
+    there, here = _run(str(py), "-c", ask, cwd=tmp_path).stdout.strip(), jpeg_region.state()
+    assert there.startswith("off") == here.startswith("off"), (here, there)
 
     cli = str(venv / "bin" / "classzoo")
     assert _run(cli, "--version", cwd=tmp_path).stdout.strip() == f"classzoo {classzoo.__version__}"
