@@ -31,9 +31,8 @@ def test_wheel_installs_next_to_an_existing_torch_and_runs(tmp_path):
     tree.mkdir()
     for name in ("pyproject.toml", "setup.py", "README.md", "src", "scripts"):
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
-        ignore = shutil.ignore_patterns(
-            "__pycache__", "*.egg-info", "*.so"
-        )  # the wheel builds its own
+        # *.so: an extension built in this checkout; the wheel builds its own
+        ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.so")
         kwargs = {"symlinks": True, "ignore": ignore}
         copy(ROOT / name, tree / name, **(kwargs if copy is shutil.copytree else {}))
     wheels = tmp_path / "wheels"
