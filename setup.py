@@ -1,9 +1,9 @@
 """The one compiled part of classzoo, optional: the JPEG window decoder (data/_jpeg_region.c).
 
-It needs a C compiler and libjpeg-turbo's headers (Debian/Ubuntu: ``libjpeg62-turbo-dev`` or
-``libjpeg-turbo8-dev``; Fedora: ``libjpeg-turbo-devel``). Where either is missing, the build
-says so and installs classzoo without it: training then decodes whole images, the same pixels
-with more CPU per image (data/jpeg_region.py; ``classzoo`` records which in resolved.yaml).
+It needs a C compiler and libjpeg-turbo's headers (Debian / Ubuntu: ``libjpeg-dev``; Fedora:
+``libjpeg-turbo-devel``). Where either is missing, the build says so and installs classzoo
+without it: training then decodes whole images, the same pixels with more CPU per image
+(data/jpeg_region.py; each run records which in resolved.yaml, ``software: jpeg_windows``).
 Everything else is in pyproject.toml.
 """
 
@@ -27,9 +27,9 @@ class OptionalBuildExt(build_ext):
     def _skip(self, exc: Exception) -> None:
         self.warn(
             f"classzoo: the JPEG window decoder was not built ({exc}); training will decode "
-            "whole JPEGs (the same pixels, more CPU). Install libjpeg-turbo's headers "
-            "(libjpeg62-turbo-dev, libjpeg-turbo8-dev or libjpeg-turbo-devel) and reinstall "
-            "to build it."
+            "whole JPEGs (the same pixels, more CPU). A C compiler and libjpeg-turbo's headers "
+            "(libjpeg-dev on Debian / Ubuntu, libjpeg-turbo-devel on Fedora) build it when "
+            "classzoo is installed again."
         )
 
 
