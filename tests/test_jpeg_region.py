@@ -84,6 +84,75 @@ def test_every_window_is_the_whole_decode_s_pixels():
     assert n >= 1500
 
 
+@needs_windows
+def test_narrow_windows_at_the_image_edges():
+    """One- and two-column windows over every row at the left and right edges of 4:2:0 and
+    4:2:2 JPEGs whose width leaves a partial last iMCU of every size: a crop that narrow would
+    have a chroma row of 2 samples or less, which libjpeg upsamples by replication (up to 55
+    levels off), so the decoder crops at least 3 iMCUs."""
+    y, x = np.mgrid[0:120, 0:162]
+    rgb = np.stack([(x * 7 + y * 3) % 256, (y * 11) % 256, (x * y) % 256], -1).astype(np.uint8)
+    for width in (162, 161, 160, 50, 34, 33, 18, 17):
+        for sub in (2, 1):
+            data = _encode(Image.fromarray(rgb[:, :width]), sub)
+            for denom in (1, 2):
+                whole = _whole(data, True, denom)
+                H, W = whole.shape[:2]
+                for cols in ((0, 1), (0, 2), (1, 2), (W - 1, W), (W - 2, W), (W - 2, W - 1)):
+                    part = jpeg_region.decode_window(data, denom, True, (0, H), cols)
+                    assert part is not None and np.array_equal(part, whole[:, slice(*cols)]), (
+                        width, sub, denom, cols
+                    )
+
+
+def _damaged() -> list[tuple[str, bytes, bool]]:
+    """(what, bytes, whether a window decode may use it): damaged files of each kind whose
+    damage a window above it would not meet, and sound files with unusual endings."""
+    baseline = _jpegs()[1][1]  # 500 x 375, 4:2:0
+    progressive = _jpegs()[0][1]
+    sos = [i for i in range(len(progressive) - 1) if progressive[i : i + 2] == b"\xff\xda"]
+    sof = baseline.index(b"\xff\xc0")
+    sof_segment = baseline[sof : sof + 2 + int.from_bytes(baseline[sof + 2 : sof + 4], "big")]
+    body, eoi = baseline[:-2], baseline[-2:]
+    flipped = bytearray(baseline)
+    flipped[len(baseline) * 9 // 10] ^= 0x5A  # entropy-coded data near the bottom
+    out = [(f"progressive cut after {k} scans", progressive[: sos[k]] + eoi, False)
+           for k in (1, 2, len(sos) - 1)]  # fmt: skip
+    out += [
+        ("a baseline file without its end, then another JPEG", body + baseline, False),
+        ("a second frame header after the scan", body + sof_segment + eoi, False),
+        ("corrupt data near the bottom", bytes(flipped), True),
+        ("a comment after the scan", body + b"\xff\xfe\x00\x06note" + eoi, True),
+        ("zeros after the end", baseline + b"\0" * 7, True),
+        ("bytes after the end", baseline + b"trailing", False),  # decoded whole
+    ]
+    return out
+
+
+@needs_windows
+def test_damaged_files_are_decided_as_a_whole_decode_decides_them(monkeypatch):
+    """A window decode refuses what it cannot see (incomplete progressive scans, markers
+    after a single scan that a whole decode errs on), and then each preset decodes the file
+    whole: the same samples, or the same refusal, at every draw, windows or not."""
+    for what, data, windowed in _damaged():
+        part = jpeg_region.decode_window(data, 1, True, (0, 50), (0, 50))
+        assert (part is not None) == windowed or what == "corrupt data near the bottom", what
+        images = [EncodedImage(data, "damaged.jpg")]
+        for name, preset in _presets()[::2]:
+            outcomes = []
+            for on in (True, False):
+                with monkeypatch.context() as m:
+                    if not on:
+                        m.setattr(jpeg_region, "available", lambda: False)
+                    try:
+                        outcomes.append(_samples(preset, images))
+                    except UnreadableImage as exc:
+                        outcomes.append(str(exc))
+            windows, whole = outcomes
+            assert type(windows) is type(whole), (what, name, windows, whole)
+            assert isinstance(whole, str) or all(map(_same, windows, whole)), (what, name)
+
+
 def _presets() -> list[tuple[str, object]]:
     timm = EvalPreprocess("timm", 224, 0.875, "bilinear", MEAN, STD)
     small = EvalPreprocess("timm", 64, 0.875, "bicubic", MEAN, STD)
@@ -114,13 +183,28 @@ def _same(a, b) -> bool:
     return torch.equal(a, b)
 
 
+class _Decoded:
+    """A pass-through spy on the window decoder: how many windows it decoded."""
+
+    def __init__(self, real):
+        self.real, self.count = real, 0
+
+    def __call__(self, *args):
+        out = self.real(*args)
+        self.count += out is not None
+        return out
+
+
 @needs_windows
 @pytest.mark.parametrize("name,preset", _presets(), ids=[n for n, _ in _presets()])
 def test_training_presets_sample_the_same_pixels_from_windows(monkeypatch, name, preset):
     """Each training preset at the same draws, decoding windows and decoding whole images:
     the same samples, bit for bit (crops at full scale and at 1/2-1/8, flips, every resize)."""
     images = [EncodedImage(data, name) for name, data in _jpegs()]
+    spy = _Decoded(jpeg_region.decode_window)
+    monkeypatch.setattr(jpeg_region, "decode_window", spy)
     windows = _samples(preset, images)
+    assert spy.count == len(windows)  # every sample came from a window (these files are sound)
     monkeypatch.setattr(jpeg_region, "available", lambda: False)
     whole = _samples(preset, images)
     differ = [i for i, (a, b) in enumerate(zip(windows, whole)) if not _same(a, b)]

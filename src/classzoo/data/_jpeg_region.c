@@ -14,8 +14,16 @@
  * before the crop, and the caller takes only the columns it asked for
  * (tests/test_jpeg_region.py compares every window against the whole image).
  *
- * Any libjpeg warning (corrupt data) or error fails the call with its message: the caller then
- * decodes the whole file as before, with that path's rules for damaged files.
+ * What a window decode cannot see, it refuses, and the caller then decodes the whole file as
+ * before, by that path's rules for damaged files (tests/test_jpeg_region.py compares the two on
+ * damaged files): any libjpeg warning or error; a single-scan file whose data after the scan is
+ * not tables, APPn or COM segments and then its end-of-image marker at the end (two SOI markers,
+ * a second frame: errors a whole decode meets only after the last row); a progressive file
+ * whose coefficients are incomplete (libjpeg's block smoothing reads neighbouring blocks across
+ * the crop's edge, and its arithmetic changed in libjpeg-turbo 3.0.1); and, before 3.0.0, a
+ * component subsampled other than 1 or 2 times on either axis (a crop of a scaled 4x2 / 2x4
+ * image read uninitialised memory there). Corrupt entropy-coded data below the window is not
+ * seen: a whole decode warns about it and, the file ending properly, decodes it anyway.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -23,11 +31,14 @@
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <jpeglib.h>
 
-#if !defined(LIBJPEG_TURBO_VERSION_NUMBER) || LIBJPEG_TURBO_VERSION_NUMBER < 1005000
-#error "needs libjpeg-turbo >= 1.5 (jpeg_crop_scanline, jpeg_skip_scanlines)"
+/* 1.5 brought jpeg_crop_scanline / jpeg_skip_scanlines; before 2.0.3 they could loop forever
+ * on progressive subsampled files, crop greyscale wrongly, and rounded 4:4:0 otherwise */
+#if !defined(LIBJPEG_TURBO_VERSION_NUMBER) || LIBJPEG_TURBO_VERSION_NUMBER < 2000003
+#error "needs libjpeg-turbo >= 2.0.3"
 #endif
 
 #define STR_(x) #x
@@ -52,6 +63,58 @@ static void on_message(j_common_ptr cinfo, int level) {
         (*cinfo->err->format_message)(cinfo, err->message);
         err->warned = 1;
     }
+}
+
+/* Whether the bytes from ``i`` (a single-scan file's entropy-coded data) end as a whole decode
+ * accepts: the scan's data, then only DHT, DQT, DRI, APPn or COM segments, then EOI as the last
+ * bytes but zeros. Anything else (SOI, SOF, SOS, DNL, garbage) is left to the whole decode. */
+static int ends_cleanly(const unsigned char *p, size_t n, size_t i) {
+    while (n > 0 && p[n - 1] == 0) n--;
+    for (;;) { /* the entropy-coded data: FF 00 is a stuffed byte, FF D0..D7 a restart marker */
+        const unsigned char *ff = i < n ? memchr(p + i, 0xFF, n - i) : NULL;
+        if (ff == NULL) return 0;
+        i = (size_t)(ff - p);
+        while (i + 1 < n && p[i + 1] == 0xFF) i++; /* fill bytes */
+        if (i + 1 >= n) return 0;
+        if (p[i + 1] != 0x00 && (p[i + 1] < 0xD0 || p[i + 1] > 0xD7)) break;
+        i += 2;
+    }
+    for (;;) { /* p[i] = FF, p[i + 1] = a marker */
+        unsigned char m = p[i + 1];
+        if (m == 0xD9) return i + 2 == n;
+        if (!(m == 0xC4 || m == 0xDB || m == 0xDD || m == 0xFE || (m >= 0xE0 && m <= 0xEF)))
+            return 0;
+        if (i + 4 > n) return 0;
+        size_t length = ((size_t)p[i + 2] << 8) | p[i + 3];
+        if (length < 2) return 0;
+        i += 2 + length;
+        while (i + 1 < n && p[i] == 0xFF && p[i + 1] == 0xFF) i++; /* fill bytes */
+        if (i + 1 >= n || p[i] != 0xFF) return 0;
+    }
+}
+
+/* Whether a window decode of this (started) image gives the whole decode's pixels; else why
+ * not, for the caller's ValueError. */
+static const char *refusal(j_decompress_ptr cinfo, const unsigned char *data, size_t size,
+                           size_t scan_start) {
+    if (cinfo->progressive_mode) {
+        for (int c = 0; c < cinfo->num_components; c++)
+            for (int k = 0; k < DCTSIZE2; k++)
+                if (cinfo->coef_bits[c][k] != 0) return "a progressive JPEG with incomplete scans";
+    } else if (!jpeg_has_multiple_scans(cinfo) && !ends_cleanly(data, size, scan_start)) {
+        return "a JPEG whose data after its scan is not tables then its end marker";
+    }
+#if LIBJPEG_TURBO_VERSION_NUMBER < 3000000
+    for (int c = 0; c < cinfo->num_components; c++) {
+        jpeg_component_info *comp = &cinfo->comp_info[c];
+        int h = cinfo->max_h_samp_factor / comp->h_samp_factor;
+        int v = cinfo->max_v_samp_factor / comp->v_samp_factor;
+        if (h > 2 || v > 2 || h * comp->h_samp_factor != cinfo->max_h_samp_factor ||
+            v * comp->v_samp_factor != cinfo->max_v_samp_factor)
+            return "a JPEG subsampled other than 1 or 2 times (libjpeg-turbo < 3.0 crops it wrongly)";
+    }
+#endif
+    return NULL;
 }
 
 /* decode_window(data, denom, fastdct, top, bottom, left, right)
@@ -91,7 +154,8 @@ static PyObject *decode_window(PyObject *self, PyObject *args) {
         return NULL;
     }
     jpeg_mem_src(&cinfo, (const unsigned char *)in.buf, (unsigned long)in.len);
-    jpeg_read_header(&cinfo, TRUE);
+    jpeg_read_header(&cinfo, TRUE); /* stops after the first SOS: its scan's data comes next */
+    size_t scan_start = (size_t)(cinfo.src->next_input_byte - (const JOCTET *)in.buf);
     cinfo.out_color_space = JCS_RGB; /* libjpeg refuses CMYK / YCCK sources: an error */
     cinfo.dct_method = fastdct ? JDCT_IFAST : JDCT_ISLOW;
     cinfo.do_fancy_upsampling = TRUE;
@@ -101,15 +165,25 @@ static PyObject *decode_window(PyObject *self, PyObject *args) {
     JDIMENSION height = cinfo.output_height, width = cinfo.output_width;
     JDIMENSION stop = (JDIMENSION)bottom < height ? (JDIMENSION)bottom : height;
     JDIMENSION end = (JDIMENSION)right < width ? (JDIMENSION)right : width;
-    if ((JDIMENSION)top >= stop || (JDIMENSION)left >= end) {
+    const char *why = (JDIMENSION)top >= stop || (JDIMENSION)left >= end
+                          ? "the window lies outside the image"
+                          : refusal(&cinfo, (const unsigned char *)in.buf, (size_t)in.len, scan_start);
+    if (why != NULL) {
         jpeg_destroy_decompress(&cinfo);
         PyBuffer_Release(&in);
-        PyErr_SetString(PyExc_ValueError, "the window lies outside the image");
+        PyErr_SetString(PyExc_ValueError, why);
         return NULL;
     }
-    /* one more column each side: the crop's own edge columns are upsampled as image edges */
-    JDIMENSION x0 = left > 0 ? (JDIMENSION)left - 1 : 0;
-    JDIMENSION w = (end < width ? end + 1 : end) - x0;
+    /* One more column each side: the crop's own edge columns are upsampled as image edges. And
+     * at least 3 iMCUs (the crop's alignment): in a narrower crop a chroma row can be 2 samples
+     * wide or less, which libjpeg upsamples by replication instead (jdsample.c). */
+    JDIMENSION lo = left > 0 ? (JDIMENSION)left - 1 : 0, hi = end < width ? end + 1 : end;
+    JDIMENSION least = 3 * (JDIMENSION)(cinfo.min_DCT_scaled_size * cinfo.max_h_samp_factor);
+    if (hi - lo < least) {
+        lo = hi > least ? hi - least : 0;
+        hi = lo + least < width ? lo + least : width;
+    }
+    JDIMENSION x0 = lo, w = hi - lo;
     if (x0 > 0 || w < width) jpeg_crop_scanline(&cinfo, &x0, &w);
     JDIMENSION h = stop - (JDIMENSION)top;
     Py_ssize_t stride = (Py_ssize_t)w * 3;
@@ -154,7 +228,8 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__jpeg_region(void) {
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddStringConstant(m, "LIBJPEG_TURBO_VERSION", STR(LIBJPEG_TURBO_VERSION)) < 0) {
+    /* the headers' version: the library itself reports only the libjpeg API it emulates (6b) */
+    if (m != NULL && PyModule_AddStringConstant(m, "BUILT_WITH", STR(LIBJPEG_TURBO_VERSION)) < 0) {
         Py_DECREF(m);
         return NULL;
     }

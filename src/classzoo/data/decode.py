@@ -150,7 +150,8 @@ def decode_window(
     with that window. Its pixels are :func:`decode_scaled`'s (bit for bit, tests/
     test_jpeg_region.py). The whole image, by :func:`decode_scaled` and its rules, where the
     window decoder is off, the file is not a JPEG libjpeg-turbo decodes to RGB, it has no end
-    marker (a truncated file stays refused whichever part a crop reads), or libjpeg warns."""
+    marker (a truncated file stays refused whichever part a crop reads), or the decoder refuses
+    it (a libjpeg warning, and what a window cannot see: data/_jpeg_region.c)."""
     head = _jpeg_header(img.data)
     if head is not None and head[2] not in _CMYK and _ends(img.data) and jpeg_region.available():
         size = (-(-head[0] // denom), -(-head[1] // denom))  # libjpeg: ceil(size / denom)

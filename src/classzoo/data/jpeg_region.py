@@ -1,17 +1,20 @@
 """The window of a JPEG that a training crop samples, decoded without the rest of the image.
 
 A training crop (slim vgg: a 224 crop of the short side resized to 256-512; random resized
-crops: 8-100 % of the area) reads a third of an ImageNet photo on average, but a whole-image
-decode pays for every pixel: 0.64 ms of the vgg preset's 1.46 ms per 500x375 image here.
-``_jpeg_region`` (data/_jpeg_region.c, built at install where libjpeg-turbo's headers are)
-decodes only the rows down to the window's bottom, and runs the IDCT and colour conversion for
-its columns only: 0.44 ms for the vgg preset's windows (docs/benchmarks.md).
+crops: 8-100 % of the area) reads a part of a photo (28 % of a 500x375 one for slim vgg, on
+average), but a whole-image decode pays for every pixel. ``_jpeg_region`` (data/_jpeg_region.c,
+built at install where libjpeg-turbo's headers are) decodes only the rows down to the window's
+bottom, and runs the IDCT and colour conversion for its columns only: for slim vgg's windows of
+500x375 JPEGs, 0.44-0.48 ms against 0.64-0.76 ms for the whole image (docs/benchmarks.md,
+session 15).
 
 Its pixels are those of the whole-image decode (simplejpeg, the same libjpeg-turbo settings),
-bit for bit: tests/test_jpeg_region.py checks every kind of JPEG, and :func:`state` checks this
-libjpeg against simplejpeg once per process before the first window is decoded (a libjpeg that
-disagreed would be left unused, and said so). Where the module was not built, every image is
-decoded whole, as before: the same numbers, more CPU.
+bit for bit; a file where that could fail (damaged, an incomplete progressive one, an unusual
+subsampling on an old libjpeg-turbo) is refused by the C code and decoded whole by the caller,
+by the whole decode's rules (tests/test_jpeg_region.py checks every kind of JPEG and those
+files). :func:`state` checks this libjpeg against simplejpeg once per process before the first
+window is decoded: a libjpeg that disagreed would be left unused, and said so. Where the module
+was not built, every image is decoded whole, as before: the same numbers, more CPU.
 """
 
 from __future__ import annotations
@@ -38,10 +41,9 @@ def state() -> str:
     ``software`` (engine/software.py)."""
     if _jpeg_region is None:
         return f"off: {_MISSING}"
+    built = f"libjpeg-turbo {_jpeg_region.BUILT_WITH}"  # its headers' version, at install
     differs = _self_check()
-    if differs:
-        return f"off: libjpeg-turbo {_jpeg_region.LIBJPEG_TURBO_VERSION} {differs}"
-    return f"libjpeg-turbo {_jpeg_region.LIBJPEG_TURBO_VERSION}"
+    return f"off: {built} {differs}" if differs else built
 
 
 def available() -> bool:
@@ -65,20 +67,30 @@ def decode_window(
 
 def _self_check() -> str:
     """'' when this libjpeg's windows equal simplejpeg's whole-image pixels on a small test
-    image (4:2:0 chroma, both DCTs, full and 1/2 scale; windows whose columns start and end on
-    the iMCU grid inside the image, where a cropped scanline's upsampling goes wrong), else what
-    differed."""
-    y, x = np.mgrid[0:61, 0:83]
+    image (4:2:0 chroma, baseline and progressive, both DCTs, full and 1/2 scale; windows whose
+    columns start and end on the iMCU grid inside the image, where a cropped scanline's
+    upsampling goes wrong, and one-column windows at the edges, where a narrow crop's chroma is
+    upsampled otherwise), else what differed."""
+    y, x = np.mgrid[0:61, 0:82]
     rgb = np.stack([(x * 3 + y) % 256, (y * 5) % 256, (x * y) % 256], -1).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, "JPEG", quality=90, subsampling=2)
-    data = buf.getvalue()
-    for fastdct in (True, False):
-        for denom, (rows, cols) in ((1, ((7, 50), (32, 64))), (2, ((3, 29), (8, 24)))):
-            size = {} if denom == 1 else {"min_height": 31, "min_width": 42}
-            whole = simplejpeg.decode_jpeg(data, "RGB", fastdct=fastdct, fastupsample=False, **size)
-            part = decode_window(data, denom, fastdct, rows, cols)
-            if part is None or not np.array_equal(part, whole[slice(*rows), slice(*cols)]):
-                dct = "IFAST" if fastdct else "ISLOW"
-                return f"gives other pixels than simplejpeg ({dct} DCT, 1/{denom} scale)"
+    for progressive in (False, True):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, "JPEG", quality=90, subsampling=2, progressive=progressive)
+        data = buf.getvalue()
+        for fastdct in (True, False):
+            for denom, rows, cols in (
+                (1, (7, 50), (32, 64)),
+                (1, (0, 61), (81, 82)),
+                (1, (0, 61), (0, 1)),
+                (2, (3, 29), (8, 24)),
+            ):
+                size = {} if denom == 1 else {"min_height": 31, "min_width": 41}
+                whole = simplejpeg.decode_jpeg(
+                    data, "RGB", fastdct=fastdct, fastupsample=False, **size
+                )
+                part = decode_window(data, denom, fastdct, rows, cols)
+                if part is None or not np.array_equal(part, whole[slice(*rows), slice(*cols)]):
+                    kind = "progressive" if progressive else "baseline"
+                    dct = "IFAST" if fastdct else "ISLOW"
+                    return f"gives other pixels than simplejpeg ({kind}, {dct} DCT, 1/{denom} scale)"
     return ""
