@@ -101,7 +101,10 @@ def test_narrow_windows_at_the_image_edges():
                 for cols in ((0, 1), (0, 2), (1, 2), (W - 1, W), (W - 2, W), (W - 2, W - 1)):
                     part = jpeg_region.decode_window(data, denom, True, (0, H), cols)
                     assert part is not None and np.array_equal(part, whole[:, slice(*cols)]), (
-                        width, sub, denom, cols
+                        width,
+                        sub,
+                        denom,
+                        cols,
                     )
 
 

@@ -92,5 +92,7 @@ def _self_check() -> str:
                 if part is None or not np.array_equal(part, whole[slice(*rows), slice(*cols)]):
                     kind = "progressive" if progressive else "baseline"
                     dct = "IFAST" if fastdct else "ISLOW"
-                    return f"gives other pixels than simplejpeg ({kind}, {dct} DCT, 1/{denom} scale)"
+                    return (
+                        f"gives other pixels than simplejpeg ({kind}, {dct} DCT, 1/{denom} scale)"
+                    )
     return ""
