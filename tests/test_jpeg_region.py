@@ -87,9 +87,9 @@ def test_every_window_is_the_whole_decode_s_pixels():
 @needs_windows
 def test_narrow_windows_at_the_image_edges():
     """One- and two-column windows over every row at the left and right edges of 4:2:0 and
-    4:2:2 JPEGs whose width leaves a partial last iMCU of every size: a crop that narrow would
-    have a chroma row of 2 samples or less, which libjpeg upsamples by replication (up to 55
-    levels off), so the decoder crops at least 3 iMCUs."""
+    4:2:2 JPEGs whose width leaves a partial last iMCU of every size: a crop that narrow can
+    have a chroma row 1 sample wide, which libjpeg upsamples by replication (up to 55 levels
+    off), so the decoder crops at least 3 iMCUs."""
     y, x = np.mgrid[0:120, 0:162]
     rgb = np.stack([(x * 7 + y * 3) % 256, (y * 11) % 256, (x * y) % 256], -1).astype(np.uint8)
     for width in (162, 161, 160, 50, 34, 33, 18, 17):
@@ -124,6 +124,16 @@ def _damaged() -> list[tuple[str, bytes, bool]]:
     out += [
         ("a baseline file without its end, then another JPEG", body + baseline, False),
         ("a second frame header after the scan", body + sof_segment + eoi, False),
+        (
+            "a bad restart interval after the scan",
+            body + b"\xff\xdd\x00\x05\x00\x01\x00" + eoi,
+            False,
+        ),
+        (
+            "a JFIF 2.01 header after the scan",
+            body + b"\xff\xe0\x00\x10JFIF\x00\x02\x01" + b"\0" * 7 + eoi,
+            False,
+        ),
         ("corrupt data near the bottom", bytes(flipped), True),
         ("a comment after the scan", body + b"\xff\xfe\x00\x06note" + eoi, True),
         ("zeros after the end", baseline + b"\0" * 7, True),

@@ -17,8 +17,9 @@
  * What a window decode cannot see, it refuses, and the caller then decodes the whole file as
  * before, by that path's rules for damaged files (tests/test_jpeg_region.py compares the two on
  * damaged files): any libjpeg warning or error; a single-scan file whose data after the scan is
- * not tables, APPn or COM segments and then its end-of-image marker at the end (two SOI markers,
- * a second frame: errors a whole decode meets only after the last row); a progressive file
+ * not APP1-APP15 or COM segments and then its end-of-image marker at the end (two SOI markers, a
+ * second frame, a table libjpeg would parse and refuse: what a whole decode meets only after the
+ * last row); a progressive file
  * whose coefficients are incomplete (libjpeg's block smoothing reads neighbouring blocks across
  * the crop's edge, and its arithmetic changed in libjpeg-turbo 3.0.1); and, before 3.0.0, a
  * component subsampled other than 1 or 2 times on either axis (a crop of a scaled 4x2 / 2x4
@@ -39,6 +40,11 @@
  * on progressive subsampled files, crop greyscale wrongly, and rounded 4:4:0 otherwise */
 #if !defined(LIBJPEG_TURBO_VERSION_NUMBER) || LIBJPEG_TURBO_VERSION_NUMBER < 2000003
 #error "needs libjpeg-turbo >= 2.0.3"
+#endif
+#if JPEG_LIB_VERSION >= 70 /* libjpeg-turbo built with the jpeg7 / jpeg8 API */
+#define MIN_DCT_SCALED_SIZE(cinfo) ((cinfo).min_DCT_h_scaled_size)
+#else
+#define MIN_DCT_SCALED_SIZE(cinfo) ((cinfo).min_DCT_scaled_size)
 #endif
 
 #define STR_(x) #x
@@ -66,8 +72,10 @@ static void on_message(j_common_ptr cinfo, int level) {
 }
 
 /* Whether the bytes from ``i`` (a single-scan file's entropy-coded data) end as a whole decode
- * accepts: the scan's data, then only DHT, DQT, DRI, APPn or COM segments, then EOI as the last
- * bytes but zeros. Anything else (SOI, SOF, SOS, DNL, garbage) is left to the whole decode. */
+ * accepts: the scan's data, then only APP1-APP15 or COM segments (libjpeg skips or saves them
+ * unread), then EOI as the last bytes but zeros. Anything else is left to the whole decode: SOI,
+ * SOF, SOS, DNL, garbage, and the segments libjpeg parses and may refuse or warn about (DHT,
+ * DQT, DRI: a table after the only scan serves nothing; APP0: an unknown JFIF version). */
 static int ends_cleanly(const unsigned char *p, size_t n, size_t i) {
     while (n > 0 && p[n - 1] == 0) n--;
     for (;;) { /* the entropy-coded data: FF 00 is a stuffed byte, FF D0..D7 a restart marker */
@@ -82,8 +90,7 @@ static int ends_cleanly(const unsigned char *p, size_t n, size_t i) {
     for (;;) { /* p[i] = FF, p[i + 1] = a marker */
         unsigned char m = p[i + 1];
         if (m == 0xD9) return i + 2 == n;
-        if (!(m == 0xC4 || m == 0xDB || m == 0xDD || m == 0xFE || (m >= 0xE0 && m <= 0xEF)))
-            return 0;
+        if (!(m == 0xFE || (m >= 0xE1 && m <= 0xEF))) return 0;
         if (i + 4 > n) return 0;
         size_t length = ((size_t)p[i + 2] << 8) | p[i + 3];
         if (length < 2) return 0;
@@ -97,6 +104,8 @@ static int ends_cleanly(const unsigned char *p, size_t n, size_t i) {
  * not, for the caller's ValueError. */
 static const char *refusal(j_decompress_ptr cinfo, const unsigned char *data, size_t size,
                            size_t scan_start) {
+    if (((struct error_mgr *)cinfo->err)->warned) /* in the header or, multi-scan, all scans */
+        return ((struct error_mgr *)cinfo->err)->message;
     if (cinfo->progressive_mode) {
         for (int c = 0; c < cinfo->num_components; c++)
             for (int k = 0; k < DCTSIZE2; k++)
@@ -175,10 +184,11 @@ static PyObject *decode_window(PyObject *self, PyObject *args) {
         return NULL;
     }
     /* One more column each side: the crop's own edge columns are upsampled as image edges. And
-     * at least 3 iMCUs (the crop's alignment): in a narrower crop a chroma row can be 2 samples
-     * wide or less, which libjpeg upsamples by replication instead (jdsample.c). */
+     * at least 3 iMCUs (the crop's alignment): a crop of one iMCU at a scaled image's edge can
+     * leave a chroma row 1 sample wide, which libjpeg upsamples by replication (jdapistd.c
+     * rebuilds the upsampler for a crop; 3 is a margin over the exact limit). */
     JDIMENSION lo = left > 0 ? (JDIMENSION)left - 1 : 0, hi = end < width ? end + 1 : end;
-    JDIMENSION least = 3 * (JDIMENSION)(cinfo.min_DCT_scaled_size * cinfo.max_h_samp_factor);
+    JDIMENSION least = 3 * (JDIMENSION)(MIN_DCT_SCALED_SIZE(cinfo) * cinfo.max_h_samp_factor);
     if (hi - lo < least) {
         lo = hi > least ? hi - least : 0;
         hi = lo + least < width ? lo + least : width;
