@@ -126,6 +126,32 @@ static const char *refusal(j_decompress_ptr cinfo, const unsigned char *data, si
     return NULL;
 }
 
+/* The columns to crop for a window of columns left..end-1 of a started decode, in *x0, *w. */
+static void crop_columns(j_decompress_ptr cinfo, JDIMENSION left, JDIMENSION end,
+                         JDIMENSION *x0, JDIMENSION *w) {
+    /* One more column each side: the crop's own edge columns are upsampled as image edges. And
+     * at least 3 iMCUs (the crop's alignment): a crop of one iMCU at a scaled image's edge can
+     * leave a chroma row 1 sample wide, which libjpeg upsamples by replication (jdapistd.c
+     * rebuilds the upsampler for a crop; 3 is a margin over the exact limit). */
+    JDIMENSION width = cinfo->output_width;
+    JDIMENSION lo = left > 0 ? left - 1 : 0, hi = end < width ? end + 1 : end;
+    JDIMENSION least = 3 * (JDIMENSION)(MIN_DCT_SCALED_SIZE(*cinfo) * cinfo->max_h_samp_factor);
+    if (hi - lo < least) {
+        lo = hi > least ? hi - least : 0;
+        hi = lo + least < width ? lo + least : width;
+    }
+    *x0 = lo;
+    *w = hi - lo;
+    if (*x0 > 0 || *w < width) jpeg_crop_scanline(cinfo, x0, w); /* widens to the iMCU grid */
+}
+
+static PyObject *fail(j_decompress_ptr cinfo, Py_buffer *in, const char *why) {
+    jpeg_destroy_decompress(cinfo);
+    PyBuffer_Release(in);
+    PyErr_SetString(PyExc_ValueError, why);
+    return NULL;
+}
+
 /* decode_window(data, denom, fastdct, top, bottom, left, right)
  *   -> (pixels: bytearray, height, width, x0)
  * Rows top..bottom-1 of the image decoded at 1/denom (denom 1, 2, 4 or 8), columns x0..x0+width-1,
@@ -155,12 +181,9 @@ static PyObject *decode_window(PyObject *self, PyObject *args) {
     jpeg_create_decompress(&cinfo);
     if (setjmp(err.jump)) {
         if (released != NULL) PyEval_RestoreThread(released);
-        jpeg_destroy_decompress(&cinfo);
         free(rows);
         Py_XDECREF(out);
-        PyBuffer_Release(&in);
-        PyErr_SetString(PyExc_ValueError, err.message);
-        return NULL;
+        return fail(&cinfo, &in, err.message);
     }
     jpeg_mem_src(&cinfo, (const unsigned char *)in.buf, (unsigned long)in.len);
     jpeg_read_header(&cinfo, TRUE); /* stops after the first SOS: its scan's data comes next */
@@ -177,32 +200,17 @@ static PyObject *decode_window(PyObject *self, PyObject *args) {
     const char *why = (JDIMENSION)top >= stop || (JDIMENSION)left >= end
                           ? "the window lies outside the image"
                           : refusal(&cinfo, (const unsigned char *)in.buf, (size_t)in.len, scan_start);
-    if (why != NULL) {
-        jpeg_destroy_decompress(&cinfo);
-        PyBuffer_Release(&in);
-        PyErr_SetString(PyExc_ValueError, why);
-        return NULL;
-    }
-    /* One more column each side: the crop's own edge columns are upsampled as image edges. And
-     * at least 3 iMCUs (the crop's alignment): a crop of one iMCU at a scaled image's edge can
-     * leave a chroma row 1 sample wide, which libjpeg upsamples by replication (jdapistd.c
-     * rebuilds the upsampler for a crop; 3 is a margin over the exact limit). */
-    JDIMENSION lo = left > 0 ? (JDIMENSION)left - 1 : 0, hi = end < width ? end + 1 : end;
-    JDIMENSION least = 3 * (JDIMENSION)(MIN_DCT_SCALED_SIZE(cinfo) * cinfo.max_h_samp_factor);
-    if (hi - lo < least) {
-        lo = hi > least ? hi - least : 0;
-        hi = lo + least < width ? lo + least : width;
-    }
-    JDIMENSION x0 = lo, w = hi - lo;
-    if (x0 > 0 || w < width) jpeg_crop_scanline(&cinfo, &x0, &w);
+    if (why != NULL) return fail(&cinfo, &in, why);
+    JDIMENSION x0, w;
+    crop_columns(&cinfo, (JDIMENSION)left, end, &x0, &w);
     JDIMENSION h = stop - (JDIMENSION)top;
     Py_ssize_t stride = (Py_ssize_t)w * 3;
     out = PyByteArray_FromStringAndSize(NULL, stride * (Py_ssize_t)h);
     rows = (JSAMPROW *)malloc(sizeof(JSAMPROW) * h);
     if (out == NULL || rows == NULL) {
-        jpeg_destroy_decompress(&cinfo);
         free(rows);
         Py_XDECREF(out);
+        jpeg_destroy_decompress(&cinfo);
         PyBuffer_Release(&in);
         return PyErr_NoMemory();
     }
