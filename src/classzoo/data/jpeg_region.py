@@ -5,8 +5,8 @@ crops: 8-100 % of the area) reads a part of a photo (28 % of a 500x375 one for s
 average), but a whole-image decode pays for every pixel. ``_jpeg_region`` (data/_jpeg_region.c,
 built at install where libjpeg-turbo's headers are) decodes only the rows down to the window's
 bottom, and runs the IDCT and colour conversion for its columns only: for slim vgg's windows of
-500x375 JPEGs, 0.44-0.48 ms against 0.64-0.76 ms for the whole image (docs/benchmarks.md,
-session 15).
+500x375 JPEGs, 0.37 ms against 0.55 ms for the whole image (benchmarks/bench_jpeg_window.py;
+docs/benchmarks.md, session 15).
 
 Its pixels are those of the whole-image decode (simplejpeg, the same libjpeg-turbo settings),
 bit for bit; a file where that could fail (damaged, an incomplete progressive one, an unusual
@@ -56,7 +56,8 @@ def decode_window(
     """Rows ``rows[0]..rows[1]-1`` and columns ``cols[0]..cols[1]-1`` (clipped to the image) of
     the JPEG ``data`` decoded at 1/``denom`` as RGB, HWC uint8 (a view), with fancy upsampling
     and the IFAST (``fastdct``) or ISLOW DCT; None where libjpeg reports anything at all (a
-    warning included): the caller decodes the whole file then, by its own rules."""
+    warning included) or the file holds what a window cannot see (data/_jpeg_region.c): the
+    caller decodes the whole file then, by its own rules."""
     try:
         buf, h, w, x0 = _jpeg_region.decode_window(data, denom, fastdct, *rows, *cols)
     except ValueError:
