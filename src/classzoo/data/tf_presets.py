@@ -86,13 +86,11 @@ def image_hw(img) -> tuple[int, int]:
     return int(img.shape[0]), int(img.shape[1])
 
 
-def load_hwc(img, denom: int = 1) -> tuple[torch.Tensor, int]:
-    """HWC uint8 pixels (TF's decode_jpeg pixels for encoded JPEGs, at 1/``denom`` when
-    possible) and the denominator actually used."""
+def load_hwc(img) -> torch.Tensor:
+    """HWC uint8 pixels of the whole image (TF's decode_jpeg pixels for encoded JPEGs)."""
     if isinstance(img, EncodedImage):
-        arr, used = decode_scaled(img, tf_pixels=True, denom=denom)
-        return _rgb_hwc(arr), used
-    return _rgb_hwc(img), 1
+        return _rgb_hwc(decode_scaled(img, tf_pixels=True)[0])
+    return _rgb_hwc(img)
 
 
 def load_window(img, denom: int, plan: WindowPlan) -> tuple[torch.Tensor, Window, Any]:
@@ -158,7 +156,7 @@ class VggEval(_VggBatch):
         self.image_size, self.resize_side = image_size, resize_side
 
     def sample(self, img) -> torch.Tensor:
-        x, _ = load_hwc(img)
+        x = load_hwc(img)
         h, w = x.shape[:2]
         new_h, new_w = smallest_size_at_least(h, w, self.resize_side)
         size = self.image_size
@@ -227,7 +225,7 @@ class InceptionEval(_Preset):
         self.image_size, self.central_fraction = image_size, central_fraction
 
     def sample(self, img) -> torch.Tensor:
-        x, _ = load_hwc(img)
+        x = load_hwc(img)
         top, left, h, w = central_crop_box(x.shape[0], x.shape[1], self.central_fraction)
         size = self.image_size
         ys, xs = legacy_coords(h, size, 0, size), legacy_coords(w, size, 0, size)

@@ -33,7 +33,6 @@ from classzoo.data.decode import (
     WindowPlan,
     dct_denominator,
     decode_pil,
-    decode_scaled,
     decode_window,
 )
 from classzoo.data.device import device_const, pixel_rows, row_const
@@ -56,15 +55,11 @@ def to_pil(img) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def hwc_pixels(img, denom: int = 1) -> tuple[torch.Tensor, int]:
-    """HWC uint8 RGB pixels of any accepted input (PIL's pixels for an encoded JPEG, decoded at
-    1/``denom`` of the size when possible) and the denominator used."""
-    if isinstance(img, EncodedImage):
-        arr, used = decode_scaled(img, tf_pixels=False, denom=denom)
-        return torch.from_numpy(np.require(arr, np.uint8, ["C", "W"])), used
+def hwc_pixels(img: Image.Image | np.ndarray) -> torch.Tensor:
+    """HWC uint8 RGB pixels of a decoded input (a PIL image or an HWC uint8 array)."""
     if isinstance(img, np.ndarray):
-        return torch.from_numpy(np.require(img, np.uint8, ["C", "W"])), 1
-    return hwc_uint8(img.convert("RGB") if img.mode != "RGB" else img), 1
+        return torch.from_numpy(np.require(img, np.uint8, ["C", "W"]))
+    return hwc_uint8(img.convert("RGB") if img.mode != "RGB" else img)
 
 
 def pixels_window(img, denom: int, plan: WindowPlan) -> tuple[torch.Tensor, Window, Any]:
@@ -74,7 +69,7 @@ def pixels_window(img, denom: int, plan: WindowPlan) -> tuple[torch.Tensor, Wind
     if isinstance(img, EncodedImage):
         win, extra = decode_window(img, False, denom, plan)
         return torch.from_numpy(np.require(win.pixels, np.uint8, ["W"])), win, extra
-    x, _ = hwc_pixels(img)
+    x = hwc_pixels(img)
     size = (int(x.shape[0]), int(x.shape[1]))
     return x, Window(x.numpy(), 1, size), plan(size, 1)[1]
 
