@@ -18,7 +18,7 @@ from classzoo.engine.devices import make_scaler, traits
 from classzoo.engine.distributed import DistEnv, resolve_device
 from classzoo.engine.loop import StepConfig, train_step
 from classzoo.engine.optim import build_optimizer
-from classzoo.engine.precision import autocast, precision_name, resolve_amp
+from classzoo.engine.precision import autocast, emulated_bf16_note, precision_name, resolve_amp
 from classzoo.engine.resolve import or_device_default
 from classzoo.engine.state import TrainState
 from classzoo.engine.threads import apply as apply_threads
@@ -163,7 +163,8 @@ def bench_model(
     out = _report(
         model_name, mode, batch_size, size, dtype, cl, compile, dev, flops, warm_s, dt, steps
     )
-    return {**out, "thread_plan": plan.explained}
+    note = emulated_bf16_note(dtype, dev)
+    return {**out, "precision_note": note, "thread_plan": plan.explained}
 
 
 def bench_data(
@@ -215,7 +216,7 @@ def bench_data(
         dev, flops, warm_s, dt, steps,
     )  # fmt: skip
     data = {"data": data_dir, "workers": asked.data.num_workers, "data_wait": waited[0] / dt}
-    return {**out, **data, "thread_plan": plan.explained}
+    return {**out, **data, "precision_note": r.precision_note, "thread_plan": plan.explained}
 
 
 def _endless(loader, sampler, device: torch.device, batch_fn):

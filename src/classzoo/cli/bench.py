@@ -154,5 +154,6 @@ def run(args: argparse.Namespace) -> int:
         f"{r['peak_matmul_tflops']:.3f} TFLOP/s measured matmul peak; peak memory "
         f"{r['peak_memory_mb']:.0f} MiB ({r['peak_memory_kind']}); warm-up {r['warmup_s']:.1f} s; host memory: "
         f"{r['host_memory']}"
+        + (f"; precision: {r['precision_note']}" if r["precision_note"] else "")
     )
     return 0

@@ -23,6 +23,42 @@ def cpu_has_amx() -> bool:
     return "amx_bf16" in flags
 
 
+def cpu_has_bf16_instructions(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes in bf16 itself: AVX512-BF16 or AMX on x86 (Cooper Lake, Zen 4,
+    Sapphire Rapids and later), the BF16 extension on Arm. Without them oneDNN converts bf16 to
+    fp32 around each operation: ResNet-50's bf16 training step ran 18x slower than fp32 on
+    a Zen 3 EPYC (AVX2 only; docs/benchmarks.md, session 16). ``cpuinfo``: the text of
+    /proc/cpuinfo (read when None); where it cannot be read, or names another architecture's
+    flags, the answer is True: nothing is claimed that was not read."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return True
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86; Arm
+            flags.update(value.split())
+    if "avx2" in flags or "sse2" in flags:
+        return bool(flags & {"avx512_bf16", "amx_bf16"})
+    if "asimd" in flags:
+        return "bf16" in flags
+    return True
+
+
+def emulated_bf16_note(dtype: torch.dtype | None, device: torch.device) -> str | None:
+    """What a run records when it computes in bf16 on a CPU without bf16 instructions (asked for
+    by name: ``amp: auto`` is fp32 there); None otherwise."""
+    if dtype != torch.bfloat16 or device.type != "cpu" or cpu_has_bf16_instructions():
+        return None
+    return (
+        "bf16 as asked, on a CPU without bf16 instructions (neither avx512_bf16 nor amx_bf16 in "
+        "/proc/cpuinfo): oneDNN emulates it, many times slower than fp32 (docs/benchmarks.md, "
+        "bf16 on a CPU); train.amp auto or off trains in fp32"
+    )
+
+
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``amp`` (auto|off|bf16|fp16) on ``device``; None = full precision.
 
@@ -52,12 +88,13 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 def train_amp(
     amp: str, device: torch.device, bf16_wrong: list[str], image_size: int
 ) -> tuple[torch.dtype | None, str | None]:
-    """The training autocast dtype and, when ``auto`` set bf16 aside, why. ``bf16_wrong``: the
+    """The training autocast dtype and, when ``auto`` set bf16 aside or bf16 runs emulated, why
+    (:func:`emulated_bf16_note`). ``bf16_wrong``: the
     layers whose CPU bf16 weight gradient is wrong at ``image_size``
     (engine/bf16_conv_check.py); asking bf16 for them is refused."""
     dtype = resolve_amp(amp, device)
     if dtype != torch.bfloat16 or device.type != "cpu" or not bf16_wrong:
-        return dtype, None
+        return dtype, emulated_bf16_note(dtype, device)
     layers = ", ".join(bf16_wrong[:3]) + (" ..." if len(bf16_wrong) > 3 else "")
     why = (
         f"oneDNN's bf16 weight gradient of {layers} (a strided convolution on a 1-pixel-wide "

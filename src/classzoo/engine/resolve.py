@@ -123,7 +123,8 @@ class Resolved:
     seed: int = 0
     compile: str | None = None  # torch.compile mode of the training network; None: eager
     fused_optimizer: bool | None = None  # torch's fused optimizer kernel; None: no training
-    precision_note: str | None = None  # why train.amp auto set its rule aside (bf16_conv_check)
+    # why train.amp auto set its rule aside (bf16_conv_check), or that bf16 runs emulated
+    precision_note: str | None = None
     loader: str = "torch"  # the training loader: torch | dali
     threads: int | None = None  # compute threads (engine/threads.py); a resume reuses them
     thread_plan: str | None = None  # why that many (cores, busy cores, or as recorded)
