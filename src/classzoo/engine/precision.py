@@ -53,8 +53,8 @@ def emulated_bf16_note(dtype: torch.dtype | None, device: torch.device) -> str |
     if dtype != torch.bfloat16 or device.type != "cpu" or cpu_has_bf16_instructions():
         return None
     return (
-        "bf16 as asked, on a CPU without bf16 instructions (neither avx512_bf16 nor amx_bf16 in "
-        "/proc/cpuinfo): oneDNN emulates it, many times slower than fp32 (docs/benchmarks.md, "
+        "bf16 as asked, on a CPU without bf16 instructions (no avx512_bf16 or amx_bf16, or Arm's "
+        "bf16, in /proc/cpuinfo): oneDNN emulates it, many times slower than fp32 (docs/benchmarks.md, "
         "bf16 on a CPU); train.amp auto or off trains in fp32"
     )
 
