@@ -14,13 +14,25 @@ from classzoo.errors import UserError
 log = logging.getLogger("classzoo")
 
 
+def cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
+    """The CPU's feature flags (x86 ``flags``, Arm ``Features``) from ``cpuinfo``, the text of
+    /proc/cpuinfo (read when None); None where it cannot be read."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return flags
+
+
 def cpu_has_amx() -> bool:
     """True on x86 CPUs with AMX bf16 tiles (Sapphire Rapids and later)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags
+    return "amx_bf16" in (cpu_flags() or set())
 
 
 def cpu_has_bf16_instructions(cpuinfo: str | None = None) -> bool:
@@ -30,16 +42,9 @@ def cpu_has_bf16_instructions(cpuinfo: str | None = None) -> bool:
     a Zen 3 EPYC (AVX2 only; docs/benchmarks.md, session 16). ``cpuinfo``: the text of
     /proc/cpuinfo (read when None); where it cannot be read, or names another architecture's
     flags, the answer is True: nothing is claimed that was not read."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return True
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):  # x86; Arm
-            flags.update(value.split())
+    flags = cpu_flags(cpuinfo)
+    if flags is None:
+        return True
     if "avx2" in flags or "sse2" in flags:
         return bool(flags & {"avx512_bf16", "amx_bf16"})
     if "asimd" in flags:
