@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import io
 import random
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,3 +286,34 @@ def test_a_decoder_that_disagrees_is_not_used(monkeypatch):
         assert not jpeg_region.available()
     finally:
         jpeg_region.state.cache_clear()
+
+
+@needs_windows
+def test_a_module_left_from_an_older_build_is_not_called(tmp_path):
+    """An in-place .so that a failed rebuild left behind (here: today's C file compiled with an
+    older INTERFACE number) is what `import` finds: it is turned off, and says which file and
+    how to rebuild it, instead of being called with arguments it may read otherwise."""
+    source = (Path(jpeg_region.__file__).parent / "_jpeg_region.c").read_text()
+    assert "#define INTERFACE 1\n" in source
+    older = tmp_path / "src" / "_jpeg_region.c"
+    older.parent.mkdir()
+    older.write_text(source.replace("#define INTERFACE 1\n", "#define INTERFACE 0\n"))
+    built = tmp_path / "classzoo_stale" / f"_jpeg_region{sysconfig.get_config_var('EXT_SUFFIX')}"
+    built.parent.mkdir()
+    include = sysconfig.get_paths()["include"]
+    compile_ = ["gcc", "-shared", "-fPIC", "-O1", f"-I{include}", str(older), "-ljpeg"]
+    subprocess.run([*compile_, "-o", str(built)], check=True, capture_output=True)
+    # the stale module takes the real one's place in the package before jpeg_region imports it
+    probe = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('classzoo.data._jpeg_region', {str(built)!r})\n"  # noqa: E501
+        "stale = importlib.util.module_from_spec(spec); spec.loader.exec_module(stale)\n"
+        "sys.modules['classzoo.data._jpeg_region'] = stale\n"
+        "from classzoo.data import jpeg_region\n"
+        "print(stale.INTERFACE, jpeg_region.available(), jpeg_region.state())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.startswith("0 False off: built from another version of _jpeg_region.c (")
+    assert str(built) in out and "interface 0, this classzoo calls 1" in out

@@ -234,6 +234,10 @@ static PyObject *decode_window(PyObject *self, PyObject *args) {
     return Py_BuildValue("(Niii)", out, (int)h, (int)w, (int)x0);
 }
 
+/* decode_window's arguments and results, as data/jpeg_region.py expects them (its _INTERFACE):
+ * a module left from an older build, where a rebuild failed, is refused rather than called. */
+#define INTERFACE 1
+
 static PyMethodDef methods[] = {
     {"decode_window", decode_window, METH_VARARGS,
      "decode_window(data, denom, fastdct, top, bottom, left, right) -> (pixels, height, width, x0)"},
@@ -248,7 +252,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__jpeg_region(void) {
     PyObject *m = PyModule_Create(&module);
     /* the headers' version: the library itself reports only the libjpeg API it emulates (6b) */
-    if (m != NULL && PyModule_AddStringConstant(m, "BUILT_WITH", STR(LIBJPEG_TURBO_VERSION)) < 0) {
+    if (m != NULL && (PyModule_AddStringConstant(m, "BUILT_WITH", STR(LIBJPEG_TURBO_VERSION)) < 0 ||
+                      PyModule_AddIntConstant(m, "INTERFACE", INTERFACE) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

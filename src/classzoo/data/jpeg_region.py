@@ -26,12 +26,23 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
+# decode_window's arguments and results (data/_jpeg_region.c's INTERFACE): a module built from
+# another version of the C file (an in-place .so left where a rebuild failed) is not called.
+_INTERFACE = 1
+
 try:
     from classzoo.data import _jpeg_region
 except ImportError as exc:  # not built at install (no compiler / headers), or no libjpeg now
     _jpeg_region, _MISSING = None, f"not built or not loadable ({exc})"
 else:
     _MISSING = ""
+    if getattr(_jpeg_region, "INTERFACE", None) != _INTERFACE:
+        _MISSING = (
+            f"built from another version of _jpeg_region.c ({_jpeg_region.__file__}: interface "
+            f"{getattr(_jpeg_region, 'INTERFACE', 0)}, this classzoo calls {_INTERFACE}; "
+            "`pip install .` again rebuilds it)"
+        )
+        _jpeg_region = None
 
 
 @functools.cache
