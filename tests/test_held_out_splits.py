@@ -11,6 +11,7 @@ each split was written to, and the number of images written.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 from classzoo.cli import main
@@ -60,6 +61,54 @@ def test_a_val_folder_linked_to_train_is_refused(tmp_path, capsys):
     assert f"the val split {tmp_path / 'd' / 'val'} is the train split's folder" in err, err
     # asked for in so many words: the val line names the folder
     assert main([*argv, str(tmp_path / "r2"), "--set", "data.val_split=train"]) == 0
+
+
+def _refused(argv: list[str], out, capsys) -> str:
+    capsys.readouterr()
+    assert main([*argv, str(out)]) == EXIT_USER_ERROR and not out.exists()
+    err = capsys.readouterr().err  # the lines logged before the check, then one error line
+    errors = [line for line in err.splitlines() if line.startswith("classzoo: error:")]
+    assert len(errors) == 1 and "score its own training images" in errors[0], err
+    return errors[0]
+
+
+def test_val_images_linked_to_train_images_are_refused(tmp_path, capsys):
+    """A val folder of its own whose images are train's files: hard links (cp -al), a class
+    folder or a file linked back (ln -s), either way round. The truth: the links made."""
+    d = tmp_path / "d"
+    write_imagefolder(d / "train", dict.fromkeys("abc", 4), seed=1)
+    write_imagefolder(d / "val", dict.fromkeys("abc", 2), seed=2)
+    argv = ["train", *TINY, "--data-dir", str(d), "--output-dir"]
+    assert main([*argv, str(tmp_path / "held_out")]) == 0  # no links: trained
+    for k in (2, 3):  # hard links beside val's own images
+        os.link(d / "train" / "a" / f"{k:05d}.png", d / "val" / "a" / f"from_train_{k}.png")
+    err = _refused(argv, tmp_path / "r1", capsys)
+    assert f"the val split {d / 'val'} and the train split {d / 'train'} share 2 images" in err
+    assert str(d / "val" / "a" / "from_train_2.png") in err
+    for k in (2, 3):
+        (d / "val" / "a" / f"from_train_{k}.png").unlink()
+    shutil.rmtree(d / "val" / "b")  # a class folder linked back
+    (d / "val" / "b").symlink_to(d / "train" / "b", target_is_directory=True)
+    assert "share 4 images or class folders" in _refused(argv, tmp_path / "r2", capsys)
+    (d / "val" / "b").unlink()
+    write_imagefolder(d / "val", {"b": 2}, seed=3)
+    (d / "val" / "c" / "x.png").symlink_to(d / "train" / "c" / "00001.png")  # one file
+    assert f"share 1 images or class folders (hard or symbolic links: {d / 'val' / 'c' / 'x.png'})" in _refused(argv, tmp_path / "r3", capsys)  # fmt: skip
+    (d / "val" / "c" / "x.png").unlink()
+    shutil.rmtree(d / "train" / "c")  # train's class folder linked to val's
+    (d / "train" / "c").symlink_to(d / "val" / "c", target_is_directory=True)
+    assert f"links: {d / 'train' / 'c'})" in _refused(argv, tmp_path / "r4", capsys)
+    # asked for in so many words: scored on the train split itself
+    assert main([*argv, str(tmp_path / "r5"), "--set", "data.val_split=train"]) == 0
+
+
+def test_a_hard_linked_shard_is_read_as_both_train_and_val(tmp_path, capsys):
+    write_imagefolder(tmp_path / "img", dict.fromkeys("abc", 4), seed=1)
+    _shards(tmp_path / "img", tmp_path / "t", "train", 2)
+    os.link(tmp_path / "t" / "train-00001-of-00002", tmp_path / "t" / "validation-00000-of-00001")
+    argv = ["train", *TINY, *SLIM_LABELS, "--data-dir", str(tmp_path / "t"), "--output-dir"]
+    err = _refused(argv, tmp_path / "r", capsys)
+    assert "the val split reads 1 of the train split's 2 files" in err, err
 
 
 def test_eval_split_reads_the_split_it_names_not_the_runs_val_pattern(tmp_path, capsys):
