@@ -79,7 +79,8 @@ def test_val_images_linked_to_train_images_are_refused(tmp_path, capsys):
     write_imagefolder(d / "train", dict.fromkeys("abc", 4), seed=1)
     write_imagefolder(d / "val", dict.fromkeys("abc", 2), seed=2)
     argv = ["train", *TINY, "--data-dir", str(d), "--output-dir"]
-    assert main([*argv, str(tmp_path / "held_out")]) == 0  # no links: trained
+    os.link(d / "train" / "a" / "00000.png", d / "val" / "beside_the_classes.png")  # not read
+    assert main([*argv, str(tmp_path / "held_out")]) == 0  # no image linked: trained
     for k in (2, 3):  # hard links beside val's own images
         os.link(d / "train" / "a" / f"{k:05d}.png", d / "val" / "a" / f"from_train_{k}.png")
     err = _refused(argv, tmp_path / "r1", capsys)
@@ -93,7 +94,7 @@ def test_val_images_linked_to_train_images_are_refused(tmp_path, capsys):
     (d / "val" / "b").unlink()
     write_imagefolder(d / "val", {"b": 2}, seed=3)
     (d / "val" / "c" / "x.png").symlink_to(d / "train" / "c" / "00001.png")  # one file
-    assert f"share 1 images or class folders (hard or symbolic links: {d / 'val' / 'c' / 'x.png'})" in _refused(argv, tmp_path / "r3", capsys)  # fmt: skip
+    assert f"share 1 image or class folder (hard or symbolic links: {d / 'val' / 'c' / 'x.png'})" in _refused(argv, tmp_path / "r3", capsys)  # fmt: skip
     (d / "val" / "c" / "x.png").unlink()
     shutil.rmtree(d / "train" / "c")  # train's class folder linked to val's
     (d / "train" / "c").symlink_to(d / "val" / "c", target_is_directory=True)

@@ -58,6 +58,8 @@ def _images(root: str) -> Iterator[tuple[os.DirEntry, str]]:
             if entry.is_dir():
                 if top != root or not entry.name.startswith("."):  # not a class (imagefolder.py)
                     stack.append(entry.path)
+            elif top == root:
+                continue  # a file beside the class folders is not read as an image
             elif entry.name.lower().endswith(IMG_EXTENSIONS) and entry.is_file():
                 link = entry.is_symlink()
                 real = os.path.realpath(entry.path) if link else os.path.join(real_top, entry.name)

@@ -47,7 +47,8 @@ def check_held_out(train: SplitInfo, val: SplitInfo, data: DataConfig) -> None:
         if not shared:
             return
         what = f"the val split {val.location} and the train split {train.location} share "
-        what += f"{len(shared)} images or class folders (hard or symbolic links: "
+        what += f"{len(shared)} image{'s' if len(shared) > 1 else ''} or class folder"
+        what += f"{'s' if len(shared) > 1 else ''} (hard or symbolic links: "
         what += f"{', '.join(shared[:3])}{', ...' if len(shared) > 3 else ''})"
         asked = False  # only data.val_split equal to data.train_split asks for it
         fix = "remove those images from one of the two splits"
