@@ -149,6 +149,7 @@ def main() -> None:
     pairs = [
         ("bench", "timm"),
         ("bench-compile", "timm"),
+        ("bench", "timm-compile"),
         ("bench-compile", "timm-compile"),
         ("train", "bench"),
         ("bench", "bench-plain-memory"),
