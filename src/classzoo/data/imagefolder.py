@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,19 +62,12 @@ def images_under(folder: str, ignored: Counter | None = None) -> list[str]:
     files (``._name.jpg``: metadata a copy from a Mac leaves beside each file; torchvision
     lists them as images and then fails to decode them mid-epoch)."""
     found: list[tuple[str, list[str]]] = []
-    seen: set[str] = set()  # real paths: a link back up the tree would walk for ever
-    stack = [folder]
-    while stack:
-        top = stack.pop()
-        real = os.path.realpath(top)
-        if real in seen:
-            continue
-        seen.add(real)
+    for top, _, entries in folders_once(folder):
         names = []
-        for e in os.scandir(top):
-            if e.is_dir():  # follows links, as followlinks=True
-                stack.append(e.path)
-            elif e.name.lower().endswith(IMG_EXTENSIONS):
+        for e in entries:
+            if e.is_dir():
+                continue
+            if e.name.lower().endswith(IMG_EXTENSIONS):
                 if not e.is_file():
                     raise UserError(f"image {e.path} is a broken link or not a regular file")
                 if e.name.startswith("._") and _apple_double(e.path):
@@ -86,6 +79,23 @@ def images_under(folder: str, ignored: Counter | None = None) -> list[str]:
                 _count(ignored, f"{kind} files", "not one of torchvision's image extensions")
         found.append((top, sorted(names)))
     return [os.path.join(top, n) for top, names in sorted(found) for n in names]
+
+
+def folders_once(folder: str) -> Iterator[tuple[str, str, list[os.DirEntry]]]:
+    """Each folder under ``folder`` once, with its real path and its entries: links to folders
+    are followed (as ``os.walk(followlinks=True)``), and one back up the tree would otherwise
+    be walked for ever."""
+    seen: set[str] = set()
+    stack = [folder]
+    while stack:
+        top = stack.pop()
+        real = os.path.realpath(top)
+        if real in seen:
+            continue
+        seen.add(real)
+        entries = list(os.scandir(top))
+        yield top, real, entries
+        stack.extend(e.path for e in entries if e.is_dir())  # is_dir follows links
 
 
 def _apple_double(path: str) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from classzoo.data.imagefolder import IMG_EXTENSIONS
+from classzoo.data.imagefolder import IMG_EXTENSIONS, folders_once
 
 
 def shared_images(train_root: str, val_root: str, n_train: int, n_val: int) -> list[str]:
@@ -44,23 +44,16 @@ def shared_images(train_root: str, val_root: str, n_train: int, n_val: int) -> l
 
 
 def _images(root: str) -> Iterator[tuple[os.DirEntry, str]]:
-    """Image files in the class folders under ``root`` (links followed, as the ImageFolder scan
-    follows them) with each one's real path; a folder reached twice is walked once."""
-    seen: set[str] = set()
-    stack = [root]
-    while stack:
-        top = stack.pop()
-        real_top = os.path.realpath(top)
-        if real_top in seen:
+    """Image files in the class folders under ``root`` (hidden folders and files beside the
+    class folders are not read: data/imagefolder.py), links followed, with each one's real
+    path."""
+    for cls in os.scandir(root):
+        if not cls.is_dir() or cls.name.startswith("."):
             continue
-        seen.add(real_top)
-        for entry in os.scandir(top):
-            if entry.is_dir():
-                if top != root or not entry.name.startswith("."):  # not a class (imagefolder.py)
-                    stack.append(entry.path)
-            elif top == root:
-                continue  # a file beside the class folders is not read as an image
-            elif entry.name.lower().endswith(IMG_EXTENSIONS) and entry.is_file():
-                link = entry.is_symlink()
-                real = os.path.realpath(entry.path) if link else os.path.join(real_top, entry.name)
-                yield entry, real
+        for _, real_top, entries in folders_once(cls.path):
+            for e in entries:
+                if not e.is_dir() and e.name.lower().endswith(IMG_EXTENSIONS) and e.is_file():
+                    real = (
+                        os.path.realpath(e.path) if e.is_symlink() else real_top + os.sep + e.name
+                    )
+                    yield e, real
